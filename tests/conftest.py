@@ -1,0 +1,21 @@
+import os, subprocess, sys
+from pathlib import Path
+import pytest
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')  # no test may need the network
+os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
+ROOT = Path(__file__).resolve().parents[1]
+ENTRY_POINT = Path(sys.executable).parent / 'domain-canine'
+
+def cli(*args, stdin: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    "Run the installed `domain-canine` command."
+    return subprocess.run([str(ENTRY_POINT), *map(str, args)], capture_output=True, text=True, input=stdin,
+                          timeout=timeout, cwd=ROOT)
+
+@pytest.fixture(scope='session')
+def tiny_run(tmp_path_factory) -> Path:
+    "Output directory of one `train --preset tiny` run through the command line, shared by the tests that read it."
+    out = tmp_path_factory.mktemp('tiny')
+    r = cli('train', '--preset', 'tiny', '--output_dir', out, '--save_total_limit', 2)
+    assert r.returncode == 0, r.stderr
+    return out

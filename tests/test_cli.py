@@ -1,0 +1,65 @@
+"The command line as a user meets it: train, predict, and one-line errors for bad input."
+import json
+import pytest
+from transformers import CanineModel
+from conftest import cli, ENTRY_POINT
+import subprocess, sys
+
+def test_train_writes_checkpoints_metrics_and_run_info(tiny_run):
+    dirs = sorted(p.name for p in tiny_run.iterdir() if p.is_dir())
+    assert dirs == ['best-model', 'checkpoint-epoch-1', 'checkpoint-step-20', 'checkpoint-step-30', 'final-model']
+    metrics = [json.loads(l) for l in (tiny_run / 'metrics.jsonl').read_text().splitlines()]
+    assert [m['step'] for m in metrics if m['type'] == 'train'] == [5, 10, 15, 20, 25, 30]
+    assert {m['step'] for m in metrics if m['type'] == 'eval'} >= {10, 20, 30}
+    info = json.loads((tiny_run / 'run.json').read_text())
+    assert info['effective_batch'] == 16 and info['total_steps'] == 30 and info['config']['model_config'] == 'tiny'
+
+def test_checkpoint_loads_in_plain_transformers(tiny_run):
+    encoder = CanineModel.from_pretrained(tiny_run / 'final-model')
+    assert encoder.config.hidden_size == 32
+
+def test_predict_json(tiny_run):
+    r = cli('predict', '--model_path', tiny_run / 'final-model', '--json', '--top_k', 3, 'goo?le.com', 'ex[MASK]mpl?.org')
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [len(p['masks']) for p in out] == [1, 2]
+    assert [m['position'] for m in out[1]['masks']] == [2, 6]
+    assert all(len(m['top']) == 3 and sum(t['prob'] for t in m['top']) <= 1.0 + 1e-6 for p in out for m in p['masks'])
+    assert out[0]['filled'][:3] == 'goo' and out[0]['filled'][4:] == 'le.com' and '?' not in out[0]['filled']
+
+def test_predict_interactive_reports_bad_lines_and_continues(tiny_run):
+    r = cli('predict', '--model_path', tiny_run / 'final-model', '--interactive', stdin='goo?le.com\nno mask here\na?.io\n\n')
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count(' → ') == 2
+    assert 'error:' in r.stderr and 'Traceback' not in r.stderr
+
+def test_python_m_matches_the_entry_point():
+    a = subprocess.run([sys.executable, '-m', 'domain_canine', 'train', '--help'], capture_output=True, text=True)
+    b = subprocess.run([str(ENTRY_POINT), 'train', '--help'], capture_output=True, text=True)
+    assert a.returncode == b.returncode == 0 and a.stdout == b.stdout and '--gradient_accumulation_steps' in a.stdout
+
+@pytest.fixture(scope='module')
+def bad_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp('bad')
+    (d / 'only-junk.txt').write_text('\n# comment\nnot a domain\n192.168.1.1\n')
+    (d / 'not-a-model').mkdir()
+    return d
+
+@pytest.mark.parametrize('args, expected', [
+    (['train', '--preset', 'tiny', '--dataset', '{d}/missing.txt'], 'dataset file not found'),
+    (['train', '--preset', 'tiny', '--dataset', '{d}/only-junk.txt'], 'no usable domains'),
+    (['train', '--preset', 'nonsense'], 'unknown preset'),
+    (['train', '--preset', 'tiny', '--model_config', 'huge'], 'unknown model config'),
+    (['train', '--preset', 'tiny', '--dataset', 'someone/unreachable-dataset'], 'use --dataset FILE'),
+    (['train', '--preset', 'tiny', '--model_name_or_path', 'google/canine-c'], 'without network access'),
+    (['train', '--preset', 'tiny', '--resume_from', '{d}/not-a-model'], 'not a checkpoint'),
+    (['predict', '--model_path', '{d}/not-a-model', 'a?.com'], 'not a domain-canine model directory'),
+    (['predict', '--model_path', '{d}/missing', 'a?.com'], 'not found'),
+    (['train', '--batch_size', 'many'], 'invalid int value'),
+])
+def test_bad_input_is_one_line_on_stderr(bad_files, args, expected):
+    r = cli(*[a.format(d=bad_files) for a in args])
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], r.stderr
+    assert 'Traceback' not in r.stderr
