@@ -14,8 +14,8 @@ def cli(*args, stdin: str | None = None, timeout: int = 600) -> subprocess.Compl
 
 @pytest.fixture(scope='session')
 def tiny_run(tmp_path_factory) -> Path:
-    "Output directory of one `train --preset tiny` run through the command line, shared by the tests that read it."
+    "Output directory of one `train --preset tiny` run (30 steps, 17 per epoch) through the command line, shared by the tests that read it."
     out = tmp_path_factory.mktemp('tiny')
-    r = cli('train', '--preset', 'tiny', '--output_dir', out, '--save_total_limit', 2)
+    r = cli('train', '--preset', 'tiny', '--output_dir', out, '--save_total_limit', 2, '--num_samples', 300)
     assert r.returncode == 0, r.stderr
     return out

@@ -17,7 +17,7 @@ def test_training_then_analysis_notebook(tmp_path):
     assert json.loads((run / 'checkpoint-step-20' / 'trainer_state.json').read_text())['step'] == 20
     assert not list((ROOT / 'nbs').glob('runs'))  # nothing written inside nbs/
 
-    r = papermill('06_analysis.ipynb', tmp_path / 'analysis.ipynb', '-p', 'run_dirs', json.dumps([str(run)]))
+    r = papermill('06_analysis.ipynb', tmp_path / 'analysis.ipynb', '-y', f'run_dirs: [{run}]')
     assert r.returncode == 0, r.stderr[-3000:]
     cells = json.loads((tmp_path / 'analysis.ipynb').read_text())['cells']
     images = [o for c in cells if c['cell_type'] == 'code' for o in c.get('outputs', []) if 'image/png' in o.get('data', {})]
