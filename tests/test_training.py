@@ -1,0 +1,106 @@
+"Training-loop promises: precision toggles, checkpoint contents, early stopping, W&B/TensorBoard sinks, original checkpoints."
+import argparse, json, os, subprocess, sys
+from pathlib import Path
+import pytest
+import torch
+from torch import nn
+from transformers import CanineModel
+from conftest import cli
+from domain_canine.cli import build_parser
+from domain_canine.checkpoint import verify_checkpoint
+from domain_canine.model import canine_config, is_model_dir
+from domain_canine.training import Trainer, resolve_config
+
+QUIET = dict(log=lambda *a: None)
+
+def tiny(out, **kw):
+    return resolve_config('tiny', output_dir=str(out), **{'num_samples': 300, 'max_steps': 6, **kw})
+
+def losses(out):
+    return [m['loss'] for m in map(json.loads, (Path(out) / 'metrics.jsonl').read_text().splitlines()) if m['type'] == 'train']
+
+@pytest.mark.parametrize('flag, precision', [('--bf16', 'bf16'), ('--fp16', 'fp16'), ('--no_mixed_precision', 'fp32'),
+                                             ('--precision=bf16', 'bf16')])
+def test_precision_flags(flag, precision):
+    assert build_parser().parse_args(['train', flag]).precision == precision
+
+def test_bf16_autocast_runs_on_cpu_and_changes_numerics(tmp_path):
+    t32 = Trainer(tiny(tmp_path / 'fp32'), **QUIET); t32.fit()
+    t16 = Trainer(tiny(tmp_path / 'bf16', precision='bf16'), **QUIET); t16.fit()
+    assert t16.amp_dtype == torch.bfloat16 and t32.amp_dtype is None
+    assert json.loads((tmp_path / 'bf16' / 'run.json').read_text())['precision'] == 'bfloat16'
+    l32, l16 = losses(tmp_path / 'fp32'), losses(tmp_path / 'bf16')
+    assert all(map(torch.isfinite, torch.tensor(l16))) and l16 != l32  # autocast really ran in bf16
+    assert abs(l16[0] - l32[0]) < 0.05  # and stays close to fp32
+
+def test_checkpoints_hold_everything_and_load_without_pickle(tiny_run):
+    for ck in [p for p in tiny_run.iterdir() if p.is_dir()]:
+        assert verify_checkpoint(ck) is None
+        names = {p.name for p in ck.iterdir()}
+        assert {'config.json', 'model.safetensors', 'mlm_head.safetensors', 'mlm_head.json', 'optimizer.pt',
+                'rng_state.pt', 'trainer_state.json', 'training_config.json', 'checkpoint.json'} <= names
+        for pt in ck.glob('*.pt'): torch.load(pt, weights_only=True)  # raises if anything needs pickle
+        state = json.loads((ck / 'trainer_state.json').read_text())
+        assert {'step', 'epoch', 'batch_in_epoch', 'best_val_loss', 'metrics'} <= set(state)
+        assert json.loads((ck / 'training_config.json').read_text())['seed'] == 42
+    final = json.loads((tiny_run / 'final-model' / 'trainer_state.json').read_text())
+    assert final['step'] == 30 and final['epoch'] == 1 and final['metrics']['eval']['step'] == 30
+
+def test_early_stopping(tmp_path):
+    # with a learning rate of 0 the validation loss never improves: stop after `patience` evaluations without a gain
+    t = Trainer(tiny(tmp_path, learning_rate=0.0, warmup_steps=0, eval_steps=1, max_steps=20, early_stopping_patience=2), **QUIET)
+    t.fit()
+    assert t.state.step == 3 and (tmp_path / 'final-model').is_dir()
+
+def test_failed_checkpoint_save_stops_the_run_with_one_line(tmp_path):
+    out = tmp_path / 'run'; out.mkdir()
+    (out / '.tmp-checkpoint-step-10').write_text('in the way')  # the writer cannot create its temporary directory
+    r = cli('train', '--preset', 'tiny', '--num_samples', 300, '--output_dir', out)
+    assert r.returncode == 1 and 'Traceback' not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith('domain-canine: error: could not write checkpoint')
+    assert not (out / 'final-model').exists() and not (out / 'checkpoint-step-20').exists()
+
+def test_wandb_offline_and_tensorboard_write_real_files(tmp_path, monkeypatch):
+    monkeypatch.setenv('WANDB_MODE', 'offline'); monkeypatch.setenv('WANDB_SILENT', 'true')
+    cfg = tiny(tmp_path, use_wandb=True, tensorboard=True, max_steps=10, save_steps=5, logging_steps=2)
+    first = Trainer(cfg, **QUIET); first.fit()
+    run_id = json.loads((tmp_path / 'final-model' / 'trainer_state.json').read_text())['wandb_run_id']
+    assert run_id and list((tmp_path / 'wandb').glob(f'offline-run-*-{run_id}/run-{run_id}.wandb'))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path / 'tensorboard')); events.Reload()
+    assert [e.step for e in events.Scalars('train/loss')] == [2, 4, 6, 8, 10]
+    resumed = Trainer(resolve_config(**{**cfg.__dict__, 'resume_from': str(tmp_path / 'checkpoint-step-5')}), **QUIET)
+    resumed.fit()
+    assert resumed.state.wandb_run_id == run_id  # the resumed run continues the same W&B run
+
+def test_missing_optional_package_is_one_line(tmp_path):
+    fake = tmp_path / 'fake' / 'wandb'; fake.mkdir(parents=True)
+    (fake / '__init__.py').write_text('raise ImportError("no wandb here")')
+    env = {**os.environ, 'PYTHONPATH': str(tmp_path / 'fake')}
+    r = subprocess.run([sys.executable, '-m', 'domain_canine', 'train', '--preset', 'tiny', '--use_wandb',
+                        '--output_dir', str(tmp_path / 'run')], capture_output=True, text=True, env=env)
+    assert r.returncode == 1 and r.stderr.strip() == 'domain-canine: error: --use_wandb needs the wandb package: pip install wandb'
+
+@pytest.fixture
+def original_dir(tmp_path):
+    "A checkpoint in the original project's format: encoder + pickled training_state.bin with a 16,384-class head."
+    d = tmp_path / 'original'
+    CanineModel(canine_config('tiny')).save_pretrained(d)
+    head = nn.Sequential(nn.Linear(32, 32), nn.GELU(), nn.LayerNorm(32), nn.Linear(32, 16384))
+    opt = torch.optim.AdamW(head.parameters())
+    torch.save(dict(mlm_head_state_dict=head.state_dict(), optimizer_state_dict=opt.state_dict(), global_step=10,
+                    epoch=1, args=argparse.Namespace(batch_size=32, bf16=True)), d / 'training_state.bin')
+    return d
+
+def test_original_checkpoints_import_and_load_directly(original_dir, tmp_path):
+    r = cli('import-original', original_dir, tmp_path / 'converted')
+    assert r.returncode == 0, r.stderr
+    assert is_model_dir(tmp_path / 'converted')
+    r = cli('predict', '--model_path', original_dir, '--json', 'example.c?m')  # no conversion step needed
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)[0]['masks']) == 1
+    r = cli('train', '--preset', 'tiny', '--num_samples', 300, '--max_steps', 2, '--model_name_or_path', original_dir,
+            '--output_dir', tmp_path / 'continued')
+    assert r.returncode == 0, r.stderr
+    r = cli('import-original', tmp_path / 'converted', tmp_path / 'again')
+    assert r.returncode == 1 and 'not a checkpoint of the original project' in r.stderr
