@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/08_main.ipynb #60a6dfcd
+# %% ../nbs/08_main.ipynb #e0a47e9f
 import sys
 from .cli import main
 
-# %% ../nbs/08_main.ipynb #a31678f3
+# %% ../nbs/08_main.ipynb #7769cdec
 #| eval: false
 if __name__ == '__main__': sys.exit(main())

@@ -4,6 +4,8 @@ import pytest
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # no test may need the network
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
+if 'DOMAIN_CANINE_CACHE' not in os.environ:  # prepared corpora go to a fresh folder, not the user's cache
+    import tempfile; os.environ['DOMAIN_CANINE_CACHE'] = tempfile.mkdtemp(prefix='domain-canine-cache-')
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINT = Path(sys.executable).parent / 'domain-canine'
 
@@ -19,3 +21,6 @@ def tiny_run(tmp_path_factory) -> Path:
     r = cli('train', '--preset', 'tiny', '--output_dir', out, '--save_total_limit', 2, '--num_samples', 300)
     assert r.returncode == 0, r.stderr
     return out
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'browser: drives the widgets in JupyterLab from headless Chromium (select with -m browser)')

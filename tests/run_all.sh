@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# prepared corpora are cached per run of the tests, never taken from an earlier run
+export DOMAIN_CANINE_CACHE="${DOMAIN_CANINE_CACHE:-$(mktemp -d)}"
 fingerprint() { find "$@" -type f \( -name '*.py' -o -name '*.ipynb' \) -not -path '*/.ipynb_checkpoints/*' -print0 | sort -z | xargs -0 sha256sum; }
 
 echo "== nbdev_export: the package must be exactly what the notebooks export"

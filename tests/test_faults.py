@@ -1,0 +1,135 @@
+"Fault tolerance: kill -9, full disks, NaN losses, corrupt checkpoints, interrupts and failing streams."
+import errno, json, signal, subprocess, sys, time
+from pathlib import Path
+import pytest
+import torch
+from conftest import cli, ROOT
+import domain_canine.checkpoint as checkpoint_module
+import domain_canine.training as training_module
+from domain_canine.checkpoint import CheckpointError, verify_checkpoint, load_checkpoint
+from domain_canine.crash_test import crash_test, final_state, training_command
+from domain_canine.data import DataError, SAMPLE_CORPUS, open_source
+from domain_canine.model import DomainCanineMLM, build_model
+from domain_canine.training import Callback, Trainer, TrainingDiverged, resolve_config
+
+QUIET = dict(log=lambda *a: None)
+
+def tiny(out, **kw):
+    return resolve_config('tiny', output_dir=str(out), **{'num_samples': 300, 'max_steps': 12, 'save_steps': 4,
+                                                          'eval_steps': 100, **kw})
+
+def test_kill_9_at_five_random_moments_resumes_bit_for_bit(tmp_path):
+    result = crash_test(moments=5, seed=1, workdir=tmp_path, log=lambda *a: None)
+    assert result['kills'] >= 4, result  # (a run may finish before its kill moment)
+    assert result['identical'], result
+
+def test_disk_full_during_checkpoint_stops_cleanly_and_keeps_earlier_ones(tmp_path, monkeypatch):
+    real_save, calls = torch.save, []
+    def failing_save(obj, path, *a, **kw):  # the fifth file written with torch.save (at step 12) meets a full disk
+        calls.append(path)
+        if len(calls) == 5: raise OSError(errno.ENOSPC, 'No space left on device')
+        return real_save(obj, path, *a, **kw)
+    monkeypatch.setattr(checkpoint_module.torch, 'save', failing_save)
+    with pytest.raises(CheckpointError, match='could not write checkpoint .*: No space left on device'):
+        Trainer(tiny(tmp_path), **QUIET).fit()
+    monkeypatch.undo()
+    for name in ('checkpoint-step-4', 'checkpoint-step-8'):
+        assert verify_checkpoint(tmp_path / name) is None
+        load_checkpoint(tmp_path / name, build_model(None, 'tiny'))
+    assert not (tmp_path / 'checkpoint-step-12').exists() and not list(tmp_path.glob('.tmp-*'))
+
+class PoisonFrom(Callback):
+    "From step `start` on (for `n` steps), the model's head outputs NaN."
+    def __init__(self, start, n=10**9): self.start, self.n, self.hook = start, n, None
+    def on_train_start(self, trainer):
+        def hook(module, inputs, output):
+            s = trainer.state.step
+            return output * float('nan') if self.start <= s < self.start + self.n else output
+        self.hook = trainer.model.head.register_forward_hook(hook)
+
+def test_nan_steps_are_skipped_and_too_many_stop_the_run(tmp_path):
+    t = Trainer(tiny(tmp_path / 'recovers', max_bad_steps=3), [PoisonFrom(5, 2)], **QUIET)
+    t.fit()  # two bad steps, then fine: the run completes
+    assert t.state.skipped_steps == 2 and all(torch.isfinite(p).all() for p in t.model.parameters())
+    t = Trainer(tiny(tmp_path / 'diverges', max_bad_steps=3), [PoisonFrom(5)], **QUIET)
+    with pytest.raises(TrainingDiverged, match='3 consecutive steps'):
+        t.fit()
+    assert verify_checkpoint(tmp_path / 'diverges' / 'checkpoint-step-4') is None
+    assert not (tmp_path / 'diverges' / 'final-model').exists()
+    weights = DomainCanineMLM.load(tmp_path / 'diverges' / 'checkpoint-step-4').state_dict()
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+@pytest.fixture(scope='module')
+def corrupt(tmp_path_factory, tiny_run):
+    d = tmp_path_factory.mktemp('corrupt')
+    import shutil
+    ck = Path(shutil.copytree(tiny_run / 'checkpoint-step-30', d / 'checkpoint'))
+    with open(ck / 'model.safetensors', 'r+b') as f: f.truncate(200)
+    (d / 'foreign').mkdir(); (d / 'foreign' / 'config.json').write_text('{"model_type": "bert"}')
+    return d
+
+@pytest.mark.parametrize('args, expected', [
+    (['train', '--preset', 'tiny', '--resume_from', '{d}/checkpoint'], 'corrupt (checksum mismatch)'),
+    (['train', '--preset', 'tiny', '--max_steps', '1', '--model_name_or_path', '{d}/checkpoint'], 'cannot load the model'),
+    (['predict', '--model_path', '{d}/checkpoint', 'a?.com'], 'cannot load the model'),
+    (['train', '--preset', 'tiny', '--max_steps', '1', '--model_name_or_path', '{d}/foreign'], 'could not load CANINE'),
+    (['train', '--preset', 'tiny', '--resume_from', '{d}/foreign'], 'not a checkpoint'),
+])
+def test_corrupt_or_foreign_checkpoints_are_one_line(corrupt, args, expected):
+    r = cli(*[a.format(d=corrupt) for a in args])
+    assert r.returncode == 1 and 'Traceback' not in r.stderr
+    assert expected in r.stderr.strip().splitlines()[-1], r.stderr
+
+def test_sigterm_writes_a_checkpoint_and_resume_is_exact(tmp_path):
+    ref = subprocess.run(training_command(tmp_path / 'reference', 120), capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    run = tmp_path / 'interrupted'
+    p = subprocess.Popen(training_command(run, 120), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while p.poll() is None and not any(True for _ in run.glob('checkpoint-step-9')): time.sleep(0.02)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert 'stopped by SIGTERM' in out and 'Traceback' not in err
+    stopped = json.loads(next(run.glob('checkpoint-step-*/trainer_state.json')).read_text())  # at least one
+    assert not (run / 'final-model').exists()
+    steps = sorted(int(p.name.split('-')[-1]) for p in run.glob('checkpoint-step-*'))
+    assert verify_checkpoint(run / f'checkpoint-step-{steps[-1]}') is None and steps[-1] < 120
+    assert subprocess.run(training_command(run, 120), capture_output=True).returncode == 0
+    (a, la), (b, lb) = final_state(tmp_path / 'reference'), final_state(run)
+    assert all(torch.equal(a[k], b[k]) for k in a) and la == lb
+
+class FlakySource:
+    "A source whose batches raise ConnectionError after `after` chunks of 50 lines, on the openings `fails(n)` picks."
+    opened = 0
+    def __init__(self, real, after, fails): self.real, self.after, self.fails = real, after, fails
+    def batches(self, batch_size=10_000):
+        FlakySource.opened += 1
+        n, lines = FlakySource.opened, [l for b in self.real.batches() for l in b]
+        for i in range(0, len(lines), 50):
+            if i // 50 >= self.after and self.fails(n): raise ConnectionError('hub went away')
+            yield lines[i:i + 50]
+
+def stream_cfg(out, **kw):
+    return resolve_config('tiny', dataset='sample', streaming=True, num_samples=600, batch_size=8, save_steps=5,
+                          eval_steps=1000, eval_samples=50, output_dir=str(out), **{'max_steps': 10, **kw})
+
+def flaky(monkeypatch, after, fails):
+    monkeypatch.setattr(training_module, 'STREAM_RETRY_PAUSE', 0.0)
+    real_open = open_source
+    monkeypatch.setattr(training_module, 'open_source', lambda *a, **kw: FlakySource(real_open(*a, **kw), after, fails))
+    FlakySource.opened = 0
+
+def test_stream_failures_are_retried_and_change_nothing(tmp_path, monkeypatch):
+    clean = Trainer(stream_cfg(tmp_path / 'clean'), **QUIET); clean.fit()
+    # openings: 1 validation sample, 2 padding report, 3 training (fails mid-stream), 4 retry (fails), 5 retry (works)
+    flaky(monkeypatch, 3, lambda n: n in (3, 4))
+    run = Trainer(stream_cfg(tmp_path / 'flaky'), **QUIET); run.fit()
+    assert FlakySource.opened == 5
+    assert all(torch.equal(x, y) for x, y in zip(clean.model.state_dict().values(), run.model.state_dict().values()))
+
+def test_stream_failing_for_good_stops_with_a_resumable_checkpoint(tmp_path, monkeypatch):
+    flaky(monkeypatch, 1, lambda n: n >= 4)  # the second pass over the stream never works again
+    t = Trainer(stream_cfg(tmp_path, stream_retries=2, max_steps=200), **QUIET)
+    with pytest.raises(DataError, match=r'failed 3 times.*checkpoint of step \d+ written.*--resume_from latest'):
+        t.fit()
+    assert t.state.step > 0 and verify_checkpoint(tmp_path / f'checkpoint-step-{t.state.step}') is None

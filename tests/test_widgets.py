@@ -1,0 +1,109 @@
+"The notebook widgets without a browser: their methods, as the user interface calls them, on a real tiny run."
+import json, shutil, time
+import numpy as np
+import pytest
+from domain_canine.model import build_model
+from domain_canine.analysis import read_metrics
+from domain_canine.widgets import LossCurves, MaskPredictor, draw_curves, ema, find_models, find_runs
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory, tiny_run):
+    "A runs folder: the tiny run (its final and best models, one checkpoint) and a second model without metrics."
+    root = tmp_path_factory.mktemp('runs')
+    shutil.copytree(tiny_run, root / 'tiny', ignore=shutil.ignore_patterns('optimizer.pt'))
+    build_model(None, 'tiny').save(root / 'other' / 'final-model')
+    return root
+
+
+def test_find_models_and_runs(runs):
+    found = [str(p.relative_to(runs)) for p in find_models(runs)]
+    assert found[:3] == ['other/final-model', 'tiny/final-model', 'tiny/best-model']
+    assert found[3:] == ['tiny/checkpoint-step-30', 'tiny/checkpoint-step-20', 'tiny/checkpoint-epoch-1']
+    assert find_runs(runs) == [runs / 'tiny']
+    assert find_models(runs / 'missing') == [] and find_runs(runs / 'missing') == []
+
+
+def test_predictor_fills_and_reports(runs):
+    w = MaskPredictor(runs, model_path=runs / 'tiny' / 'final-model', text='goo?le.c?m', top_k=4, delay=0, device='cpu')
+    assert w.model_select.value == str(runs / 'tiny' / 'final-model')
+    p = w.predict()
+    assert [m.position for m in p.masks] == [3, 8] and len(p.filled) == 10 and '?' not in p.filled
+    assert w.bars.value.count('class="dc-bar-row"') == 8 and w.filled.value.count('dc-hit') == 2
+    assert w.status.value.startswith(f'goo?le.c?m → {p.filled}')
+    w.domain_input.value = 'goo gle.?om'  # refused: the reason instead of predictions
+    assert 'whitespace' in w.message.value and w.bars.value == '' and w.filled.value == ''
+    w.domain_input.value = ''
+    assert w.message.value == '' and 'type a domain' in w.status.value
+    w.domain_input.value = 'a?.io'
+    w.top_k_slider.value = 2
+    assert w.bars.value.count('class="dc-bar-row"') == 2 and w.message.value == ''
+
+
+def test_predictor_model_choice(runs):
+    w = MaskPredictor(runs, text='a?.io', delay=0, device='cpu')
+    assert w.model_select.value == str(runs / 'other' / 'final-model')
+    w.model_select.value = str(runs / 'tiny' / 'checkpoint-step-20')  # choosing a checkpoint predicts with it
+    assert w.status.value.startswith('a?.io → ') and set(w._predictors) == {str(runs / 'other' / 'final-model'),
+                                                                          str(runs / 'tiny' / 'checkpoint-step-20')}
+    w.path_input.value = str(runs / 'tiny')  # a run folder is not a model directory
+    w.load_path()
+    assert 'not a model directory' in w.message.value
+    empty = MaskPredictor(runs / 'missing', text='a?.io', delay=0)
+    assert 'no model directory' in empty.message.value
+
+
+def test_predictor_waits_for_a_pause(runs):
+    w = MaskPredictor(runs, delay=0.15, device='cpu')
+    seen = []
+    w.predict = lambda: seen.append(w.domain_input.value)
+    for text in ('e', 'ex', 'ex?', 'ex?.com'):
+        w.domain_input.value = text
+        time.sleep(0.02)
+    time.sleep(0.5)
+    assert seen == ['ex?.com']
+
+
+def test_ema_and_draw_curves(tiny_run):
+    assert ema([2.0, 4.0], 0.0).tolist() == [2.0, 4.0]
+    assert np.allclose(ema([3.0] * 5, 0.8), 3.0)
+    m = read_metrics(tiny_run)
+    fig = draw_curves({'tiny': m}, ['loss', 'accuracy', 'learning rate'], smoothing=0.5, log_scale=True, steps=(10, 25))
+    loss, accuracy, lr = fig.axes
+    assert len(loss.lines) == 3 and len(accuracy.lines) == 1 and len(lr.lines) == 1  # lr is never smoothed
+    assert all(10 <= x <= 25 for line in fig.axes[0].lines for x in line.get_xdata())
+    assert loss.get_yscale() == 'log' and accuracy.get_yscale() == 'linear'
+    no_eval = draw_curves({'tiny': m}, ['loss'], smoothing=0.0, show_eval=False)
+    assert len(no_eval.axes[0].lines) == 1
+
+
+def test_loss_curves_follow_a_run_that_is_still_training(tmp_path, tiny_run):
+    "Copy a finished run's metrics line by line into a new run, reloading as they arrive."
+    lines = (tiny_run / 'metrics.jsonl').read_text().splitlines()
+    live = tmp_path / 'live'; live.mkdir()
+    (live / 'metrics.jsonl').write_text('\n'.join(lines[:3]) + '\n')
+    w = LossCurves(tmp_path)
+    first = w.step_range.max
+    assert w.run_select.value == (str(live),) and first == max(json.loads(l)['step'] for l in lines[:3])
+    before = w.plot.value
+    with open(live / 'metrics.jsonl', 'a') as f: f.write('\n'.join(lines[3:]) + '\n')
+    w.reload()
+    assert w.step_range.max == 30 and w.step_range.value == (0, 30) and w.plot.value != before
+    w.smoothing.value = 0.9
+    assert 'smoothing 0.90' in w.status.value
+    w.show_eval.value, w.log_scale.value = False, True
+    w.metric_select.value = ['perplexity']
+    assert w.status.value.startswith('1 run · perplexity')
+
+
+def test_loss_curves_auto_reload(tmp_path, tiny_run):
+    lines = (tiny_run / 'metrics.jsonl').read_text().splitlines()
+    run = tmp_path / 'run'; run.mkdir()
+    (run / 'metrics.jsonl').write_text(lines[0] + '\n')
+    w = LossCurves(tmp_path, interval=0.05)
+    w.auto_reload.value = True
+    (run / 'metrics.jsonl').write_text('\n'.join(lines) + '\n')
+    deadline = time.monotonic() + 5
+    while w.step_range.max != 30 and time.monotonic() < deadline: time.sleep(0.05)
+    w.auto_reload.value = False
+    assert w.step_range.max == 30 and w._timer is None
