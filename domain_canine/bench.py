@@ -72,7 +72,7 @@ def flops_per_domain(step, batch: dict, n: int) -> float:
     with FlopCounterMode(display=False) as counter: step(batch)
     return counter.get_total_flops() / n
 
-# %% ../nbs/11_bench.ipynb #5a64febe
+# %% ../nbs/11_bench.ipynb #bafee4c4
 def time_training(model: nn.Module, make_batch, loss_of, device, amp_dtype, warmup: int = 3, windows: int = 5,
                   window_steps: int = 5) -> dict:
     "Median domains/s and characters/s over timed windows of training steps, with peak memory and FLOPs per domain."
@@ -83,9 +83,9 @@ def time_training(model: nn.Module, make_batch, loss_of, device, amp_dtype, warm
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loss = loss_of(model, batch)
         loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
-    first = make_batch(0)
-    flops = flops_per_domain(step, first, len(first['input_ids']))
-    rates, chars, i = [], [], 1
+    counted = [make_batch(i) for i in range(3)]  # batches differ in width (bucketing): average a few
+    flops = statistics.mean(flops_per_domain(step, b, len(b['input_ids'])) for b in counted)
+    rates, chars, i = [], [], len(counted)
     with PeakMemory(device) as mem:
         for _ in range(warmup): step(make_batch(i)); i += 1
         for _ in range(windows):
@@ -98,14 +98,14 @@ def time_training(model: nn.Module, make_batch, loss_of, device, amp_dtype, warm
     return dict(domains_per_s=statistics.median(rates), chars_per_s=statistics.median(chars), peak_memory_mb=mem.mb,
                 flops_per_domain=flops)
 
-# %% ../nbs/11_bench.ipynb #7c6fb579
+# %% ../nbs/11_bench.ipynb #3c1a3a8a
 def _domains(n_min: int) -> list[str]:
     "Training domains of the sample, repeated to at least `n_min`."
     train = load_corpus('sample').train
     return (train * (n_min // len(train) + 1))[:max(n_min, len(train))]
 
 def bench_training(config: str = 'small', batch_size: int = 256, max_length: int = 64, device=None,
-                   precision: str = 'auto', bucket: bool = False, warmup: int = 3, windows: int = 5, window_steps: int = 5,
+                   precision: str = 'auto', bucket: bool = True, warmup: int = 3, windows: int = 5, window_steps: int = 5,
                    reference: bool = True) -> dict:
     "Training throughput, memory and FLOPs of our path and (optionally) of the original design."
     device = device if isinstance(device, torch.device) else pick_device(device)
@@ -168,9 +168,9 @@ def gpu_figures(flops_per_domain: float, domains_per_s: float, device: torch.dev
     peak = PEAK_TFLOPS.get(torch.cuda.get_device_capability(device))
     return dict(gpu=torch.cuda.get_device_name(device), achieved_tflops=achieved, mfu=achieved / peak if peak else None)
 
-# %% ../nbs/11_bench.ipynb #a5f38e86
+# %% ../nbs/11_bench.ipynb #178a7e17
 def run_bench(config: str = 'small', batch_size: int = 256, max_length: int = 64, device=None, precision: str = 'auto',
-              bucket: bool = False, pipeline_lines: int = 1_000_000, windows: int = 5, window_steps: int = 5,
+              bucket: bool = True, pipeline_lines: int = 1_000_000, windows: int = 5, window_steps: int = 5,
               dry_run: bool = False) -> dict:
     "Pipeline and training benchmark, ours against the original design; one flat dict."
     if dry_run: config, pipeline_lines, windows, window_steps = 'tiny', 20_000, 2, 2
@@ -183,7 +183,7 @@ def run_bench(config: str = 'small', batch_size: int = 256, max_length: int = 64
     out.update(gpu_figures(out['flops_per_domain'], out['train_domains_per_s'], device))
     return out
 
-# %% ../nbs/11_bench.ipynb #d1fd0b9e
+# %% ../nbs/11_bench.ipynb #3b8e912c
 def add_bench_commands(sub):
     "Register `bench` and `make-corpus` on the `domain-canine` subcommand parser."
     b = sub.add_parser('bench', help='measure pipeline and training throughput against the original design',
@@ -195,7 +195,8 @@ def add_bench_commands(sub):
     b.add_argument('--max_length', type=int, default=64, help="the reference mode's fixed padding: 64 or 128 (default: 64)")
     b.add_argument('--device', default=None, help='cpu, cuda or mps (default: the best available)')
     b.add_argument('--precision', default='auto', help='auto, bf16, fp16 or fp32 (default: auto)')
-    b.add_argument('--length_bucketing', action='store_true', help='batch domains of similar length in our mode')
+    b.add_argument('--no_length_bucketing', dest='length_bucketing', action='store_false',
+                   help='batch domains in random order in our mode, without the length bucketing training uses by default')
     b.add_argument('--pipeline_lines', type=int, default=1_000_000, help='lines for the pipeline benchmark (default: 1,000,000)')
     b.add_argument('--windows', type=int, default=5, help='timed windows per mode; the median is reported (default: 5)')
     b.add_argument('--window_steps', type=int, default=5, help='training steps per timed window (default: 5)')

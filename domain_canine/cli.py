@@ -31,7 +31,7 @@ def _flag_type(annotation: str):
     a = annotation.replace(' ', '')
     return bool if a.startswith('bool') else int if a.startswith('int') else float if a.startswith('float') else str
 
-# %% ../nbs/07_cli.ipynb #fdd59852
+# %% ../nbs/07_cli.ipynb #22b735ce
 def add_train_flags(p: argparse.ArgumentParser):
     "One flag per `TrainConfig` field, documented by the field's comment, plus --preset and the precision toggles."
     presets = '; '.join(f"{k}: {', '.join(f'{a}={b}' for a, b in v.items()) or 'the defaults'}" for k, v in PRESETS.items())
@@ -41,7 +41,9 @@ def add_train_flags(p: argparse.ArgumentParser):
         kind, help = _flag_type(f.type), f"{docs[f.name]} (default: {f.default})".replace('%', '%%')  # argparse formats help with %
         if f.name == 'model_config': help += f" [{', '.join(MODEL_CONFIGS)}]"
         names = [f'--{f.name}', *(['--config'] if f.name == 'model_config' else [])]  # --config: the short spelling
-        if kind is bool: p.add_argument(*names, action='store_true', default=argparse.SUPPRESS, help=help)
+        if kind is bool and f.default:  # on by default: the flag turns it off
+            p.add_argument(f'--no_{f.name}', dest=f.name, action='store_false', default=argparse.SUPPRESS, help=help)
+        elif kind is bool: p.add_argument(*names, action='store_true', default=argparse.SUPPRESS, help=help)
         else: p.add_argument(*names, type=kind, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help)
     for flag, value in (('--bf16', 'bf16'), ('--fp16', 'fp16'), ('--no_mixed_precision', 'fp32')):
         p.add_argument(flag, dest='precision', action='store_const', const=value, default=argparse.SUPPRESS,

@@ -61,23 +61,22 @@ def pad_batch(enc: EncodedDomains, idx: np.ndarray, length: int | None = None) -
     ids[:, 0], ids[np.arange(len(idx)), lens + 1] = CLS, SEP
     return torch.from_numpy(ids), torch.from_numpy(lens)
 
-# %% ../nbs/01_masking.ipynb #1e7ca9e2
-def _maskable_end(ids: torch.Tensor, lengths: torch.Tensor, exclude_tld: bool) -> torch.Tensor:
+# %% ../nbs/01_masking.ipynb #26c8462a
+def _maskable_end(x: np.ndarray, lengths: np.ndarray, exclude_tld: bool) -> np.ndarray:
     "Last maskable position of each row: the domain's last character, or the one before its last dot."
     if not exclude_tld: return lengths
-    pos = torch.arange(ids.shape[1])
-    last_dot = torch.where(ids == ord('.'), pos, 0).max(1).values
-    return torch.where(last_dot > 1, last_dot - 1, lengths)
+    last_dot = np.where(x == ord('.'), np.arange(x.shape[1]), 0).max(1)
+    return np.where(last_dot > 1, last_dot - 1, lengths)
 
-def _span_mask(ends: torch.Tensor, width: int, span_lengths: tuple[int, int], generator) -> torch.Tensor:
+def _span_mask(ends: np.ndarray, width: int, span_lengths: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     "One contiguous span per row, of a length drawn from `span_lengths` (inclusive), inside positions 1..end."
     lo, hi = span_lengths
-    length = torch.minimum(torch.randint(lo, hi + 1, ends.shape, generator=generator), ends)
-    start = 1 + (torch.rand(ends.shape, generator=generator) * (ends - length + 1)).long()
-    pos = torch.arange(width)
+    length = np.minimum(rng.integers(lo, hi + 1, len(ends)), ends)
+    start = 1 + (rng.random(len(ends)) * (ends - length + 1)).astype(np.int64)
+    pos = np.arange(width)
     return (pos >= start[:, None]) & (pos < (start + length)[:, None])
 
-# %% ../nbs/01_masking.ipynb #9f764e9b
+# %% ../nbs/01_masking.ipynb #9a5ae89b
 def mask_batch(ids: torch.Tensor, # (batch, length) input ids from `pad_batch`
                lengths: torch.Tensor, # (batch,) characters per domain
                vocab: CharVocab, # output classes, for labels and random replacements
@@ -91,24 +90,26 @@ def mask_batch(ids: torch.Tensor, # (batch, length) input ids from `pad_batch`
                span_lengths: tuple[int, int] = (2, 5), # shortest and longest span
               ) -> tuple[torch.Tensor, torch.Tensor]:
     "Masked input ids and labels (class index at masked positions, -100 elsewhere)."
-    b, width = ids.shape
-    pos = torch.arange(width)
-    ends = _maskable_end(ids, lengths, exclude_tld)
+    rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
+    x, lens = ids.numpy(), lengths.numpy()
+    b, width = x.shape
+    pos = np.arange(width)
+    ends = _maskable_end(x, lens, exclude_tld)
     is_cand = (pos >= 1) & (pos <= ends[:, None])
-    k = (mlm_probability * ends + torch.rand(b, generator=generator)).floor().long().clamp(min=1)
-    scores = torch.rand(b, width, generator=generator).masked_fill(~is_cand, 2.0)
-    kth = scores.sort(dim=1).values.gather(1, (torch.minimum(k, ends) - 1)[:, None])  # each row's k-th smallest score
-    chosen = scores <= kth
+    k = np.minimum(np.maximum(np.floor(mlm_probability * ends + rng.random(b)).astype(np.int64), 1), ends)
+    scores = np.where(is_cand, rng.random((b, width)), 2.0)
+    chosen = scores <= np.take_along_axis(np.sort(scores, axis=1), (k - 1)[:, None], axis=1)  # each row's k smallest
     if span_masking:
-        use_span = torch.rand(b, generator=generator) < span_fraction
-        chosen = torch.where(use_span[:, None], _span_mask(ends, width, span_lengths, generator), chosen)
-    labels = torch.where(chosen, vocab.classes(ids), -100)
-    if mask_replace_prob >= 1: return torch.where(chosen, MASK, ids), labels  # the default: no more random draws
-    r = torch.rand(b, width, generator=generator)
-    randoms = vocab.codepoints[torch.randint(len(vocab.chars), (b, width), generator=generator)]
-    out = torch.where(chosen & (r < mask_replace_prob), MASK, ids)
-    out = torch.where(chosen & (r >= mask_replace_prob) & (r < mask_replace_prob + random_replace_prob), randoms, out)
-    return out, labels
+        use_span = rng.random(b) < span_fraction
+        chosen = np.where(use_span[:, None], _span_mask(ends, width, span_lengths, rng), chosen)
+    table = vocab.table.numpy()
+    labels = np.where(chosen, np.where(x < len(table), table[np.minimum(x, len(table) - 1)], vocab.unk), -100)
+    if mask_replace_prob >= 1: return torch.from_numpy(np.where(chosen, MASK, x)), torch.from_numpy(labels)
+    r = rng.random((b, width))
+    randoms = vocab.codepoints.numpy()[rng.integers(0, len(vocab.chars), (b, width))]
+    out = np.where(chosen & (r < mask_replace_prob), MASK, x)
+    out = np.where(chosen & (r >= mask_replace_prob) & (r < mask_replace_prob + random_replace_prob), randoms, out)
+    return torch.from_numpy(out), torch.from_numpy(labels)
 
 # %% ../nbs/01_masking.ipynb #be4fa185
 def batch_seed(*keys: int) -> int:
