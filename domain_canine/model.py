@@ -17,7 +17,7 @@ from .masking import CharVocab, EncodedDomains, pad_batch, mask_batch
 
 # %% auto #0
 __all__ = ['MODEL_CONFIGS', 'HEAD_WEIGHTS', 'HEAD_CONFIG', 'ORIGINAL_STATE', 'ModelError', 'canine_config', 'mlm_head',
-           'MLMOutput', 'DomainCanineMLM', 'loss_at_widths', 'is_original_dir', 'is_model_dir', 'read_original_state',
+           'MLMOutput', 'DomainCanineMLM', 'logits_at_widths', 'is_original_dir', 'is_model_dir', 'read_original_state',
            'head_from_original', 'load_original', 'import_original', 'build_model']
 
 # %% ../nbs/02_model.ipynb #daca46bb
@@ -70,13 +70,16 @@ class DomainCanineMLM(nn.Module):
         targets = labels.flatten().index_select(0, masked_index)
         return MLMOutput(F.cross_entropy(logits.float(), targets), logits, targets)
 
-# %% ../nbs/02_model.ipynb #01493532
-def loss_at_widths(model: DomainCanineMLM, enc: EncodedDomains, idx, widths, seed: int = 0) -> dict[int, float]:
-    "Loss of one masked batch (padded to the largest width) cropped to each of `widths`."
+# %% ../nbs/02_model.ipynb #b4bef4c7
+def logits_at_widths(model: DomainCanineMLM, enc: EncodedDomains, idx, widths) -> dict[int, torch.Tensor]:
+    "Logits at every character position of a batch padded to the largest width, then cropped to each of `widths`."
     ids, lens = pad_batch(enc, idx, max(widths))
-    masked, labels = mask_batch(ids, lens, model.vocab, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        return {w: model(masked[:, :w], (ids[:, :w] != 0).long(), labels[:, :w]).loss.item() for w in widths}
+        out = {}
+        for w in widths:
+            chars = (torch.arange(w) >= 1) & (torch.arange(w) <= lens[:, None])
+            out[w] = model(ids[:, :w], (ids[:, :w] != 0).long(), positions=chars).logits
+        return out
 
 # %% ../nbs/02_model.ipynb #d010e5d1
 HEAD_WEIGHTS, HEAD_CONFIG = 'mlm_head.safetensors', 'mlm_head.json'
