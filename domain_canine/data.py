@@ -14,8 +14,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['SAMPLE_CORPUS', 'SAMPLE_NAME', 'TEXT_COLUMNS', 'CLEANING_VERSION', 'DataError', 'normalise_domain', 'clean_domain',
-           'is_validation', 'read_text_lines', 'DomainSource', 'open_source', 'source_lines', 'clean_batch',
-           'EncodedDomains', 'domain_hashes', 'first_occurrences', 'default_cache_dir', 'PreparedCorpus',
+           'is_validation', 'read_text_lines', 'first_error_line', 'DomainSource', 'open_source', 'source_lines',
+           'clean_batch', 'EncodedDomains', 'domain_hashes', 'first_occurrences', 'default_cache_dir', 'PreparedCorpus',
            'prepare_corpus', 'Corpus', 'clean_domains', 'load_corpus', 'stream_domains']
 
 # %% ../nbs/00_data.ipynb #2828fee5
@@ -93,8 +93,9 @@ def read_text_lines(path: str | Path, batch_size: int = 100_000) -> Iterator[lis
     with opener(path, 'rt', encoding='utf-8', errors='surrogateescape', newline='') as f:
         while batch := f.readlines(batch_size * 16): yield batch
 
-# %% ../nbs/00_data.ipynb #b62b1209
-def _first_line(e: Exception) -> str:
+# %% ../nbs/00_data.ipynb #6801abc1
+def first_error_line(e: Exception) -> str:
+    "The first line of an exception's message (libraries often add pages of detail after it)."
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 def _text_column(ds, dataset: str, text_column: str | None) -> str:
@@ -106,7 +107,7 @@ def _text_column(ds, dataset: str, text_column: str | None) -> str:
         raise DataError(f"dataset {dataset!r} has no {wanted}; its columns: {', '.join(map(str, columns))} (choose with --text_column)")
     return column
 
-# %% ../nbs/00_data.ipynb #2f88631c
+# %% ../nbs/00_data.ipynb #210141eb
 def _open_hf(dataset: str, config: str | None, split: str, streaming: bool):
     "A `datasets` Dataset/IterableDataset for a tabular file, a saved dataset, a local folder or a hub id."
     import datasets
@@ -126,7 +127,7 @@ def _open_hf(dataset: str, config: str | None, split: str, streaming: bool):
     except Exception as e:  # datasets raises many types for "offline", "not found", "bad file"
         hint = ('; without network access use --dataset FILE (one domain per line) or --preset demo'
                 if not path.exists() else '')
-        raise DataError(f"could not load dataset {dataset!r} ({_first_line(e)}){hint}") from None
+        raise DataError(f"could not load dataset {dataset!r} ({first_error_line(e)}){hint}") from None
 
 # %% ../nbs/00_data.ipynb #914b6baa
 @dataclass

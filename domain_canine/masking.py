@@ -145,11 +145,12 @@ class MaskedBatches(torch.utils.data.Dataset):
         masked_index = (labels != -100).flatten().nonzero().squeeze(1)  # computed here, on the CPU: no GPU sync later
         return dict(input_ids=input_ids, attention_mask=(ids != PAD).long(), labels=labels, masked_index=masked_index)
 
-# %% ../nbs/01_masking.ipynb #786f8d6c
-def padding_fraction(batches: MaskedBatches, n: int | None = None) -> float:
-    "Share of the positions of the first `n` batches (all by default) that are padding."
+# %% ../nbs/01_masking.ipynb #c893686d
+def padding_fraction(batches, n: int | None = None) -> float:
+    "Share of the positions of the first `n` batches (all by default) of an iterable of batches that are padding."
     pad = total = 0
-    for b in range(min(n or len(batches), len(batches))):
-        mask = batches[b]['attention_mask']
+    for i, batch in enumerate(batches):
+        if n is not None and i >= n: break
+        mask = batch['attention_mask']
         pad += int((mask == 0).sum()); total += mask.numel()
-    return pad / total
+    return pad / max(total, 1)
