@@ -165,7 +165,7 @@ class RunBatches(torch.utils.data.Dataset):
     def __len__(self): return 2**62  # the run decides how many it takes
     def __getitem__(self, g: int): return self.epoch_batches(g // self.per_epoch)[g % self.per_epoch]
 
-# %% ../nbs/04_training.ipynb #73d508a6
+# %% ../nbs/04_training.ipynb #46276be2
 STREAM_RETRY_PAUSE = 1.0  # seconds, doubled at each retry (tests set it to 0)
 
 def retrying_stream(c: TrainConfig, validation: bool = False, rejected=None):
@@ -196,13 +196,11 @@ class StreamBatches(torch.utils.data.IterableDataset):
         c = self.cfg
         for stream_pass in range(2**62):
             buf, b = [], 0
-            for batch in self.read_pass():
+            for batch in retrying_stream(c):
                 buf.extend(batch)
                 while len(buf) >= self.block:
                     yield _shuffled(buf[:self.block], c.seed, stream_pass, b); buf, b = buf[self.block:], b + 1
             if buf: yield _shuffled(buf, c.seed, stream_pass, b)
-
-    def read_pass(self): return retrying_stream(self.cfg)
 
     def __iter__(self):
         c, g, carry = self.cfg, 0, []
@@ -447,7 +445,7 @@ def _after_step(self: Trainer, loss: torch.Tensor, ok: bool, domains: int, chars
         prune_checkpoints(c.output_dir, c.save_total_limit)
 Trainer.after_step = _after_step
 
-# %% ../nbs/04_training.ipynb #3c6b72e2
+# %% ../nbs/04_training.ipynb #44ec70c1
 def _memory_mb(device: torch.device) -> float:
     "Peak memory: CUDA max allocated on a GPU, peak resident set size of the process on the CPU."
     if device.type == 'cuda': return torch.cuda.max_memory_allocated(device) / 2**20
@@ -466,7 +464,6 @@ def _log_train(self: Trainer):
     self._emit('on_log', m)
     self._reset_window()
 Trainer.log_train = _log_train
-Trainer.memory_mb = staticmethod(_memory_mb)
 
 # %% ../nbs/04_training.ipynb #6a595149
 def _reset_window(self: Trainer, keep_loss: bool = False):
