@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_bench.ipynb #d2cddd11
 from __future__ import annotations
-import json, math, os, statistics, tempfile, threading, time
+import json, math, os, subprocess, statistics, sys, tempfile, threading, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np
@@ -12,14 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import CanineModel
-from .data import SAMPLE_CORPUS, EncodedDomains, load_corpus, prepare_corpus
+from .data import SAMPLE_CORPUS, DataError, EncodedDomains, load_corpus, prepare_corpus
 from .masking import CharVocab, MaskedBatches, MASK, CLS, SEP, PAD, padding_fraction
-from .model import DomainCanineMLM, canine_config, mlm_head
-from .training import make_optimizer, pick_device, pick_precision
+from .model import DomainCanineMLM, canine_config, mlm_head, use_sdpa
+from .training import make_optimizer, pick_device, pick_precision, compile_encoder, round_width, COMPILE_WIDTH
 
 # %% auto #0
 __all__ = ['ORIGINAL_CLASSES', 'PEAK_TFLOPS', 'reference_batch', 'ReferenceMLM', 'PeakMemory', 'flops_per_domain',
-           'time_training', 'bench_training', 'bench_pipeline', 'gpu_figures', 'run_bench', 'add_bench_commands']
+           'time_training', 'bench_training', 'bench_ablations', 'bench_pipeline', 'bench_masking',
+           'measure_preparation', 'bench_scale', 'gpu_figures', 'run_bench', 'add_bench_commands']
 
 # %% ../nbs/11_bench.ipynb #3f2482df
 ORIGINAL_CLASSES = 16_384
@@ -74,17 +75,17 @@ def flops_per_domain(step, batch: dict, n: int) -> float:
 
 # %% ../nbs/11_bench.ipynb #bafee4c4
 def time_training(model: nn.Module, make_batch, loss_of, device, amp_dtype, warmup: int = 3, windows: int = 5,
-                  window_steps: int = 5) -> dict:
+                  window_steps: int = 5, fused: bool | None = None, count_flops: bool = True) -> dict:
     "Median domains/s and characters/s over timed windows of training steps, with peak memory and FLOPs per domain."
     model.to(device).train()
-    opt = make_optimizer(model, 1e-4, 0.01, device)
+    opt = make_optimizer(model, 1e-4, 0.01, device, fused)
     def step(batch):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loss = loss_of(model, batch)
         loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
     counted = [make_batch(i) for i in range(3)]  # batches differ in width (bucketing): average a few
-    flops = statistics.mean(flops_per_domain(step, b, len(b['input_ids'])) for b in counted)
+    flops = statistics.mean(flops_per_domain(step, b, len(b['input_ids'])) for b in counted) if count_flops else None
     rates, chars, i = [], [], len(counted)
     with PeakMemory(device) as mem:
         for _ in range(warmup): step(make_batch(i)); i += 1
@@ -106,7 +107,7 @@ def _domains(n_min: int) -> list[str]:
 
 def bench_training(config: str = 'small', batch_size: int = 256, max_length: int = 64, device=None,
                    precision: str = 'auto', bucket: bool = True, warmup: int = 3, windows: int = 5, window_steps: int = 5,
-                   reference: bool = True) -> dict:
+                   reference: bool = True, attention: str = 'sdpa', compile: bool = False, fused: bool | None = None) -> dict:
     "Training throughput, memory and FLOPs of our path and (optionally) of the original design."
     device = device if isinstance(device, torch.device) else pick_device(device)
     amp_dtype, _ = pick_precision(precision, device)
@@ -115,8 +116,11 @@ def bench_training(config: str = 'small', batch_size: int = 256, max_length: int
     domains = _domains(batch_size * (warmup + windows * window_steps + 2))
     enc = EncodedDomains.from_strings(domains)
     ours = MaskedBatches(enc, vocab, batch_size, seed=0, bucket=bucket)
-    fast = time_training(DomainCanineMLM(encoder, vocab), lambda i: ours[i % len(ours)],
-                         lambda m, b: m(**b).loss, device, amp_dtype, warmup, windows, window_steps)
+    model = use_sdpa(DomainCanineMLM(encoder, vocab), attention == 'sdpa')
+    if compile: compile_encoder(model)
+    batch = (lambda i: round_width(ours[i % len(ours)], COMPILE_WIDTH)) if compile else (lambda i: ours[i % len(ours)])
+    fast = time_training(model, batch, lambda m, b: m(**b).loss, device, amp_dtype, warmup, windows, window_steps,
+                         fused, count_flops=not compile)  # FLOPs are those of the eager model
     out = dict(train_domains_per_s=fast['domains_per_s'], train_chars_per_s=fast['chars_per_s'],
                peak_memory_mb=fast['peak_memory_mb'], flops_per_domain=fast['flops_per_domain'],
                padding_fraction=padding_fraction(ours, 20))
@@ -131,6 +135,25 @@ def bench_training(config: str = 'small', batch_size: int = 256, max_length: int
                    reference_flops_per_domain=ref['flops_per_domain'],
                    reference_padding_fraction=1 - float(np.mean(np.minimum(lens + 2, max_length))) / max_length,
                    speedup=fast['domains_per_s'] / ref['domains_per_s'])
+    return out
+
+# %% ../nbs/11_bench.ipynb #a753eebe
+def bench_ablations(variants: dict[str, dict], # name → bench_training settings that differ from the default path
+                    config: str = 'small', batch_size: int = 256, device=None, precision: str = 'auto',
+                    rounds: int = 2, **steps) -> dict:
+    "Median domains/s of the default path and of each variant over `rounds` alternating rounds, with ratios to the default."
+    device = device if isinstance(device, torch.device) else pick_device(device)
+    runs = {'default': {}, **variants}
+    rates = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, kw in runs.items():
+            kw = dict(kw); tf32 = kw.pop('tf32', True)
+            if device.type == 'cuda': torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+            kw.setdefault('precision', precision)
+            rates[name].append(bench_training(config, batch_size, 64, device, reference=False, **kw, **steps)['train_domains_per_s'])
+    if device.type == 'cuda': torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    out = {f'{name}_domains_per_s': statistics.median(r) for name, r in rates.items()}
+    out.update({f'{name}_vs_default': out[f'{name}_domains_per_s'] / out['default_domains_per_s'] for name in variants})
     return out
 
 # %% ../nbs/11_bench.ipynb #fbcb61ae
@@ -157,6 +180,61 @@ def bench_pipeline(lines: int = 1_000_000, batch_size: int = 256, workdir=None) 
     finally: torch.set_num_threads(threads)
     return dict(pipeline_domains_per_s=n_lines / (t2 - t0), prepare_lines_per_s=n_lines / (t1 - t0),
                 batch_domains_per_s=produced / (t2 - t1), pipeline_lines=n_lines)
+
+# %% ../nbs/11_bench.ipynb #f9644d77
+def bench_masking(batch_size: int = 256, batches: int = 200, max_length: int = 64) -> dict:
+    "Domains/s of our batch construction and of the original's per-example collator, one thread."
+    threads = torch.get_num_threads(); torch.set_num_threads(1)
+    try:
+        domains = _domains(batch_size * batches)
+        ours = MaskedBatches(EncodedDomains.from_strings(domains), CharVocab(), batch_size, seed=0)
+        t0 = time.perf_counter()
+        for b in range(batches): ours[b]
+        t1 = time.perf_counter()
+        rng = np.random.default_rng(0)
+        for b in range(batches): reference_batch(domains[b * batch_size:(b + 1) * batch_size], max_length, rng)
+        t2 = time.perf_counter()
+    finally: torch.set_num_threads(threads)
+    n = batch_size * batches
+    return dict(masking_domains_per_s=n / (t1 - t0), reference_masking_domains_per_s=n / (t2 - t1),
+                masking_speedup=(t2 - t1) / (t1 - t0))
+
+# %% ../nbs/11_bench.ipynb #520a378e
+def _memory_mb(field: str) -> float:
+    "A memory figure of this process from /proc/self/status, in MB."
+    for line in open('/proc/self/status'):
+        if line.startswith(field + ':'): return int(line.split()[1]) / 1024
+    return 0.0
+
+def measure_preparation(path: str, cache_dir: str) -> dict:
+    "Prepare `path` in this process: seconds, peak anonymous memory, peak RSS, then the time to a first streamed batch."
+    from domain_canine.training import StreamBatches, resolve_config
+    peak, running = [_memory_mb('RssAnon')], True
+    def sample():
+        while running: peak.append(max(peak[-1], _memory_mb('RssAnon'))); time.sleep(0.005)
+    sampler = threading.Thread(target=sample, daemon=True); sampler.start()
+    t0 = time.perf_counter()
+    corpus = prepare_corpus(path, cache_dir=cache_dir, log=lambda *a: None)
+    seconds = time.perf_counter() - t0
+    running = False; sampler.join()
+    t0 = time.perf_counter()
+    next(iter(StreamBatches(resolve_config('demo', dataset=path, streaming=True, max_steps=1), CharVocab())))
+    return dict(lines=corpus.lines_read, prepare_s=seconds, prepare_lines_per_s=corpus.lines_read / seconds,
+                peak_anonymous_mb=max(peak), peak_rss_mb=_memory_mb('VmHWM'), stream_first_batch_s=time.perf_counter() - t0)
+
+def bench_scale(sizes: tuple[int, ...] = (1_000_000, 10_000_000), # corpus sizes in lines
+                workdir=None, seed: int = 0) -> list[dict]:
+    "`measure_preparation` on synthetic corpora of each size, each in a fresh process."
+    from domain_canine.synthetic import make_corpus
+    work, out = Path(workdir or tempfile.mkdtemp(prefix='domain-canine-scale-')), []
+    for n in sizes:
+        path = make_corpus(n, work / f'synthetic-{n}.txt', seed)
+        code = (f'import json; from domain_canine.bench import measure_preparation; '
+                f'print(json.dumps(measure_preparation({str(path)!r}, {str(work / f"cache-{n}")!r})))')
+        r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+        out.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        path.unlink()
+    return out
 
 # %% ../nbs/11_bench.ipynb #639a406c
 PEAK_TFLOPS = {(8, 0): 312.0, (8, 6): 142.0, (8, 9): 165.0, (9, 0): 989.0, (10, 0): 2250.0}  # dense bf16, SXM parts
@@ -185,7 +263,7 @@ def run_bench(config: str = 'small', batch_size: int = 256, max_length: int = 64
 
 # %% ../nbs/11_bench.ipynb #3b8e912c
 def add_bench_commands(sub):
-    "Register `bench` and `make-corpus` on the `domain-canine` subcommand parser."
+    "Register `bench`, `bench-scale` and `make-corpus` on the `domain-canine` subcommand parser."
     b = sub.add_parser('bench', help='measure pipeline and training throughput against the original design',
                        description='Measure the input pipeline and training steps, ours against a reference mode that '
                                    'reproduces the original design, in one run. Example: domain-canine bench --config small '
@@ -203,6 +281,12 @@ def add_bench_commands(sub):
     b.add_argument('--dry_run', action='store_true', help='a few seconds with the tiny model, to check the benchmark runs')
     b.add_argument('--json', action='store_true', help='print one JSON line')
     b.set_defaults(func=_run_bench_command)
+    s = sub.add_parser('bench-scale', help='corpus preparation at growing sizes: time and peak memory',
+                       description='Prepare synthetic corpora of each size in a fresh process and report seconds, peak '
+                                   'memory and the time to a first streamed batch. Example: domain-canine bench-scale --sizes 1000000 10000000')
+    s.add_argument('--sizes', type=int, nargs='+', default=[1_000_000, 10_000_000], help='corpus sizes in lines (default: 1M 10M)')
+    s.add_argument('--json', action='store_true', help='print one JSON line per size')
+    s.set_defaults(func=_run_scale_command)
     m = sub.add_parser('make-corpus', help='write a synthetic corpus for scale tests',
                        description='Write N realistic synthetic domains (length and TLD distribution of the bundled sample).')
     m.add_argument('--n', type=int, required=True, help='number of domains')
@@ -218,8 +302,14 @@ def _run_bench_command(a) -> int:
         for k, v in r.items(): print(f'{k:32} {v:,.3f}' if isinstance(v, float) else f'{k:32} {v}')
     return 0
 
+def _run_scale_command(a) -> int:
+    if min(a.sizes) < 1: raise DataError('--sizes must be positive')
+    for r in bench_scale(tuple(a.sizes)):
+        print(json.dumps(r) if a.json else '  '.join(f'{k} {v:,.2f}' if isinstance(v, float) else f'{k} {v:,}' for k, v in r.items()))
+    return 0
+
 def _run_make_corpus(a) -> int:
     from domain_canine.synthetic import make_corpus
-    if a.n < 1: raise ValueError('--n must be at least 1')
+    if a.n < 1: raise DataError('--n must be at least 1')
     print(f'wrote {make_corpus(a.n, a.output, a.seed)}')
     return 0

@@ -12,8 +12,8 @@ import torch
 from .model import DomainCanineMLM, ModelError, is_model_dir
 
 # %% auto #0
-__all__ = ['MARKER', 'TrainState', 'CheckpointError', 'save_checkpoint', 'verify_checkpoint', 'load_checkpoint',
-           'step_checkpoints', 'prune_checkpoints', 'latest_checkpoint']
+__all__ = ['MARKER', 'TrainState', 'CheckpointError', 'rng_states', 'set_rng_states', 'save_checkpoint', 'verify_checkpoint',
+           'load_checkpoint', 'step_checkpoints', 'prune_checkpoints', 'latest_checkpoint']
 
 # %% ../nbs/03_checkpoint.ipynb #43711bda
 @dataclass
@@ -30,6 +30,7 @@ class TrainState:
     wandb_run_id: str | None = None   # a resumed run continues the same W&B run
     bad_steps: int = 0                # consecutive steps skipped for a NaN/inf loss or gradient
     skipped_steps: int = 0            # all such steps of the run
+    world_size: int = 1               # processes of the data-parallel job that wrote it
 
 class CheckpointError(RuntimeError):
     "A checkpoint that cannot be written or read, with the reason."
@@ -53,14 +54,15 @@ def _fsync_tree(path: Path):
     finally: os.close(fd)
 
 # %% ../nbs/03_checkpoint.ipynb #7b830d4e
-def _rng_states() -> dict:
+def rng_states() -> dict:
     "The global random generator states, in a form `torch.load(weights_only=True)` accepts."
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return dict(python=random.getstate(), numpy=dict(kind=kind, keys=torch.from_numpy(keys.astype(np.int64)), pos=pos,
                 has_gauss=has_gauss, cached=cached), torch=torch.get_rng_state(),
                 cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
 
-def _set_rng_states(rng: dict):
+def set_rng_states(rng: dict):
+    "Restore what `rng_states` returned."
     version, internal, gauss = rng['python']
     random.setstate((version, tuple(internal), gauss))
     n = rng['numpy']
@@ -72,7 +74,9 @@ def _set_rng_states(rng: dict):
 def save_checkpoint(path, # directory to create (replaced if it exists)
                     model: DomainCanineMLM, optimizer: torch.optim.Optimizer | None, state: TrainState,
                     config: dict, # resolved run configuration (JSON-serialisable)
-                    scaler: torch.amp.GradScaler | None = None) -> Path:
+                    scaler: torch.amp.GradScaler | None = None,
+                    rank_rng: list[dict] | None = None, # every process's `rng_states()` in rank order (default: this process's)
+                   ) -> Path:
     "Write a complete checkpoint atomically; raise `CheckpointError` if anything fails."
     path = Path(path); tmp = path.with_name(f'.tmp-{path.name}')
     try:
@@ -82,7 +86,8 @@ def save_checkpoint(path, # directory to create (replaced if it exists)
         (tmp/'trainer_state.json').write_text(json.dumps(asdict(state), indent=2))
         if optimizer is not None:
             torch.save(dict(optimizer=optimizer.state_dict(), scaler=scaler.state_dict() if scaler else None), tmp/'optimizer.pt')
-        torch.save(_rng_states(), tmp/'rng_state.pt')
+        for r, rng in enumerate(rank_rng or [rng_states()]):
+            torch.save(rng, tmp/('rng_state.pt' if r == 0 else f'rng_state_rank_{r}.pt'))
         files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
         (tmp/MARKER).write_text(json.dumps(dict(step=state.step, files=files), indent=2))
         _fsync_tree(tmp)
@@ -110,10 +115,13 @@ def verify_checkpoint(path) -> str | None:
 
 # %% ../nbs/03_checkpoint.ipynb #c02a8eae
 def load_checkpoint(path, model: DomainCanineMLM, optimizer: torch.optim.Optimizer | None = None,
-                    scaler: torch.amp.GradScaler | None = None, restore_rng: bool = True) -> TrainState:
+                    scaler: torch.amp.GradScaler | None = None, restore_rng: bool = True,
+                    rank: int = 0, # whose random generator states to restore (a rank the saving job lacked keeps its own)
+                   ) -> TrainState:
     "Load weights, optimizer, scaler and RNG state from a verified checkpoint into the given objects."
     path = Path(path)
     if problem := verify_checkpoint(path): raise CheckpointError(problem)
+    own = rng_states()  # building the model below draws random numbers
     try:
         loaded = DomainCanineMLM.load(path)
         if loaded.vocab.chars != model.vocab.chars: raise CheckpointError(f"{path} was trained with another output vocabulary")
@@ -122,7 +130,8 @@ def load_checkpoint(path, model: DomainCanineMLM, optimizer: torch.optim.Optimiz
             opt = torch.load(path/'optimizer.pt', weights_only=True)
             optimizer.load_state_dict(opt['optimizer'])
             if scaler is not None and opt['scaler']: scaler.load_state_dict(opt['scaler'])
-        if restore_rng: _set_rng_states(torch.load(path/'rng_state.pt', weights_only=True))
+        rng_file = path/('rng_state.pt' if rank == 0 else f'rng_state_rank_{rank}.pt')
+        if restore_rng: set_rng_states(torch.load(rng_file, weights_only=True) if rank == 0 or rng_file.is_file() else own)
         return TrainState(**json.loads((path/'trainer_state.json').read_text()))
     except (ModelError, OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
         if isinstance(e, CheckpointError): raise

@@ -10,6 +10,7 @@ from fastcore.docments import docments
 from .data import DataError
 from .model import ModelError, MODEL_CONFIGS, import_original
 from .checkpoint import CheckpointError
+from .distributed import DistributedError
 from .training import TrainConfig, PRESETS, ConfigError, TrainingDiverged, resolve_config, train
 from .inference import InputError, Predictor
 from .evaluation import add_evaluation_commands
@@ -20,7 +21,7 @@ from .crash_test import add_crash_test_command
 __all__ = ['USER_ERRORS', 'OneLineParser', 'add_train_flags', 'build_parser', 'run_train', 'run_predict', 'main']
 
 # %% ../nbs/07_cli.ipynb #41ec757a
-USER_ERRORS = (DataError, ModelError, CheckpointError, ConfigError, InputError, TrainingDiverged, FileNotFoundError)
+USER_ERRORS = (DataError, ModelError, CheckpointError, ConfigError, InputError, TrainingDiverged, DistributedError, FileNotFoundError)
 
 class OneLineParser(argparse.ArgumentParser):
     "An ArgumentParser whose errors are a single line."

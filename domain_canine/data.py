@@ -4,9 +4,10 @@
 
 # %% ../nbs/00_data.ipynb #c7f1beb7
 from __future__ import annotations
-import gzip, hashlib, ipaddress, json, os, re, shutil, time, zlib
+import fcntl, gzip, hashlib, ipaddress, json, os, re, shutil, time, zlib
 from collections import Counter
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -15,8 +16,9 @@ import numpy as np
 # %% auto #0
 __all__ = ['SAMPLE_CORPUS', 'SAMPLE_NAME', 'TEXT_COLUMNS', 'CLEANING_VERSION', 'DataError', 'normalise_domain', 'clean_domain',
            'is_validation', 'read_text_lines', 'first_error_line', 'DomainSource', 'open_source', 'source_lines',
-           'clean_batch', 'EncodedDomains', 'domain_hashes', 'first_occurrences', 'default_cache_dir', 'PreparedCorpus',
-           'prepare_corpus', 'Corpus', 'clean_domains', 'load_corpus', 'stream_domains']
+           'clean_batch', 'EncodedDomains', 'domain_hashes', 'duplicate_indices', 'first_occurrences',
+           'default_cache_dir', 'PreparedCorpus', 'file_lock', 'prepare_corpus', 'Corpus', 'clean_domains',
+           'load_corpus', 'stream_domains']
 
 # %% ../nbs/00_data.ipynb #2828fee5
 SAMPLE_CORPUS = Path(str(files('domain_canine') / 'data' / 'domains-sample.txt'))
@@ -139,12 +141,24 @@ class DomainSource:
     path: Path | None = None     # text files
     ds: object = None            # datasets.Dataset or IterableDataset
     column: str | None = None
+    shard: tuple[int, int] = (0, 1)  # (index, count): this source yields every count-th line, from line index
 
     def batches(self, batch_size: int = 100_000) -> Iterator[list[str]]:
         "Raw lines (or column values) in batches."
-        if self.kind == 'text': yield from read_text_lines(self.path, batch_size); return
+        if self.kind == 'text':
+            index, count, start = *self.shard, 0
+            for batch in read_text_lines(self.path, batch_size):
+                yield batch[(index - start) % count::count] if count > 1 else batch; start += len(batch)
+            return
         for batch in self.ds.select_columns([self.column]).iter(batch_size=batch_size):
             yield ['' if v is None else str(v) for v in batch[self.column]]
+
+    def sharded(self, index: int, count: int) -> DomainSource:
+        "Shard `index` of `count` disjoint shards that together hold every line (one per process of a data-parallel job)."
+        if count == 1: return self
+        if self.kind == 'text': return replace(self, shard=(index, count))
+        from datasets.distributed import split_dataset_by_node  # whole files per process where they divide evenly
+        return replace(self, ds=split_dataset_by_node(self.ds, rank=index, world_size=count), shard=(index, count))
 
 # %% ../nbs/00_data.ipynb #f61621df
 def open_source(dataset: str, # 'sample', a file, a saved dataset, a local folder or a hub id
@@ -231,29 +245,37 @@ def domain_hashes(enc: EncodedDomains) -> np.ndarray:
 
 # %% ../nbs/00_data.ipynb #2f7e5ffd
 def _same_text(enc: EncodedDomains, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    "Whether domains `a[i]` and `b[i]` of `enc` are equal, for every pair at once."
-    lens = enc.lengths
-    same = lens[a] == lens[b]
-    a, b = a[same], b[same]
-    n = lens[a]
+    "Whether domains `a[i]` and `b[i]` of `enc` are equal, for every pair at once (touching only those domains)."
+    off = enc.offsets
+    start_a, start_b = off[a], off[b]
+    n = off[a + 1] - start_a
+    same = n == off[b + 1] - start_b
+    start_a, start_b, n = start_a[same], start_b[same], n[same]
     if n.sum() == 0: return same
-    pair = np.repeat(np.arange(len(a)), n)
+    pair = np.repeat(np.arange(len(n)), n)
     within = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
-    equal = enc.codepoints[enc.offsets[a][pair] + within] == enc.codepoints[enc.offsets[b][pair] + within]
+    equal = enc.codepoints[start_a[pair] + within] == enc.codepoints[start_b[pair] + within]
     same[np.nonzero(same)[0]] = np.logical_and.reduceat(equal, np.cumsum(n) - n)
     return same
 
-def first_occurrences(enc: EncodedDomains, hashes: np.ndarray | None = None) -> np.ndarray:
-    "Boolean mask of the domains of `enc` that are the first occurrence of their text (exact)."
-    h = domain_hashes(enc) if hashes is None else hashes
-    order = np.argsort(h, kind='stable')  # equal hashes end up adjacent, earliest occurrence first
-    hs = h[order]
+def duplicate_indices(enc: EncodedDomains, # the domains
+                      hashes: np.ndarray, # `domain_hashes` of some of them
+                      index: np.ndarray | None = None, # which domain each hash belongs to, ascending (default: all, in order)
+                     ) -> np.ndarray:
+    "The domains among `index` whose text occurs earlier among them (exact: equal hashes are compared byte by byte)."
+    index = np.arange(len(hashes)) if index is None else index
+    order = np.argsort(hashes, kind='stable')  # equal hashes end up adjacent, earliest occurrence first
+    hs = hashes[order]
     starts = np.r_[True, hs[1:] != hs[:-1]]
     first_of_group = order[np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))]
-    dup = ~starts  # candidates: same hash as the group's first; a collision with different text is kept
-    keep = np.ones(len(h), dtype=bool)
-    cand = np.nonzero(dup)[0]
-    keep[order[cand]] = ~_same_text(enc, first_of_group[cand], order[cand])
+    cand = np.nonzero(~starts)[0]  # same hash as the group's first; a collision with different text is kept
+    a, b = index[first_of_group[cand]], index[order[cand]]
+    return np.sort(b[_same_text(enc, a, b)])
+
+def first_occurrences(enc: EncodedDomains, hashes: np.ndarray | None = None) -> np.ndarray:
+    "Boolean mask of the domains of `enc` that are the first occurrence of their text (exact)."
+    keep = np.ones(len(enc), dtype=bool)
+    keep[duplicate_indices(enc, domain_hashes(enc) if hashes is None else hashes)] = False
     return keep
 
 # %% ../nbs/00_data.ipynb #e703114d
@@ -279,29 +301,46 @@ class PreparedCorpus:
                 f"{self.lines_read:,} lines; rejected: {rej}")
 
 # %% ../nbs/00_data.ipynb #7bf7e9de
-def _save_split(folder: Path, name: str, cps: np.ndarray, lens: np.ndarray, keep: np.ndarray, chunk: int = 1 << 20):
-    "Write the kept domains of a flat byte array as `<name>_codepoints.npy` and `<name>_offsets.npy`."
-    offsets_in = np.zeros(len(lens) + 1, dtype=np.int64); np.cumsum(lens, out=offsets_in[1:])
-    idx = np.nonzero(keep)[0]
-    offsets = np.zeros(len(idx) + 1, dtype=np.int64); np.cumsum(lens[idx], out=offsets[1:])
-    np.save(folder / f'{name}_offsets.npy', offsets)
-    out = np.lib.format.open_memmap(folder / f'{name}_codepoints.npy', mode='w+', dtype=np.uint8, shape=(int(offsets[-1]),))
-    for s in range(0, len(idx), chunk):  # gather in chunks: memory stays bounded whatever the corpus size
-        part = idx[s:s + chunk]
-        starts, n = offsets_in[part], lens[part]
-        src = np.repeat(starts - offsets[s:s + len(part)], n) + np.arange(offsets[s], offsets[s] + n.sum())
-        out[offsets[s]:offsets[s] + n.sum()] = cps[src]
-    out.flush(); del out
+_CHUNK = 1 << 18  # lines per chunk of the passes over per-line arrays (~60 MB of working arrays), whatever the corpus size
+
+def _chunks(n: int): return ((s, min(s + _CHUNK, n)) for s in range(0, n, _CHUNK))
+
+def _save_split(folder: Path, name: str, enc: EncodedDomains, keep: np.ndarray, valid: np.ndarray, side: bool):
+    "Write the kept domains of one side of the split as `<name>_codepoints.npy` and `<name>_offsets.npy`, chunk by chunk."
+    n_lines, counts, chars = len(enc), 0, 0
+    for s, e in _chunks(n_lines):  # first pass: the sizes, so both files can be created at their final size
+        sel = np.nonzero(keep[s:e] & (valid[s:e] == side))[0] + s
+        counts += len(sel); chars += int((enc.offsets[sel + 1] - enc.offsets[sel]).sum())
+    offsets = np.lib.format.open_memmap(folder / f'{name}_offsets.npy', mode='w+', dtype=np.int64, shape=(counts + 1,))
+    out = np.lib.format.open_memmap(folder / f'{name}_codepoints.npy', mode='w+', dtype=np.uint8, shape=(chars,))
+    offsets[0], i, o = 0, 0, 0
+    for s, e in _chunks(n_lines):
+        sel = np.nonzero(keep[s:e] & (valid[s:e] == side))[0] + s
+        starts, n = enc.offsets[sel], enc.offsets[sel + 1] - enc.offsets[sel]
+        ends = o + np.cumsum(n)
+        offsets[i + 1:i + 1 + len(sel)] = ends
+        src = np.repeat(starts - (ends - n), n) + np.arange(o, o + n.sum())
+        out[o:o + n.sum()] = enc.codepoints[src]
+        i, o = i + len(sel), o + int(n.sum())
+    offsets.flush(); out.flush(); del offsets, out
 
 def _load_split(folder: Path, name: str) -> EncodedDomains:
-    return EncodedDomains(np.load(folder / f'{name}_codepoints.npy', mmap_mode='r'), np.load(folder / f'{name}_offsets.npy'))
+    "A prepared split, memory-mapped: a process holds only the pages it touches."
+    return EncodedDomains(np.load(folder / f'{name}_codepoints.npy', mmap_mode='r'),
+                          np.load(folder / f'{name}_offsets.npy', mmap_mode='r'))
 
 # %% ../nbs/00_data.ipynb #9b56ed36
+_PARTITIONS = 256  # hash partitions of the deduplication: each holds about 1/256 of the lines
+_HASH_RECORD = np.dtype([('hash', np.uint64), ('line', np.int64)])
+
 def _read_clean(source: DomainSource, work: Path, validation_fraction: float, max_length: int | None,
-                num_samples: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, Counter, int]:
-    "Clean the source batch by batch into a flat byte file; return bytes, lengths, split flags, rejections, lines read."
-    rejected, lines_read, lens, valid, hashes = Counter(), 0, [], [], []
-    with open(work / 'bytes.bin', 'wb') as f:
+                num_samples: int | None) -> tuple[int, Counter, int]:
+    """Clean the source batch by batch into files: the bytes of the clean domains, their lengths, their split, and
+    (hash, line) records partitioned by the hash's top byte. Returns the clean lines, the rejections, the lines read."""
+    rejected, lines_read, n, unique = Counter(), 0, 0, np.zeros(0, np.uint64)
+    names = ('bytes.bin', 'lengths.bin', 'valid.bin', *(f'hashes-{p:03d}.bin' for p in range(_PARTITIONS)))
+    files = {name: open(work / name, 'wb') for name in names}
+    try:
         for batch in source.batches():
             lines_read += len(batch)
             kept, is_valid, rej = clean_batch(batch, validation_fraction)
@@ -310,15 +349,53 @@ def _read_clean(source: DomainSource, work: Path, validation_fraction: float, ma
                 fits = [len(d) <= max_length - 2 for d in kept]
                 rejected['longer_than_max_length'] += fits.count(False)
                 kept, is_valid = [d for d, ok in zip(kept, fits) if ok], [v for v, ok in zip(is_valid, fits) if ok]
-            enc = EncodedDomains.from_strings(kept)
-            f.write(enc.codepoints.tobytes()); lens.append(enc.lengths); valid.append(np.array(is_valid, dtype=bool))
-            hashes.append(domain_hashes(enc))
-            if num_samples is not None and sum(map(len, lens)) >= num_samples and \
-               len(np.unique(np.concatenate(hashes))) >= num_samples: break
-    cat = lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dtype=dt)
-    size = (work / 'bytes.bin').stat().st_size  # memory-mapped: the characters stay on disk, paged in as needed
-    cps = np.memmap(work / 'bytes.bin', dtype=np.uint8, mode='r') if size else np.zeros(0, np.uint8)
-    return cps, cat(lens, np.int64), cat(valid, bool), cat(hashes, np.uint64), rejected, lines_read
+            enc = EncodedDomains.from_strings(kept)  # punycode: ASCII, one byte per character, names of ≤ 253
+            files['bytes.bin'].write(enc.codepoints.tobytes())
+            files['lengths.bin'].write(enc.lengths.astype(np.uint8).tobytes())
+            files['valid.bin'].write(np.array(is_valid, dtype=bool).tobytes())
+            records = np.empty(len(enc), _HASH_RECORD)
+            records['hash'], records['line'] = domain_hashes(enc), np.arange(n, n + len(enc))
+            part = (records['hash'] >> np.uint64(56)).astype(np.intp)
+            order = np.argsort(part, kind='stable')  # stable: lines stay ascending within a partition
+            records, bounds = records[order], np.searchsorted(part[order], np.arange(_PARTITIONS + 1))
+            for p in np.nonzero(np.diff(bounds))[0]: files[f'hashes-{p:03d}.bin'].write(records[bounds[p]:bounds[p + 1]].tobytes())
+            n += len(enc)
+            if num_samples is not None:  # memory in proportion to the sample asked for, not to the source
+                unique = np.unique(np.concatenate([unique, records['hash']]))
+                if len(unique) >= num_samples: break
+    finally:
+        for f in files.values(): f.close()
+    return n, rejected, lines_read
+
+# %% ../nbs/00_data.ipynb #ee4910f5
+def _line_offsets(work: Path, n: int) -> np.ndarray:
+    "Offsets of the `n` clean lines in `bytes.bin`, computed chunk by chunk into a memory-mapped file."
+    lengths = np.memmap(work / 'lengths.bin', dtype=np.uint8, mode='r', shape=(n,))
+    offsets = np.lib.format.open_memmap(work / 'offsets.npy', mode='w+', dtype=np.int64, shape=(n + 1,))
+    offsets[0] = 0
+    for s, e in _chunks(n): offsets[s + 1:e + 1] = offsets[s] + np.cumsum(lengths[s:e], dtype=np.int64)
+    return offsets
+
+def _mark_duplicates(work: Path, enc: EncodedDomains, keep: np.ndarray) -> int:
+    "Clear `keep` for every line whose text occurred earlier, one hash partition at a time; returns how many."
+    found = 0
+    for p in range(_PARTITIONS):
+        path = work / f'hashes-{p:03d}.bin'
+        records = np.fromfile(path, dtype=_HASH_RECORD)  # equal domains have equal hashes: same partition
+        dup = duplicate_indices(enc, records['hash'], records['line'])
+        keep[dup] = False; found += len(dup)
+        path.unlink()
+    return found
+
+# %% ../nbs/00_data.ipynb #23b55c7a
+@contextmanager
+def file_lock(path: str | Path):
+    "Hold an exclusive lock on `path` (created if needed) for the duration of the block."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'a') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
 
 # %% ../nbs/00_data.ipynb #0cfae290
 def prepare_corpus(dataset: str = SAMPLE_NAME, # see `open_source`
@@ -333,11 +410,12 @@ def prepare_corpus(dataset: str = SAMPLE_NAME, # see `open_source`
     source = open_source(dataset, split, text_column, config)
     key_text = json.dumps([source.identity, CLEANING_VERSION, num_samples, validation_fraction, max_length])
     folder = Path(cache_dir or default_cache_dir()) / 'corpora' / hashlib.sha256(key_text.encode()).hexdigest()[:20]
-    if (folder / 'stats.json').is_file():
-        stats = json.loads((folder / 'stats.json').read_text())
-        return PreparedCorpus(_load_split(folder, 'train'), _load_split(folder, 'valid'), Counter(stats['rejected']),
-                              dataset, stats['lines_read'], stats['seconds'], str(folder))
-    return _build_corpus(source, folder, key_text, num_samples, validation_fraction, max_length, log)
+    with file_lock(folder.with_name(folder.name + '.lock')):  # one process builds, the others wait and read
+        if (folder / 'stats.json').is_file():
+            stats = json.loads((folder / 'stats.json').read_text())
+            return PreparedCorpus(_load_split(folder, 'train'), _load_split(folder, 'valid'), Counter(stats['rejected']),
+                                  dataset, stats['lines_read'], stats['seconds'], str(folder))
+        return _build_corpus(source, folder, key_text, num_samples, validation_fraction, max_length, log)
 
 # %% ../nbs/00_data.ipynb #e4c203b8
 def _build_corpus(source, folder, key_text, num_samples, validation_fraction, max_length, log) -> PreparedCorpus:
@@ -345,14 +423,20 @@ def _build_corpus(source, folder, key_text, num_samples, validation_fraction, ma
     work = folder.with_name(folder.name + f'.tmp-{os.getpid()}')
     shutil.rmtree(work, ignore_errors=True); work.mkdir(parents=True)
     try:
-        cps, lens, valid, hashes, rejected, lines_read = _read_clean(source, work, validation_fraction, max_length, num_samples)
-        keep = first_occurrences(EncodedDomains(cps, np.concatenate([[0], np.cumsum(lens)])), hashes)
-        if n_dup := int((~keep).sum()): rejected['duplicate'] += n_dup
-        if num_samples is not None: keep &= np.cumsum(keep) <= num_samples
-        if not keep.any(): raise DataError(f"no usable domains in {source.name!r} after cleaning (rejected: {dict(rejected) or 'nothing'})")
-        _save_split(work, 'train', cps, lens, keep & ~valid)
-        _save_split(work, 'valid', cps, lens, keep & valid)
-        (work / 'bytes.bin').unlink()
+        n, rejected, lines_read = _read_clean(source, work, validation_fraction, max_length, num_samples)
+        if n == 0: raise DataError(f"no usable domains in {source.name!r} after cleaning (rejected: {dict(rejected) or 'nothing'})")
+        enc = EncodedDomains(np.memmap(work / 'bytes.bin', dtype=np.uint8, mode='r'), _line_offsets(work, n))
+        keep = np.lib.format.open_memmap(work / 'keep.npy', mode='w+', dtype=bool, shape=(n,)); keep[:] = True
+        if n_dup := _mark_duplicates(work, enc, keep): rejected['duplicate'] += n_dup
+        if num_samples is not None:  # the first N unique ones
+            total = 0
+            for s, e in _chunks(n):
+                keep[s:e] &= total + np.cumsum(keep[s:e]) <= num_samples; total += int(keep[s:e].sum())
+        valid = np.memmap(work / 'valid.bin', dtype=bool, mode='r', shape=(n,))
+        _save_split(work, 'train', enc, keep, valid, False)
+        _save_split(work, 'valid', enc, keep, valid, True)
+        del enc, keep, valid
+        for name in ('bytes.bin', 'lengths.bin', 'valid.bin', 'offsets.npy', 'keep.npy'): (work / name).unlink()
         seconds = time.perf_counter() - start
         (work / 'stats.json').write_text(json.dumps(dict(key=key_text, rejected=rejected, lines_read=lines_read, seconds=seconds)))
         shutil.rmtree(folder, ignore_errors=True); work.rename(folder)

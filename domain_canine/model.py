@@ -12,13 +12,15 @@ import torch.nn.functional as F
 from torch import nn
 from safetensors.torch import load_file, save_file
 from transformers import CanineConfig, CanineModel
+from transformers.models.canine.modeling_canine import CanineSelfAttention
 from transformers.utils import logging as hf_logging
 from .masking import CharVocab, EncodedDomains, pad_batch, mask_batch
 
 # %% auto #0
 __all__ = ['MODEL_CONFIGS', 'HEAD_WEIGHTS', 'HEAD_CONFIG', 'ORIGINAL_STATE', 'ModelError', 'canine_config', 'mlm_head',
-           'MLMOutput', 'DomainCanineMLM', 'logits_at_widths', 'is_original_dir', 'is_model_dir', 'read_original_state',
-           'head_from_original', 'load_original', 'import_original', 'build_model']
+           'MLMOutput', 'DomainCanineMLM', 'logits_at_widths', 'SdpaCanineSelfAttention', 'use_sdpa', 'is_original_dir',
+           'is_model_dir', 'read_original_state', 'head_from_original', 'load_original', 'import_original',
+           'build_model']
 
 # %% ../nbs/02_model.ipynb #daca46bb
 MODEL_CONFIGS = {
@@ -80,6 +82,28 @@ def logits_at_widths(model: DomainCanineMLM, enc: EncodedDomains, idx, widths) -
             chars = (torch.arange(w) >= 1) & (torch.arange(w) <= lens[:, None])
             out[w] = model(ids[:, :w], (ids[:, :w] != 0).long(), positions=chars).logits
         return out
+
+# %% ../nbs/02_model.ipynb #17b91d8e
+class SdpaCanineSelfAttention(CanineSelfAttention):
+    "CANINE's self-attention computed by `F.scaled_dot_product_attention`: same parameters, same results."
+    def forward(self, from_tensor, to_tensor, attention_mask=None, output_attentions=False):
+        if output_attentions: return super().forward(from_tensor, to_tensor, attention_mask, output_attentions)
+        b, n = from_tensor.shape[:2]
+        heads = lambda x: x.view(b, -1, self.num_attention_heads, self.attention_head_size).transpose(1, 2)
+        q, k, v = heads(self.query(from_tensor)), heads(self.key(to_tensor)), heads(self.value(to_tensor))
+        if attention_mask is not None:
+            if attention_mask.ndim == 3:  # 1 = attend, as the original converts it: 0 / the dtype's lowest value
+                attention_mask = (1.0 - attention_mask[:, None].float()) * torch.finfo(q.dtype).min
+            attention_mask = attention_mask.to(q.dtype)
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask,
+                                                 dropout_p=self.dropout.p if self.training else 0.0)
+        return (context.transpose(1, 2).reshape(b, n, self.all_head_size),)
+
+def use_sdpa(model: nn.Module, on: bool = True) -> nn.Module:
+    "Switch every CANINE self-attention layer of `model` to SDPA (or back to the original); weights stay where they are."
+    for m in model.modules():
+        if isinstance(m, CanineSelfAttention): m.__class__ = SdpaCanineSelfAttention if on else CanineSelfAttention
+    return model
 
 # %% ../nbs/02_model.ipynb #d010e5d1
 HEAD_WEIGHTS, HEAD_CONFIG = 'mlm_head.safetensors', 'mlm_head.json'

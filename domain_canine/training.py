@@ -5,21 +5,26 @@
 # %% ../nbs/04_training.ipynb #37f6126c
 from __future__ import annotations
 import json, math, os, platform, random, resource, secrets, threading, time
+from contextlib import nullcontext
 from dataclasses import dataclass, asdict, fields, replace
 from pathlib import Path
 import numpy as np
 import torch
+import torch.nn.functional as F
 from .data import DataError, EncodedDomains, prepare_corpus, open_source, stream_domains, first_error_line
 from .masking import CharVocab, MaskedBatches, pad_batch, mask_batch, batch_seed, padding_fraction, PAD
-from .model import DomainCanineMLM, ModelError, build_model, MODEL_CONFIGS
+from .model import DomainCanineMLM, ModelError, build_model, use_sdpa, MODEL_CONFIGS
 from .checkpoint import (TrainState, CheckpointError, save_checkpoint, load_checkpoint,
-                                      latest_checkpoint, prune_checkpoints)
+                                      latest_checkpoint, prune_checkpoints, rng_states)
+from .distributed import (Topology, topology_from_env, init_distributed, shutdown_distributed,
+                                       all_reduce_sum, gather_objects, barrier, rank_micro_batches)
 
 # %% auto #0
-__all__ = ['PRESETS', 'STREAM_RETRY_PAUSE', 'TrainConfig', 'ConfigError', 'resolve_config', 'lr_at', 'pick_device',
-           'pick_precision', 'make_optimizer', 'masking_options', 'RunBatches', 'retrying_stream', 'StreamBatches',
-           'Callback', 'MetricsFile', 'ProgressBar', 'WandbLogger', 'TensorBoardLogger', 'Trainer', 'StreamCorpus',
-           'TrainingDiverged', 'stop_on_signals', 'train']
+__all__ = ['PRESETS', 'COMPILE_WIDTH', 'STREAM_RETRY_PAUSE', 'TrainConfig', 'ConfigError', 'resolve_config', 'lr_at',
+           'pick_device', 'pick_precision', 'make_optimizer', 'set_dropout', 'compile_encoder', 'round_width',
+           'masking_options', 'RunBatches', 'retrying_stream', 'StreamBatches', 'Callback', 'MetricsFile',
+           'ProgressBar', 'WandbLogger', 'TensorBoardLogger', 'Trainer', 'StreamCorpus', 'TrainingDiverged',
+           'stop_on_signals', 'train']
 
 # %% ../nbs/04_training.ipynb #f7f445fc
 @dataclass
@@ -45,10 +50,13 @@ class TrainConfig:
     # model
     model_name_or_path: str | None = 'google/canine-c'  # hub id, local CANINE directory or one of our checkpoints
     model_config: str | None = None  # train from scratch with this shape instead: tiny, demo, small or canine-c
+    dropout: float | None = None  # dropout of hidden layers and attention while training (default: the model's own, 0.1 for CANINE)
+    attention: str = 'sdpa'  # sdpa (torch's fused scaled_dot_product_attention) or eager (transformers' matmul attention); same results
+    compile: bool = False  # compile the encoder with torch.compile (for GPUs): widths rounded up to 16, each compiles once at the start
     # optimisation
     epochs: int = 1  # passes over the training split
     max_steps: int | None = None  # stop after this many optimizer steps (overrides --epochs)
-    batch_size: int = 256  # domains per micro-batch (per process)
+    batch_size: int = 256  # domains per micro-batch (per process: a job of N processes trains on N × this per micro-step)
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
     learning_rate: float = 5e-5  # peak learning rate, reached after the warmup
     warmup_steps: int = 10_000  # optimizer steps of linear warmup; then linear decay to 0 at the last step
@@ -67,6 +75,7 @@ class TrainConfig:
     logging_steps: int = 100  # log training metrics every N optimizer steps
     resume_from: str | None = None  # a checkpoint directory, or 'latest' for the newest complete one in --output_dir
     seed: int = 42  # seeds model initialisation, data order, masking and dropout
+    ddp_timeout: int = 600  # seconds a process of a torchrun job waits for the others before the job fails
     num_workers: int | None = None  # DataLoader worker processes (default: 0 on CPU, up to 4 on a GPU)
     use_wandb: bool = False  # log to Weights & Biases (works offline with WANDB_MODE=offline)
     wandb_project: str = 'domain-canine'  # W&B project
@@ -75,11 +84,16 @@ class TrainConfig:
 
 # %% ../nbs/04_training.ipynb #b7ff3ce1
 PRESETS = {
-    'demo': dict(  # the quick start: a small CANINE from scratch on the bundled sample, about 3 minutes on 2 CPU cores
+    'demo': dict(  # the quick start: a small CANINE from scratch on the bundled sample, under 3 minutes on 2 CPU cores
         dataset='sample', model_name_or_path=None, model_config='demo',
-        epochs=10,                      # ~1,490 optimizer steps over 9.5k domains: about 2.5 minutes on 2 cores
+        epochs=13,                      # ~1,940 optimizer steps over 9.5k domains: about 2 min 40 s on 2 cores
+        dropout=0.0,                    # it underfits (train loss = validation loss), and dropout costs a third of a CPU step
         batch_size=64, learning_rate=2e-3, warmup_steps=100,  # a small model from scratch wants a high peak rate
         eval_steps=200, save_steps=500, logging_steps=20, output_dir='runs/demo'),
+    'cpu-long': dict(  # the demo's recipe for 50 epochs: about 12 minutes on 2 CPU cores
+        dataset='sample', model_name_or_path=None, model_config='demo', epochs=50, dropout=0.0,
+        batch_size=64, learning_rate=2e-3, warmup_steps=100,
+        eval_steps=1000, save_steps=2000, logging_steps=50, output_dir='runs/cpu-long'),
     'tiny': dict(  # the tests: seconds, not minutes
         dataset='sample', num_samples=2_000, model_name_or_path=None, model_config='tiny',
         max_steps=30, batch_size=16, learning_rate=3e-3, warmup_steps=5,
@@ -107,6 +121,7 @@ def resolve_config(preset: str | None = None, **overrides) -> TrainConfig:
     if cfg.model_config and cfg.model_config not in MODEL_CONFIGS:
         raise ConfigError(f"unknown model config {cfg.model_config!r}; choose one of {', '.join(MODEL_CONFIGS)}")
     if cfg.precision not in ('auto', 'bf16', 'fp16', 'fp32'): raise ConfigError(f"unknown precision {cfg.precision!r}")
+    if cfg.attention not in ('sdpa', 'eager'): raise ConfigError(f"unknown attention {cfg.attention!r}; use sdpa or eager")
     for name in ('batch_size', 'gradient_accumulation_steps', 'save_steps', 'eval_steps', 'logging_steps', 'epochs'):
         if getattr(cfg, name) < 1: raise ConfigError(f"--{name} must be at least 1")
     if not 0 < cfg.mlm_probability < 1: raise ConfigError('--mlm_probability must be between 0 and 1')
@@ -119,14 +134,16 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
     return peak * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 # %% ../nbs/04_training.ipynb #89f8f612
-def pick_device(name: str | None = None) -> torch.device:
-    "The requested device, or the best available one (cuda, then mps, then cpu)."
+def pick_device(name: str | None = None, # cpu, cuda or mps; None: the best available (cuda, then mps, then cpu)
+                index: int | None = None, # which GPU (a process of a data-parallel job drives its LOCAL_RANK)
+               ) -> torch.device:
+    "The requested device, or the best available one."
     if name is None: name = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
     if name not in ('cpu', 'cuda', 'mps'): raise ConfigError(f"unknown device {name!r}; use cpu, cuda or mps")
     if name == 'cuda' and not torch.cuda.is_available(): raise ConfigError('--device cuda was asked for but no CUDA GPU is available')
     if name == 'mps' and not torch.backends.mps.is_available(): raise ConfigError('--device mps was asked for but MPS is not available')
     if name == 'cuda': torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    return torch.device(name)
+    return torch.device(name, index) if name == 'cuda' and index is not None else torch.device(name)
 
 def pick_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
     "The autocast dtype (None: fp32) and whether a gradient scaler is needed."
@@ -136,12 +153,41 @@ def pick_precision(precision: str, device: torch.device) -> tuple[torch.dtype | 
     return {'bf16': (torch.bfloat16, False), 'fp16': (torch.float16, device.type == 'cuda'), 'fp32': (None, False)}[precision]
 
 # %% ../nbs/04_training.ipynb #b6be2c04
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device,
+                   fused: bool | None = None, # one fused kernel for the whole update (default: on CUDA)
+                  ) -> torch.optim.AdamW:
     "AdamW with decay on weight matrices only."
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [dict(params=[p for p in params if p.ndim >= 2], weight_decay=weight_decay),
               dict(params=[p for p in params if p.ndim < 2], weight_decay=0.0)]
-    return torch.optim.AdamW(groups, lr=lr, fused=device.type == 'cuda')
+    return torch.optim.AdamW(groups, lr=lr, fused=device.type == 'cuda' if fused is None else fused)
+
+# %% ../nbs/04_training.ipynb #7ecedd61
+def set_dropout(model: torch.nn.Module, p: float):
+    "Set the probability of every dropout module of `model` to `p`."
+    if not 0 <= p < 1: raise ConfigError(f'--dropout must be in [0, 1), got {p}')
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout): module.p = p
+
+# %% ../nbs/04_training.ipynb #bfbdf124
+COMPILE_WIDTH = 16  # with --compile, batch widths are rounded up to a multiple of this
+
+def compile_encoder(model: DomainCanineMLM, max_widths: int = 64):
+    "Compile `model.encoder` in place, with room for `max_widths` specialised graphs (one per batch width)."
+    import torch._dynamo
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, max_widths)
+    model.encoder.compile(dynamic=False)
+
+def round_width(batch: dict, multiple: int) -> dict:
+    "`batch` padded on the right to a width that is a multiple of `multiple` (the flat `masked_index` follows)."
+    b, w = batch['input_ids'].shape
+    extra = -w % multiple
+    if extra == 0: return batch
+    pad = lambda x, value: F.pad(x, (0, extra), value=value)
+    out = dict(batch, input_ids=pad(batch['input_ids'], PAD), attention_mask=pad(batch['attention_mask'], 0))
+    if 'labels' in batch: out['labels'] = pad(batch['labels'], -100)
+    if 'masked_index' in batch: out['masked_index'] = batch['masked_index'] // w * (w + extra) + batch['masked_index'] % w
+    return out
 
 # %% ../nbs/04_training.ipynb #a563e3f5
 def masking_options(c: TrainConfig) -> dict:
@@ -168,14 +214,19 @@ class RunBatches(torch.utils.data.Dataset):
 # %% ../nbs/04_training.ipynb #46276be2
 STREAM_RETRY_PAUSE = 1.0  # seconds, doubled at each retry (tests set it to 0)
 
-def retrying_stream(c: TrainConfig, validation: bool = False, rejected=None):
+def retrying_stream(c: TrainConfig, validation: bool = False, rejected=None,
+                    shard: tuple[int, int] = (0, 1), # (index, count): read only this shard (a process of a data-parallel job)
+                   ):
     "One pass over the clean domains of a split of the stream; a failure re-opens it (up to `stream_retries` times) and skips what was read."
     done, failures = 0, 0
+    index, count = shard
+    num_samples = c.num_samples and -(-c.num_samples // count)  # --num_samples is shared out between the shards
     while True:
         try:
             source = open_source(c.dataset, c.dataset_split, c.text_column, c.dataset_config, streaming=True)
+            if count > 1: source = source.sharded(index, count)
             for i, batch in enumerate(stream_domains(source, validation, c.validation_fraction, c.max_length,
-                                                     rejected if done == 0 and failures == 0 else None, c.num_samples)):
+                                                     rejected if done == 0 and failures == 0 else None, num_samples)):
                 if i < done: continue
                 yield batch; done += 1
             return
@@ -187,16 +238,16 @@ def retrying_stream(c: TrainConfig, validation: bool = False, rejected=None):
             time.sleep(min(2 ** failures, 60) * STREAM_RETRY_PAUSE)
 
 class StreamBatches(torch.utils.data.IterableDataset):
-    "Masked micro-batches read from a stream, starting at micro-batch `start`."
-    def __init__(self, cfg: TrainConfig, vocab: CharVocab, start: int = 0, block: int = 65_536):
-        self.cfg, self.vocab, self.start, self.block = cfg, vocab, start, block
+    "Masked micro-batches read from a stream (or one shard of it), starting at micro-batch `start`."
+    def __init__(self, cfg: TrainConfig, vocab: CharVocab, start: int = 0, block: int = 65_536, shard: tuple[int, int] = (0, 1)):
+        self.cfg, self.vocab, self.start, self.block, self.shard = cfg, vocab, start, block, shard
 
     def blocks(self):
         "Shuffled blocks of clean training domains, pass after pass."
         c = self.cfg
         for stream_pass in range(2**62):
             buf, b = [], 0
-            for batch in retrying_stream(c):
+            for batch in retrying_stream(c, shard=self.shard):
                 buf.extend(batch)
                 while len(buf) >= self.block:
                     yield _shuffled(buf[:self.block], c.seed, stream_pass, b); buf, b = buf[self.block:], b + 1
@@ -214,7 +265,7 @@ class StreamBatches(torch.utils.data.IterableDataset):
 
     def make_batch(self, domains: list[str], g: int) -> dict:
         ids, lens = pad_batch(EncodedDomains.from_strings(domains), np.arange(len(domains)))
-        gen = torch.Generator().manual_seed(batch_seed(self.cfg.seed, -1, g))
+        gen = torch.Generator().manual_seed(batch_seed(self.cfg.seed, -1 - self.shard[0], g))  # shards mask differently
         masked, labels = mask_batch(ids, lens, self.vocab, generator=gen, **masking_options(self.cfg))
         return dict(input_ids=masked, attention_mask=(ids != PAD).long(), labels=labels,
                     masked_index=(labels != -100).flatten().nonzero().squeeze(1))
@@ -303,36 +354,45 @@ class TensorBoardLogger(Callback):
 
 # %% ../nbs/04_training.ipynb #cc82775f
 class Trainer:
-    "Continues pre-training a CANINE model with masked-character prediction."
+    "Continues pre-training a CANINE model with masked-character prediction (one process, or one of a torchrun job)."
     def __init__(self, cfg: TrainConfig, callbacks: list[Callback] | None = None, log=print):
-        self.cfg, self.log = cfg, log
-        self.device = pick_device(cfg.device)
+        self.cfg, topo = cfg, topology_from_env()
+        self.log = log if topo.is_main else (lambda *a, **k: None)  # the other processes speak only through errors
+        self.device = pick_device(cfg.device, topo.local_rank if topo.enabled else None)
+        self.topo = init_distributed(self.device.type, cfg.ddp_timeout)
         self.amp_dtype, use_scaler = pick_precision(cfg.precision, self.device)
         self.scaler = torch.amp.GradScaler('cuda') if use_scaler else None
         random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
         self.load_data()
         self.model = build_model(cfg.model_name_or_path, cfg.model_config or 'demo', self.vocab).to(self.device)
+        if cfg.dropout is not None: set_dropout(self.model, cfg.dropout)
+        use_sdpa(self.model, cfg.attention == 'sdpa')
+        if cfg.compile: compile_encoder(self.model)
+        if self.topo.rank: torch.manual_seed(cfg.seed + self.topo.rank)  # same initial weights, other dropout masks
+        self.ddp = torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None) if self.topo.enabled else None
         self.optimizer = make_optimizer(self.model, cfg.learning_rate, cfg.weight_decay, self.device)
-        self.state = TrainState()
+        self.state = TrainState(world_size=self.topo.world_size)
         self.callbacks = [MetricsFile(), ProgressBar(), *(callbacks or [])]
         if cfg.use_wandb: self.callbacks.append(WandbLogger())
         if cfg.tensorboard: self.callbacks.append(TensorBoardLogger())
+        if not self.topo.is_main: self.callbacks = []  # one process writes metrics, bars and logs
         if cfg.resume_from: self.resume(cfg.resume_from)
 
 # %% ../nbs/04_training.ipynb #ce1d57db
 def _load_data(self: Trainer):
     c = self.cfg
-    self.vocab, accum = CharVocab(), c.gradient_accumulation_steps
+    self.vocab, per_step = CharVocab(), c.gradient_accumulation_steps * self.topo.world_size  # micro-batches per step
     if c.streaming: return self.load_stream()
     self.corpus = prepare_corpus(c.dataset, c.num_samples, c.validation_fraction, c.max_length, c.dataset_split,
                                  c.text_column, c.dataset_config, c.cache_dir, log=self.log)
     self.train_enc, self.valid_enc = self.corpus.train, self.corpus.valid
-    self.steps_per_epoch = -(-len(self.train_enc) // c.batch_size) // accum
+    self.steps_per_epoch = -(-len(self.train_enc) // c.batch_size) // per_step
     if self.steps_per_epoch == 0:
-        raise DataError(f"{len(self.train_enc)} training domains are fewer than one optimizer step "
-                        f"(batch_size × gradient_accumulation_steps = {c.batch_size * accum})")
+        raise DataError(f"{len(self.train_enc)} training domains are fewer than one optimizer step (batch_size × "
+                        f"gradient_accumulation_steps × processes = {c.batch_size * per_step})")
     self.total_steps = c.max_steps or c.epochs * self.steps_per_epoch
-    self.run_batches = RunBatches(self.train_enc, self.vocab, c, self.steps_per_epoch * accum)
+    self.run_batches = RunBatches(self.train_enc, self.vocab, c, self.steps_per_epoch * per_step)
 Trainer.load_data = _load_data
 
 # %% ../nbs/04_training.ipynb #238262a3
@@ -375,11 +435,14 @@ Trainer.loader_for_inspection = _loader_for_inspection
 
 # %% ../nbs/04_training.ipynb #95b089b3
 def _loader(self: Trainer):
-    c, accum = self.cfg, self.cfg.gradient_accumulation_steps
+    c, accum, t = self.cfg, self.cfg.gradient_accumulation_steps, self.topo
     workers = c.num_workers if c.num_workers is not None else (min(4, (os.cpu_count() or 2) // 2) if self.device.type == 'cuda' else 0)
     if c.streaming:  # one stream, read in order: at most one worker, so the batch order does not depend on it
-        data, sampler, workers = StreamBatches(c, self.vocab, self.state.step * accum), None, min(workers, 1)
-    else: data, sampler = self.run_batches, range(self.state.step * accum, self.total_steps * accum)
+        data, sampler = StreamBatches(c, self.vocab, self.state.step * accum, shard=(t.rank, t.world_size)), None
+        workers = min(workers, 1)
+    else:  # of the A × W micro-batches of each step, this process takes every W-th (distributed chapter)
+        per_step = accum * t.world_size
+        data, sampler = self.run_batches, rank_micro_batches(self.state.step * per_step, self.total_steps * per_step, t)
     return torch.utils.data.DataLoader(data, batch_size=None, sampler=sampler, num_workers=workers,
                                        pin_memory=self.device.type == 'cuda', prefetch_factor=4 if workers else None,
                                        generator=torch.Generator().manual_seed(c.seed))
@@ -391,12 +454,16 @@ def _optimizer_step(self: Trainer, micro_batches: list[dict]) -> tuple[torch.Ten
     lr = lr_at(self.state.step, self.total_steps, self.cfg.warmup_steps, self.cfg.learning_rate)
     for g in self.optimizer.param_groups: g['lr'] = lr
     total = torch.zeros((), device=self.device)
-    for batch in micro_batches:
+    for i, batch in enumerate(micro_batches):
+        if self.cfg.compile: batch = round_width(batch, COMPILE_WIDTH)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            loss = self.model(**batch).loss / len(micro_batches)
-        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        # data-parallel: gradients are all-reduced once per step, in the backward pass of the last micro-batch
+        with self.ddp.no_sync() if self.ddp and i < len(micro_batches) - 1 else nullcontext():
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+                loss = (self.ddp or self.model)(**batch).loss / len(micro_batches)
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
         total += loss.detach()
+    if self.topo.enabled: total = self.agree(total)
     if self.scaler: self.scaler.unscale_(self.optimizer)
     norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.gradient_clip_val or float('inf'))
     # the one host sync per step: a NaN/inf step is skipped, not applied (fp16 overflow is the scaler's to handle)
@@ -408,24 +475,37 @@ def _optimizer_step(self: Trainer, micro_batches: list[dict]) -> tuple[torch.Ten
     return total, ok
 Trainer.optimizer_step = _optimizer_step
 
+# %% ../nbs/04_training.ipynb #aba96f90
+def _agree(self: Trainer, loss: torch.Tensor) -> torch.Tensor:
+    "The mean loss of the step over all processes; a stop requested in any process stops all of them."
+    asked = torch.tensor(float(self.interrupted is not None), device=self.device)
+    shared = all_reduce_sum(torch.stack([loss.float(), asked]), self.topo)
+    if shared[1].item(): self.interrupted, self.stop = self.interrupted or 'a signal to another process', True
+    return shared[0] / self.topo.world_size
+Trainer.agree = _agree
+
 # %% ../nbs/04_training.ipynb #c54b1567
 @torch.no_grad()
 def _evaluate(self: Trainer) -> dict | None:
     "Validation loss, perplexity and masked-character accuracy (None without a validation split)."
     if len(self.valid_enc) == 0: return None
     self.model.eval()
-    loss_sum, correct, n = torch.zeros((), device=self.device), torch.zeros((), device=self.device), 0
-    for batch in MaskedBatches(self.valid_enc, self.vocab, self.cfg.batch_size, self.cfg.seed, epoch=0, shuffle=False,
-                               **masking_options(self.cfg)):
+    exact = torch.float32 if self.device.type == 'mps' else torch.float64  # counts of millions stay exact
+    sums = torch.zeros(3, device=self.device, dtype=exact)  # loss sum, correct predictions, masked characters
+    batches = MaskedBatches(self.valid_enc, self.vocab, self.cfg.batch_size, self.cfg.seed, epoch=0, shuffle=False,
+                            **masking_options(self.cfg))
+    for i in range(self.topo.rank, len(batches), self.topo.world_size):  # data-parallel: each process a share, then sum
+        batch = round_width(batches[i], COMPILE_WIDTH) if self.cfg.compile else batches[i]
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             out = self.model(**batch)
-        loss_sum += out.loss.float() * len(out.labels); correct += (out.logits.argmax(-1) == out.labels).sum()
-        n += len(batch['masked_index'])
+        sums += torch.stack([out.loss.float() * len(out.labels), (out.logits.argmax(-1) == out.labels).sum(),
+                             torch.tensor(len(out.labels), device=self.device)])
     self.model.train()
-    loss = (loss_sum / n).item()
+    loss_sum, correct, n = all_reduce_sum(sums, self.topo).tolist()
+    loss = loss_sum / n
     return dict(type='eval', step=self.state.step, epoch=self.epoch_progress(), val_loss=loss,
-                val_perplexity=math.exp(min(loss, 50)), val_accuracy=(correct / n).item(), val_masked_chars=n)
+                val_perplexity=math.exp(min(loss, 50)), val_accuracy=correct / n, val_masked_chars=int(n))
 Trainer.evaluate = _evaluate
 
 # %% ../nbs/04_training.ipynb #a7a13562
@@ -442,7 +522,7 @@ def _after_step(self: Trainer, loss: torch.Tensor, ok: bool, domains: int, chars
         self.save(f'checkpoint-epoch-{s.epoch}')
     if s.step % c.save_steps == 0:
         self.save(f'checkpoint-step-{s.step}')
-        prune_checkpoints(c.output_dir, c.save_total_limit)
+        if self.topo.is_main: prune_checkpoints(c.output_dir, c.save_total_limit)
 Trainer.after_step = _after_step
 
 # %% ../nbs/04_training.ipynb #44ec70c1
@@ -497,25 +577,37 @@ Trainer.run_eval = _run_eval
 
 # %% ../nbs/04_training.ipynb #23fc7369
 def _save(self: Trainer, name: str) -> Path:
-    "Write a complete checkpoint `<output_dir>/<name>` (raises `CheckpointError` on failure)."
+    "Write a complete checkpoint `<output_dir>/<name>` (raises `CheckpointError` on failure, in every process)."
     self.state.window_loss_sum += self._window_loss.item(); self._window_loss.zero_()
-    path = save_checkpoint(Path(self.cfg.output_dir) / name, self.model, self.optimizer, self.state,
-                           asdict(self.cfg), self.scaler)
+    path, failure = Path(self.cfg.output_dir) / name, None
+    rngs = gather_objects(rng_states(), self.topo)  # every process's generators: each resumes its own dropout stream
+    if self.topo.is_main:
+        try: save_checkpoint(path, self.model, self.optimizer, self.state, asdict(self.cfg), self.scaler, rngs)
+        except CheckpointError as e: failure = e
+    # the others wait here until rank 0 has written it, and learn whether it could
+    if all_reduce_sum(torch.tensor([float(failure is not None)], device=self.device), self.topo).item():
+        raise failure or CheckpointError(f"rank 0 could not write checkpoint {path}")
     self._emit('on_save', path)
     return path
 Trainer.save = _save
 
 # %% ../nbs/04_training.ipynb #f398e2bc
 _DATA_ORDER_KEYS = ('dataset', 'dataset_config', 'dataset_split', 'streaming', 'num_samples', 'validation_fraction',
-                    'max_length', 'batch_size', 'gradient_accumulation_steps', 'seed', 'mlm_probability',
+                    'max_length', 'batch_size', 'seed', 'mlm_probability',
                     'mask_replace_prob', 'random_replace_prob', 'exclude_tld', 'span_masking', 'length_bucketing')
 
 def _resume(self: Trainer, ref: str):
     path = latest_checkpoint(self.cfg.output_dir, self.log) if ref == 'latest' else Path(ref)
     if path is None: self.log(f"no complete checkpoint in {self.cfg.output_dir}: starting from step 0"); return
-    self.state = load_checkpoint(path, self.model, self.optimizer, self.scaler)
+    self.state = load_checkpoint(path, self.model, self.optimizer, self.scaler, rank=self.topo.rank)
     saved = json.loads((path / 'training_config.json').read_text())
-    if changed := [k for k in _DATA_ORDER_KEYS if saved.get(k) != getattr(self.cfg, k)]:
+    changed = [k for k in _DATA_ORDER_KEYS if saved.get(k) != getattr(self.cfg, k)]
+    # micro-batches per step: accumulation × processes; trading one for the other keeps the data order
+    before, now = saved.get('gradient_accumulation_steps', 1) * self.state.world_size, self.cfg.gradient_accumulation_steps * self.topo.world_size
+    if before != now or (self.cfg.streaming and self.state.world_size != self.topo.world_size):
+        changed.append(f'micro-batches per step (accumulation × processes: {before} → {now})')
+    self.state.world_size = self.topo.world_size
+    if changed:
         self.log(f"warning: {', '.join(changed)} changed since {path.name}: the data order will differ from the original run")
     self.log(f"resumed from {path} at step {self.state.step} (epoch {self.state.epoch}, batch {self.state.batch_in_epoch} of the epoch)")
 Trainer.resume = _resume
@@ -524,11 +616,11 @@ Trainer.resume = _resume
 def _describe(self: Trainer) -> dict:
     c = self.cfg
     n_params = sum(p.numel() for p in self.model.parameters())
-    effective = c.batch_size * c.gradient_accumulation_steps * 1  # × processes, when data-parallel
+    effective = c.batch_size * c.gradient_accumulation_steps * self.topo.world_size
     return dict(corpus=self.corpus.summary(), rejected=dict(self.corpus.rejected), train_domains=len(self.train_enc) if not c.streaming else None,
                 valid_domains=len(self.valid_enc), padding_fraction=self.padding_fraction(), parameters=n_params, device=str(self.device),
                 precision=str(self.amp_dtype or torch.float32).replace('torch.', ''), loss_scaling=self.scaler is not None,
-                effective_batch=effective, steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
+                effective_batch=effective, processes=self.topo.world_size, steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
                 torch=torch.__version__, python=platform.python_version(), config=asdict(c))
 Trainer.describe = _describe
 
@@ -554,7 +646,10 @@ from contextlib import contextmanager
 @contextmanager
 def stop_on_signals(trainer: Trainer):
     "While training, SIGINT and SIGTERM ask the loop to stop after the current step (and write a checkpoint)."
-    def handler(signum, frame): trainer.interrupted, trainer.stop = signal.Signals(signum).name, True
+    def handler(signum, frame):
+        trainer.interrupted = signal.Signals(signum).name
+        # one process of a job must not leave alone: the processes agree on stopping in the next step (`agree`)
+        if not trainer.topo.enabled: trainer.stop = True
     if threading.current_thread() is not threading.main_thread(): yield; return  # handlers live in the main thread
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try: yield
@@ -567,6 +662,8 @@ def _next_group(self: Trainer, micro) -> list[dict]:
     try: return [next(micro) for _ in range(self.cfg.gradient_accumulation_steps)]
     except DataError as e:
         reason = [l for l in str(e).splitlines() if l.strip()][-1].split('DataError: ')[-1]
+        if self.topo.enabled:  # the other processes are not here to write a checkpoint together: the last one stands
+            raise DataError(f"{reason}; continue from the last checkpoint with --resume_from latest") from None
         path = self.save(f'checkpoint-step-{self.state.step}')
         raise DataError(f"{reason}; checkpoint of step {self.state.step} written to {path}: "
                         "continue with --resume_from latest") from None
@@ -576,14 +673,17 @@ Trainer.next_group = _next_group
 def _fit(self: Trainer) -> Path:
     "Train until `max_steps`/`epochs` (or early stopping); returns the `final-model` directory."
     c, s = self.cfg, self.state
-    out = Path(c.output_dir); out.mkdir(parents=True, exist_ok=True)
-    info = self.describe()
-    (out / 'run.json').write_text(json.dumps(info, indent=2))
-    self.log(info['corpus'])
-    self.log(f"padding: {info['padding_fraction']:.1%} of the positions of the first training batches")
-    self.log(f"model: {info['parameters'] / 1e6:.1f}M parameters on {info['device']} ({info['precision']}); effective batch "
-             f"{info['effective_batch']} = {c.batch_size} × {c.gradient_accumulation_steps} accumulation × 1 process; "
-             f"{self.total_steps:,} steps" + (f" ({self.steps_per_epoch:,} per epoch)" if self.steps_per_epoch else " (streaming)"))
+    out, W = Path(c.output_dir), self.topo.world_size
+    if self.topo.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        info = self.describe()
+        (out / 'run.json').write_text(json.dumps(info, indent=2))
+        self.log(info['corpus'])
+        self.log(f"padding: {info['padding_fraction']:.1%} of the positions of the first training batches")
+        self.log(f"model: {info['parameters'] / 1e6:.1f}M parameters on {info['device']} ({info['precision']}); effective batch "
+                 f"{info['effective_batch']} = {c.batch_size} × {c.gradient_accumulation_steps} accumulation × {W} "
+                 f"process{'es' if W > 1 else ''}; {self.total_steps:,} steps"
+                 + (f" ({self.steps_per_epoch:,} per epoch)" if self.steps_per_epoch else " (streaming)"))
     self.stop, self.interrupted, self._start = False, None, time.perf_counter()
     self._reset_window(keep_loss=True)
     self.model.train()
@@ -594,10 +694,10 @@ def _fit(self: Trainer) -> Path:
             while s.step < self.total_steps and not self.stop:
                 group = self.next_group(micro)
                 loss, ok = self.optimizer_step(group)
-                s.step += 1; s.batch_in_epoch += len(group)
+                s.step += 1; s.batch_in_epoch += len(group) * W
                 self._emit('on_step')
-                self.after_step(loss, ok, sum(len(b['input_ids']) for b in group),
-                                sum(int(b['attention_mask'].sum()) - 2 * len(b['input_ids']) for b in group))
+                self.after_step(loss, ok, W * sum(len(b['input_ids']) for b in group),  # × W: all processes (equal batches)
+                                W * sum(int(b['attention_mask'].sum()) - 2 * len(b['input_ids']) for b in group))
         final = self.save(f'checkpoint-step-{s.step}' if self.interrupted else 'final-model')
     finally: self._emit('on_train_end')  # close bars and loggers, also when the run fails
     if self.interrupted:
@@ -611,4 +711,5 @@ Trainer.fit = _fit
 # %% ../nbs/04_training.ipynb #ae78569c
 def train(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Path:
     "Run training with `cfg`; returns the `final-model` directory."
-    return Trainer(cfg, callbacks).fit()
+    try: return Trainer(cfg, callbacks).fit()
+    finally: shutdown_distributed()

@@ -104,3 +104,31 @@ def test_original_checkpoints_import_and_load_directly(original_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     r = cli('import-original', tmp_path / 'converted', tmp_path / 'again')
     assert r.returncode == 1 and 'not a checkpoint of the original project' in r.stderr
+
+def test_compiled_and_sdpa_runs_give_the_losses_of_the_eager_path(tmp_path):
+    # one eager reference (transformers' matmul attention) against SDPA, and against SDPA compiled with torch.compile
+    runs = dict(eager=dict(attention='eager'), sdpa=dict(attention='sdpa'), compiled=dict(attention='sdpa', compile=True))
+    out = {}
+    for name, kw in runs.items():
+        Trainer(tiny(tmp_path / name, max_steps=4, logging_steps=1, dropout=0.0, **kw), **QUIET).fit()
+        out[name] = losses(tmp_path / name)
+    assert len(out['eager']) == 4
+    assert out['sdpa'] == pytest.approx(out['eager'], rel=1e-5)
+    assert out['compiled'] == pytest.approx(out['eager'], rel=1e-4)
+
+def test_fused_adamw_gives_the_updates_of_the_plain_one():
+    # the trainer fuses AdamW on CUDA; torch's fused kernel also runs on the CPU, so the numerics are checked here
+    from domain_canine.model import build_model
+    from domain_canine.training import make_optimizer
+    weights = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        m = build_model(None, 'tiny'); opt = make_optimizer(m, 1e-2, 0.01, torch.device('cpu'), fused)
+        data = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            ids = torch.randint(97, 123, (4, 12), generator=data)
+            m(ids, torch.ones_like(ids), labels=torch.randint(0, 39, (4, 12), generator=data)).loss.backward()
+            opt.step(); opt.zero_grad()
+        weights.append(torch.cat([p.detach().flatten() for p in m.parameters()]))
+    assert (weights[0] - weights[1]).abs().max() < 1e-4  # float rounding only: the steps moved weights by ~5e-2
+    assert not torch.equal(weights[0], torch.cat([p.detach().flatten() for p in build_model(None, 'tiny').parameters()]))

@@ -1,0 +1,132 @@
+"torchrun data-parallel training on CPU (gloo): equivalence with one process, exact resume, moving between world sizes, failures."
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import pytest, torch
+from conftest import ROOT, cli
+from domain_canine.model import DomainCanineMLM
+from domain_canine.checkpoint import verify_checkpoint
+
+# no dropout: a 2-process run and a 1-process run draw their dropout masks differently by design
+FLAGS = ('--preset', 'tiny', '--max_steps', 8, '--dropout', 0, '--logging_steps', 1, '--save_steps', 4, '--eval_steps', 4)
+
+def torchrun_cmd(*args, nproc: int = 2) -> list[str]:
+    return [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
+            '-m', 'domain_canine', *map(str, args)]
+
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}  # two processes on a small machine: one thread each
+
+def torchrun(*args, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(torchrun_cmd(*args, nproc=nproc), capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=ENV)
+
+def train_losses(run: Path) -> dict[int, float]:
+    return {m['step']: m['loss'] for m in map(json.loads, (run / 'metrics.jsonl').read_text().splitlines()) if m['type'] == 'train'}
+
+def val_losses(run: Path) -> dict[int, float]:
+    return {m['step']: m['val_loss'] for m in map(json.loads, (run / 'metrics.jsonl').read_text().splitlines()) if m['type'] == 'eval'}
+
+def weights(path: Path) -> dict[str, torch.Tensor]: return DomainCanineMLM.load(path).state_dict()
+
+def max_difference(a: Path, b: Path) -> float:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    return max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory) -> Path:
+    "A 2-process run (batch 16 per process) and a 1-process run with accumulation 2: the same global batch of 32."
+    base = tmp_path_factory.mktemp('ddp')
+    two = torchrun('train', *FLAGS, '--output_dir', base / 'two')
+    assert two.returncode == 0, two.stderr[-3000:]
+    (base / 'two.log').write_text(two.stdout + two.stderr)
+    one = cli('train', *FLAGS, '--gradient_accumulation_steps', 2, '--output_dir', base / 'one')
+    assert one.returncode == 0, one.stderr[-3000:]
+    return base
+
+def test_two_processes_equal_one_process_with_the_same_global_batch(runs):
+    one, two = train_losses(runs / 'one'), train_losses(runs / 'two')
+    assert list(two) == list(range(1, 9))  # every step logged once: only rank 0 writes metrics
+    for step in one: assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6), step
+    assert val_losses(runs / 'two') == pytest.approx(val_losses(runs / 'one'), rel=1e-5)
+    assert max_difference(runs / 'one' / 'final-model', runs / 'two' / 'final-model') < 1e-5
+    log = (runs / 'two.log').read_text()
+    assert log.count('effective batch 32 = 16 × 1 accumulation × 2 processes') == 1  # rank 1 stays quiet
+    assert log.count('final model:') == 1
+
+def test_rank_0_writes_checkpoints_that_load_in_one_process(runs):
+    ck = runs / 'two' / 'checkpoint-step-8'
+    assert verify_checkpoint(ck) is None
+    assert (ck / 'rng_state_rank_1.pt').is_file()  # rank 1's dropout stream is kept too
+    assert json.loads((ck / 'trainer_state.json').read_text())['world_size'] == 2
+    assert json.loads((runs / 'two' / 'run.json').read_text())['processes'] == 2
+    r = cli('predict', '--model_path', ck, '--json', 'exampl?.com')
+    assert r.returncode == 0, r.stderr
+
+def test_resume_of_a_two_process_run_continues_exactly(runs):
+    out = runs / 'two-resumed'
+    r = torchrun('train', *FLAGS, '--output_dir', out, '--resume_from', runs / 'two' / 'checkpoint-step-4')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'warning' not in r.stdout + r.stderr
+    resumed, full = train_losses(out), train_losses(runs / 'two')
+    assert list(resumed) == [5, 6, 7, 8] and all(resumed[s] == full[s] for s in resumed)  # bit for bit
+    a, b = weights(out / 'final-model'), weights(runs / 'two' / 'final-model')
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+def test_resume_with_another_number_of_processes(runs):
+    # same micro-batches per step (1 process × accumulation 2 = 2 processes × 1): continues the same run
+    same = cli('train', *FLAGS, '--gradient_accumulation_steps', 2, '--output_dir', runs / 'one-from-two',
+               '--resume_from', runs / 'two' / 'checkpoint-step-4')
+    assert same.returncode == 0, same.stderr[-3000:]
+    assert 'warning' not in same.stdout
+    assert max_difference(runs / 'one-from-two' / 'final-model', runs / 'two' / 'final-model') < 1e-5
+    # a different layout: continues at the same step with the new effective batch, and says so
+    other = cli('train', *FLAGS, '--output_dir', runs / 'one-alone', '--resume_from', runs / 'two' / 'checkpoint-step-4')
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert 'micro-batches per step (accumulation × processes: 2 → 1)' in other.stdout
+    assert list(train_losses(runs / 'one-alone')) == [5, 6, 7, 8]
+
+def _workers(parent: int) -> dict[int, int]:
+    "rank → pid of the worker processes torchrun started."
+    ranks = {}
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try: pid, ppid = int(stat.parent.name), int(stat.read_text().rsplit(')', 1)[1].split()[1])
+        except (OSError, ValueError, IndexError): continue  # a process that just ended
+        if ppid != parent: continue
+        env = Path(f'/proc/{pid}/environ').read_bytes().split(b'\0')
+        rank = next((int(e.split(b'=')[1]) for e in env if e.startswith(b'RANK=')), None)
+        if rank is not None: ranks[rank] = pid
+    return ranks
+
+def _start_long_job(out: Path) -> subprocess.Popen:
+    "A job that would run for minutes, once both workers are training."
+    job = subprocess.Popen(torchrun_cmd('train', '--preset', 'tiny', '--max_steps', 100_000, '--logging_steps', 1,
+                                        '--save_steps', 100_000, '--output_dir', out),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=ENV)
+    deadline = time.monotonic() + 120
+    while not ((out / 'metrics.jsonl').is_file() and (out / 'metrics.jsonl').read_text().count('\n') >= 3):
+        assert job.poll() is None and time.monotonic() < deadline, job.stdout.read() if job.poll() is not None else 'no progress'
+        time.sleep(0.2)
+    return job
+
+def test_a_dying_process_takes_the_job_down(tmp_path):
+    job = _start_long_job(tmp_path / 'run')
+    workers = _workers(job.pid)
+    assert sorted(workers) == [0, 1]
+    os.kill(workers[1], signal.SIGKILL)
+    out, _ = job.communicate(timeout=120)  # no hang: torchrun stops the other worker and fails
+    assert job.returncode != 0
+    assert 'rank      : 1' in out and 'Signal 9 (SIGKILL)' in out, out[-2000:]
+
+def test_a_signal_to_one_process_stops_the_whole_job_with_a_checkpoint(tmp_path):
+    job = _start_long_job(tmp_path / 'run')
+    os.kill(_workers(job.pid)[1], signal.SIGTERM)  # only rank 1 hears it
+    out, _ = job.communicate(timeout=120)
+    assert job.returncode == 0, out[-2000:]
+    assert 'stopped by a signal to another process' in out
+    saved = [p for p in (tmp_path / 'run').glob('checkpoint-step-*') if verify_checkpoint(p) is None]
+    assert len(saved) == 1
+
+def test_a_streaming_job_trains_on_shards(tmp_path):
+    r = torchrun('train', '--preset', 'tiny', '--streaming', '--max_steps', 6, '--output_dir', tmp_path / 'run')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'effective batch 32 = 16 × 1 accumulation × 2 processes' in r.stdout
+    assert verify_checkpoint(tmp_path / 'run' / 'final-model') is None
