@@ -54,6 +54,10 @@ def _fsync_tree(path: Path):
     finally: os.close(fd)
 
 # %% ../nbs/03_checkpoint.ipynb #7b830d4e
+def _rng_file(rank: int) -> str:
+    "The file of process `rank`'s generator states in a checkpoint (rank 0's name is that of a single-process run)."
+    return 'rng_state.pt' if rank == 0 else f'rng_state_rank_{rank}.pt'
+
 def rng_states() -> dict:
     "The global random generator states, in a form `torch.load(weights_only=True)` accepts."
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -87,7 +91,7 @@ def save_checkpoint(path, # directory to create (replaced if it exists)
         if optimizer is not None:
             torch.save(dict(optimizer=optimizer.state_dict(), scaler=scaler.state_dict() if scaler else None), tmp/'optimizer.pt')
         for r, rng in enumerate(rank_rng or [rng_states()]):
-            torch.save(rng, tmp/('rng_state.pt' if r == 0 else f'rng_state_rank_{r}.pt'))
+            torch.save(rng, tmp/_rng_file(r))
         files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
         (tmp/MARKER).write_text(json.dumps(dict(step=state.step, files=files), indent=2))
         _fsync_tree(tmp)
@@ -130,7 +134,7 @@ def load_checkpoint(path, model: DomainCanineMLM, optimizer: torch.optim.Optimiz
             opt = torch.load(path/'optimizer.pt', weights_only=True)
             optimizer.load_state_dict(opt['optimizer'])
             if scaler is not None and opt['scaler']: scaler.load_state_dict(opt['scaler'])
-        rng_file = path/('rng_state.pt' if rank == 0 else f'rng_state_rank_{rank}.pt')
+        rng_file = path/_rng_file(rank)
         if restore_rng: set_rng_states(torch.load(rng_file, weights_only=True) if rank == 0 or rng_file.is_file() else own)
         return TrainState(**json.loads((path/'trainer_state.json').read_text()))
     except (ModelError, OSError, RuntimeError, ValueError, KeyError, TypeError) as e:

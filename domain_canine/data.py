@@ -16,9 +16,8 @@ import numpy as np
 # %% auto #0
 __all__ = ['SAMPLE_CORPUS', 'SAMPLE_NAME', 'TEXT_COLUMNS', 'CLEANING_VERSION', 'DataError', 'normalise_domain', 'clean_domain',
            'is_validation', 'read_text_lines', 'first_error_line', 'DomainSource', 'open_source', 'source_lines',
-           'clean_batch', 'EncodedDomains', 'domain_hashes', 'duplicate_indices', 'first_occurrences',
-           'default_cache_dir', 'PreparedCorpus', 'file_lock', 'prepare_corpus', 'Corpus', 'clean_domains',
-           'load_corpus', 'stream_domains']
+           'clean_batch', 'EncodedDomains', 'domain_hashes', 'duplicate_indices', 'default_cache_dir', 'PreparedCorpus',
+           'file_lock', 'prepare_corpus', 'Corpus', 'clean_domains', 'load_corpus', 'stream_domains']
 
 # %% ../nbs/00_data.ipynb #2828fee5
 SAMPLE_CORPUS = Path(str(files('domain_canine') / 'data' / 'domains-sample.txt'))
@@ -271,12 +270,6 @@ def duplicate_indices(enc: EncodedDomains, # the domains
     cand = np.nonzero(~starts)[0]  # same hash as the group's first; a collision with different text is kept
     a, b = index[first_of_group[cand]], index[order[cand]]
     return np.sort(b[_same_text(enc, a, b)])
-
-def first_occurrences(enc: EncodedDomains, hashes: np.ndarray | None = None) -> np.ndarray:
-    "Boolean mask of the domains of `enc` that are the first occurrence of their text (exact)."
-    keep = np.ones(len(enc), dtype=bool)
-    keep[duplicate_indices(enc, domain_hashes(enc) if hashes is None else hashes)] = False
-    return keep
 
 # %% ../nbs/00_data.ipynb #e703114d
 CLEANING_VERSION = 1  # bump when normalisation or validation changes: every cached corpus is rebuilt

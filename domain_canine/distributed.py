@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 # %% auto #0
 __all__ = ['DistributedError', 'Topology', 'topology_from_env', 'init_distributed', 'shutdown_distributed', 'all_reduce_sum',
-           'gather_objects', 'barrier', 'rank_micro_batches']
+           'gather_objects', 'rank_micro_batches']
 
 # %% ../nbs/03a_distributed.ipynb #7644a82a
 class DistributedError(RuntimeError):
@@ -68,10 +68,6 @@ def gather_objects(obj, topo: Topology) -> list:
     out = [None] * topo.world_size
     dist.all_gather_object(out, obj)
     return out
-
-def barrier(topo: Topology):
-    "Wait until every process is here."
-    if topo.enabled: dist.barrier()
 
 # %% ../nbs/03a_distributed.ipynb #00d8341d
 def rank_micro_batches(start: int, # first micro-batch of the job still to train on

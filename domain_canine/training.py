@@ -16,8 +16,8 @@ from .masking import CharVocab, MaskedBatches, pad_batch, mask_batch, batch_seed
 from .model import DomainCanineMLM, ModelError, build_model, use_sdpa, MODEL_CONFIGS
 from .checkpoint import (TrainState, CheckpointError, save_checkpoint, load_checkpoint,
                                       latest_checkpoint, prune_checkpoints, rng_states)
-from .distributed import (Topology, topology_from_env, init_distributed, shutdown_distributed,
-                                       all_reduce_sum, gather_objects, barrier, rank_micro_batches)
+from .distributed import (topology_from_env, init_distributed, shutdown_distributed, all_reduce_sum,
+                                       gather_objects, rank_micro_batches)
 
 # %% auto #0
 __all__ = ['PRESETS', 'COMPILE_WIDTH', 'STREAM_RETRY_PAUSE', 'TrainConfig', 'ConfigError', 'resolve_config', 'lr_at',
@@ -449,14 +449,19 @@ def _loader(self: Trainer):
 Trainer.loader = _loader
 
 # %% ../nbs/04_training.ipynb #262e0c2e
+def _on_device(self: Trainer, batch: dict) -> dict:
+    "A batch as the model takes it: on the device (non-blocking from pinned memory), widened for a compiled encoder."
+    if self.cfg.compile: batch = round_width(batch, COMPILE_WIDTH)
+    return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+Trainer.on_device = _on_device
+
 def _optimizer_step(self: Trainer, micro_batches: list[dict]) -> tuple[torch.Tensor, bool]:
     "Forward and backward over the micro-batches of one step, then clip and step. Returns the mean loss (on device) and whether the step was taken."
     lr = lr_at(self.state.step, self.total_steps, self.cfg.warmup_steps, self.cfg.learning_rate)
     for g in self.optimizer.param_groups: g['lr'] = lr
     total = torch.zeros((), device=self.device)
     for i, batch in enumerate(micro_batches):
-        if self.cfg.compile: batch = round_width(batch, COMPILE_WIDTH)
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        batch = self.on_device(batch)
         # data-parallel: gradients are all-reduced once per step, in the backward pass of the last micro-batch
         with self.ddp.no_sync() if self.ddp and i < len(micro_batches) - 1 else nullcontext():
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
@@ -495,8 +500,7 @@ def _evaluate(self: Trainer) -> dict | None:
     batches = MaskedBatches(self.valid_enc, self.vocab, self.cfg.batch_size, self.cfg.seed, epoch=0, shuffle=False,
                             **masking_options(self.cfg))
     for i in range(self.topo.rank, len(batches), self.topo.world_size):  # data-parallel: each process a share, then sum
-        batch = round_width(batches[i], COMPILE_WIDTH) if self.cfg.compile else batches[i]
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        batch = self.on_device(batches[i])
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             out = self.model(**batch)
         sums += torch.stack([out.loss.float() * len(out.labels), (out.logits.argmax(-1) == out.labels).sum(),
