@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_bench.ipynb #d2cddd11
 from __future__ import annotations
-import json, math, os, subprocess, statistics, sys, tempfile, threading, time
+import json, math, os, shutil, subprocess, statistics, sys, tempfile, threading, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np
@@ -13,14 +13,15 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CanineModel
 from .data import SAMPLE_CORPUS, DataError, EncodedDomains, load_corpus, prepare_corpus
-from .masking import CharVocab, MaskedBatches, MASK, CLS, SEP, PAD, padding_fraction
+from .masking import CharVocab, MaskedBatches, MASK, CLS, SEP, PAD, padding_fraction, padded_length
 from .model import DomainCanineMLM, canine_config, mlm_head, use_sdpa
 from .training import make_optimizer, pick_device, pick_precision, compile_encoder, round_width, COMPILE_WIDTH
 
 # %% auto #0
 __all__ = ['ORIGINAL_CLASSES', 'PEAK_TFLOPS', 'reference_batch', 'ReferenceMLM', 'PeakMemory', 'flops_per_domain',
            'time_training', 'bench_training', 'bench_ablations', 'bench_pipeline', 'bench_masking',
-           'measure_preparation', 'bench_scale', 'gpu_figures', 'run_bench', 'add_bench_commands']
+           'measure_preparation', 'measure_training', 'bench_scale', 'gpu_figures', 'measured_matmul_tflops',
+           'device_versions', 'run_bench', 'add_bench_commands']
 
 # %% ../nbs/11_bench.ipynb #3f2482df
 ORIGINAL_CLASSES = 16_384
@@ -49,18 +50,20 @@ class ReferenceMLM(nn.Module):
 
 # %% ../nbs/11_bench.ipynb #5a1cf475
 class PeakMemory:
-    "Peak memory of a block: CUDA max allocated, or on the CPU the peak RSS above its level at the start (sampled)."
+    "Peak memory of a block above its level at the start: CUDA allocated memory, or the CPU's resident set (sampled)."
     def __init__(self, device: torch.device): self.device, self.mb = device, 0.0
     def _rss(self) -> float: return int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
     def __enter__(self):
-        if self.device.type == 'cuda': torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(self.device); return self
+        if self.device.type == 'cuda':  # the same measure as on the CPU: what the block adds to what was there
+            torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device) / 2**20; return self
         self.start, self.peak, self.running = self._rss(), self._rss(), True
         def sample():
             while self.running: self.peak = max(self.peak, self._rss()); time.sleep(0.002)
         self.thread = threading.Thread(target=sample, daemon=True); self.thread.start()
         return self
     def __exit__(self, *exc):
-        if self.device.type == 'cuda': self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20; return
+        if self.device.type == 'cuda': self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20 - self.start; return
         self.running = False; self.thread.join(); self.mb = self.peak - self.start
 
 def _sync(device):
@@ -107,7 +110,10 @@ def _domains(n_min: int) -> list[str]:
 
 def bench_training(config: str = 'small', batch_size: int = 256, max_length: int = 64, device=None,
                    precision: str = 'auto', bucket: bool = True, warmup: int = 3, windows: int = 5, window_steps: int = 5,
-                   reference: bool = True, attention: str = 'sdpa', compile: bool = False, fused: bool | None = None) -> dict:
+                   reference: bool = True, attention: str = 'sdpa', compile: bool = False, fused: bool | None = None,
+                   cuda_graphs: bool = False, # with compile: torch.compile's reduce-overhead mode (CUDA graphs)
+                   fixed_width: int | None = None, # only batches of at most this width, padded to it (one compiled graph)
+                  ) -> dict:
     "Training throughput, memory and FLOPs of our path and (optionally) of the original design."
     device = device if isinstance(device, torch.device) else pick_device(device)
     amp_dtype, _ = pick_precision(precision, device)
@@ -117,8 +123,10 @@ def bench_training(config: str = 'small', batch_size: int = 256, max_length: int
     enc = EncodedDomains.from_strings(domains)
     ours = MaskedBatches(enc, vocab, batch_size, seed=0, bucket=bucket)
     model = use_sdpa(DomainCanineMLM(encoder, vocab), attention == 'sdpa')
-    if compile: compile_encoder(model)
-    batch = (lambda i: round_width(ours[i % len(ours)], COMPILE_WIDTH)) if compile else (lambda i: ours[i % len(ours)])
+    if compile: compile_encoder(model, cuda_graphs=cuda_graphs)
+    usable = [b for b in range(len(ours)) if fixed_width is None or padded_length(int(enc.lengths_of(ours.order[b * batch_size:(b + 1) * batch_size]).max())) <= fixed_width]
+    widen = (lambda b: round_width(b, fixed_width)) if fixed_width else (lambda b: round_width(b, COMPILE_WIDTH)) if compile else (lambda b: b)
+    batch = lambda i: widen(ours[usable[i % len(usable)]])
     fast = time_training(model, batch, lambda m, b: m(**b).loss, device, amp_dtype, warmup, windows, window_steps,
                          fused, count_flops=not compile)  # FLOPs are those of the eager model
     out = dict(train_domains_per_s=fast['domains_per_s'], train_chars_per_s=fast['chars_per_s'],
@@ -157,29 +165,29 @@ def bench_ablations(variants: dict[str, dict], # name → bench_training setting
     return out
 
 # %% ../nbs/11_bench.ipynb #fbcb61ae
-def bench_pipeline(lines: int = 1_000_000, batch_size: int = 256, workdir=None) -> dict:
-    "Domains/s from raw text lines to masked batch tensors, in one process on one thread."
+def bench_pipeline(lines: int = 1_000_000, batch_size: int = 256, workdir=None,
+                   corpus: str | Path | None = None, # an existing text corpus to use instead of writing `lines` synthetic domains
+                  ) -> dict:
+    "Domains/s from raw text lines to masked batch tensors drawn the way training draws them, one process, one thread."
+    from domain_canine.synthetic import make_corpus
+    from domain_canine.training import RunBatches, resolve_config
     threads = torch.get_num_threads(); torch.set_num_threads(1)
     try:
         work = Path(workdir or tempfile.mkdtemp(prefix='domain-canine-bench-'))
-        text = SAMPLE_CORPUS.read_text()
-        corpus = work / 'replicated.txt'
-        corpus.write_text(text * -(-lines // text.count('\n')))
-        n_lines = sum(1 for _ in open(corpus))
+        corpus = Path(corpus) if corpus else make_corpus(lines, work / f'synthetic-{lines}.txt')
         t0 = time.perf_counter()
         prepared = prepare_corpus(str(corpus), cache_dir=work / 'cache', log=lambda *a: None)
         t1 = time.perf_counter()
-        produced, epoch, vocab = 0, 0, CharVocab()
-        while produced < n_lines:
-            mb = MaskedBatches(prepared.train, vocab, batch_size, seed=0, epoch=epoch)
-            for b in range(len(mb)):
-                produced += len(mb[b]['input_ids'])
-                if produced >= n_lines: break
-            epoch += 1
+        n_lines = prepared.lines_read
+        per_epoch = -(-len(prepared.train) // batch_size)
+        run = RunBatches(prepared.train, CharVocab(), resolve_config(batch_size=batch_size), per_epoch,
+                         Path(prepared.cache) / 'epoch-orders')
+        loader = torch.utils.data.DataLoader(run, batch_size=None, sampler=range(-(-n_lines // batch_size)))
+        produced = sum(len(b['input_ids']) for b in loader)
         t2 = time.perf_counter()
     finally: torch.set_num_threads(threads)
     return dict(pipeline_domains_per_s=n_lines / (t2 - t0), prepare_lines_per_s=n_lines / (t1 - t0),
-                batch_domains_per_s=produced / (t2 - t1), pipeline_lines=n_lines)
+                batch_domains_per_s=produced / (t2 - t1), pipeline_lines=n_lines, pipeline_distinct_domains=len(prepared.train) + len(prepared.valid))
 
 # %% ../nbs/11_bench.ipynb #f9644d77
 def bench_masking(batch_size: int = 256, batches: int = 200, max_length: int = 64) -> dict:
@@ -206,45 +214,145 @@ def _memory_mb(field: str) -> float:
         if line.startswith(field + ':'): return int(line.split()[1]) / 1024
     return 0.0
 
-def measure_preparation(path: str, cache_dir: str) -> dict:
-    "Prepare `path` in this process: seconds, peak anonymous memory, peak RSS, then the time to a first streamed batch."
+def _disk_mb(folder: Path) -> float:
+    "MB held by the files under `folder` (0 if it does not exist)."
+    return sum(p.stat().st_size for p in Path(folder).rglob('*') if p.is_file()) / 2**20 if Path(folder).exists() else 0.0
+
+def measure_preparation(path: str, cache_dir: str,
+                        max_length: int | None = 128, # as training prepares it (TrainConfig.max_length), so a run finds it cached
+                       ) -> dict:
+    "Prepare `path` in this process: seconds, peak anonymous memory, peak RSS, peak and final disk, then the time to a first streamed batch."
     from domain_canine.training import StreamBatches, resolve_config
-    peak, running = [_memory_mb('RssAnon')], True
+    peak, disk, running = [_memory_mb('RssAnon')], [0.0], True
     def sample():
-        while running: peak.append(max(peak[-1], _memory_mb('RssAnon'))); time.sleep(0.005)
+        while running:
+            peak.append(max(peak[-1], _memory_mb('RssAnon'))); disk.append(max(disk[-1], _disk_mb(cache_dir))); time.sleep(0.05)
     sampler = threading.Thread(target=sample, daemon=True); sampler.start()
     t0 = time.perf_counter()
-    corpus = prepare_corpus(path, cache_dir=cache_dir, log=lambda *a: None)
+    corpus = prepare_corpus(path, max_length=max_length, cache_dir=cache_dir, log=lambda *a: None)
     seconds = time.perf_counter() - t0
-    running = False; sampler.join()
+    running = False; sampler.join(); disk.append(_disk_mb(cache_dir))  # sampled every 50 ms: a small corpus may finish between samples
     t0 = time.perf_counter()
     next(iter(StreamBatches(resolve_config('demo', dataset=path, streaming=True, max_steps=1), CharVocab())))
     return dict(lines=corpus.lines_read, prepare_s=seconds, prepare_lines_per_s=corpus.lines_read / seconds,
-                peak_anonymous_mb=max(peak), peak_rss_mb=_memory_mb('VmHWM'), stream_first_batch_s=time.perf_counter() - t0)
+                peak_anonymous_mb=max(peak), peak_rss_mb=_memory_mb('VmHWM'), input_mb=Path(path).stat().st_size / 2**20,
+                peak_disk_mb=max(disk), prepared_disk_mb=_disk_mb(corpus.cache), stream_first_batch_s=time.perf_counter() - t0)
 
+# %% ../nbs/11_bench.ipynb #0fed2cca
+def _first_step_and_rows(cmd: list[str], metrics: Path) -> tuple[float, list[dict], float]:
+    "Run a training command: seconds from launch to its first logged step, its metrics rows, its peak RSS (MB)."
+    launched = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status: raise RuntimeError(f"{' '.join(cmd[2:5])} failed:\n{out[-3000:]}")
+    rows = [json.loads(l) for l in metrics.read_text().splitlines()]
+    first = next(r for r in rows if r['type'] == 'train')
+    return first['time'] - launched, rows, usage.ru_maxrss / 1024
+
+def _late_checkpoint(args: list[str], source: Path, step: int) -> Path:
+    "A copy of checkpoint `source` that claims to be at optimizer step `step` (what a long run would leave)."
+    code = ('from domain_canine.cli import build_parser; from domain_canine.training import Trainer, resolve_config; '
+            f'a = vars(build_parser().parse_args(["train", *{args!r}, "--resume_from", {str(source)!r}, "--max_steps", "{step + 10}"])); '
+            'cfg = resolve_config(None, **{k: v for k, v in a.items() if k not in ("command", "func", "preset")}); '
+            f't = Trainer(cfg, log=lambda *a: None); t.state.step = {step}; '
+            f't.state.epoch, t.state.batch_in_epoch = divmod({step}, t.steps_per_epoch); print(t.save("checkpoint-step-{step}"))')
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    if r.returncode: raise RuntimeError(r.stderr[-3000:])
+    return Path(r.stdout.strip().splitlines()[-1])
+
+def measure_training(path: str, cache_dir: str, output_dir: str, steps: int = 60, evals: int = 3, batch_size: int = 256,
+                     late_step: int = 900_000, repeats: int = 3, # resumes from each checkpoint, alternating; medians reported
+                     extra: tuple[str, ...] = ()) -> dict:
+    "The real `domain-canine train` on `path` (tiny model, CPU): time to the first step, rate, evaluation cost, resume cost."
+    out = Path(output_dir)
+    args = ['--dataset', path, '--cache_dir', cache_dir, '--model_config', 'tiny', '--device', 'cpu', '--batch_size', str(batch_size),
+            '--learning_rate', '1e-3', '--warmup_steps', '10', '--logging_steps', '1', '--eval_steps', str(steps // evals),
+            '--save_steps', str(steps // evals), '--save_total_limit', str(evals + 1), '--output_dir', str(out), *extra]
+    cmd = [sys.executable, '-m', 'domain_canine', 'train', *args]
+    first, rows, rss = _first_step_and_rows(cmd + ['--max_steps', str(steps)], out / 'metrics.jsonl')
+    train, ev = [r for r in rows if r['type'] == 'train'], [r for r in rows if r['type'] == 'eval']
+    if len(list(Path(cache_dir).glob('corpora/*/stats.json'))) > 1:  # time to first step must not include a preparation
+        raise RuntimeError(f'the training run did not find the corpus prepared in {cache_dir}: it prepared it again')
+    r = dict(first_step_s=first, domains_per_s=statistics.median(t['domains_per_s'] for t in train),
+             eval_s=statistics.median(e['eval_s'] for e in ev), evals=len(ev), eval_domains=ev[0]['val_domains'],
+             marginal_s=max(x['time'] for x in rows) - train[0]['time'], train_peak_rss_mb=rss)
+    early = out / f'checkpoint-step-{steps // evals}'
+    late = _late_checkpoint(args, early, late_step)
+    resumes = {'early': [], 'late': []}
+    for _ in range(repeats):
+        for name, ckpt, stop in (('early', early, steps // evals + 5), ('late', late, late_step + 5)):
+            resumed = out.with_name(out.name + f'-resume-{name}')
+            for orders in Path(cache_dir).glob('corpora/*/epoch-orders'): shutil.rmtree(orders)  # as on a fresh machine
+            shutil.rmtree(resumed, ignore_errors=True); shutil.copytree(ckpt.parent, resumed, ignore=shutil.ignore_patterns('metrics.jsonl'))
+            a = [x if x != str(out) else str(resumed) for x in cmd]
+            resumes[name].append(_first_step_and_rows(a + ['--max_steps', str(stop), '--resume_from', str(resumed / ckpt.name)],
+                                                      resumed / 'metrics.jsonl')[0])
+    r.update({f'resume_{name}_s': statistics.median(v) for name, v in resumes.items()})
+    return r
+
+# %% ../nbs/11_bench.ipynb #5351f50f
 def bench_scale(sizes: tuple[int, ...] = (1_000_000, 10_000_000), # corpus sizes in lines
-                workdir=None, seed: int = 0) -> list[dict]:
-    "`measure_preparation` on synthetic corpora of each size, each in a fresh process."
+                workdir=None, # where corpora, caches and runs go (kept when given: a rerun reuses the corpora)
+                seed: int = 0,
+                train: bool = False, # also run `domain-canine train` on each prepared corpus (`measure_training`)
+                **train_kw) -> list[dict]:
+    "`measure_preparation` (and `measure_training`) on synthetic corpora of each size, each in fresh processes."
     from domain_canine.synthetic import make_corpus
     work, out = Path(workdir or tempfile.mkdtemp(prefix='domain-canine-scale-')), []
+    work.mkdir(parents=True, exist_ok=True)
     for n in sizes:
-        path = make_corpus(n, work / f'synthetic-{n}.txt', seed)
+        path = work / f'synthetic-{n}-seed-{seed}.txt'
+        if not path.exists(): make_corpus(n, path.with_suffix('.partial'), seed).rename(path)
+        cache = work / f'cache-{n}'
+        shutil.rmtree(cache, ignore_errors=True)  # preparation is measured from nothing
         code = (f'import json; from domain_canine.bench import measure_preparation; '
-                f'print(json.dumps(measure_preparation({str(path)!r}, {str(work / f"cache-{n}")!r})))')
+                f'print(json.dumps(measure_preparation({str(path)!r}, {str(cache)!r})))')
         r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
         out.append(json.loads(r.stdout.strip().splitlines()[-1]))
-        path.unlink()
+        if train:
+            for old in work.glob(f'run-{n}*'): shutil.rmtree(old)
+            out[-1].update(measure_training(str(path), str(cache), str(work / f'run-{n}'), **train_kw))
+    if train and len(out) > 1: out[-1]['marginal_vs_smallest'] = out[-1]['marginal_s'] / out[0]['marginal_s']
+    if workdir is None: shutil.rmtree(work)
     return out
 
 # %% ../nbs/11_bench.ipynb #639a406c
 PEAK_TFLOPS = {(8, 0): 312.0, (8, 6): 142.0, (8, 9): 165.0, (9, 0): 989.0, (10, 0): 2250.0}  # dense bf16, SXM parts
 
-def gpu_figures(flops_per_domain: float, domains_per_s: float, device: torch.device) -> dict:
-    "Achieved TFLOP/s and, where the peak is known, model FLOPs utilisation."
+def gpu_figures(flops_per_domain: float, domains_per_s: float, device: torch.device,
+                measured_peak: float | None = None, # TFLOP/s of `measured_matmul_tflops` on this GPU
+               ) -> dict:
+    "Achieved TFLOP/s and model FLOPs utilisation, against the measured dense rate where given and against the data sheet."
     if device.type != 'cuda': return {}
     achieved = flops_per_domain * domains_per_s / 1e12
-    peak = PEAK_TFLOPS.get(torch.cuda.get_device_capability(device))
-    return dict(gpu=torch.cuda.get_device_name(device), achieved_tflops=achieved, mfu=achieved / peak if peak else None)
+    sheet = PEAK_TFLOPS.get(torch.cuda.get_device_capability(device))
+    return dict(gpu=torch.cuda.get_device_name(device), achieved_tflops=achieved, measured_peak_tflops=measured_peak,
+                mfu=achieved / measured_peak if measured_peak else None, mfu_of_data_sheet=achieved / sheet if sheet else None)
+
+def measured_matmul_tflops(device: torch.device, n: int = 8192, repeats: int = 20, dtype=torch.bfloat16) -> float | None:
+    "The dense bf16 matrix-multiply rate this GPU reaches (TFLOP/s): the denominator of an honest MFU."
+    if device.type != 'cuda': return None
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3): a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats): a @ b
+    end.record(); torch.cuda.synchronize()
+    return 2 * n**3 * repeats / (start.elapsed_time(end) / 1e3) / 1e12
+
+def device_versions(device: torch.device) -> dict:
+    "What the figures were measured with: versions of the stack, the device, and the attention kernel it runs."
+    import platform, transformers
+    from domain_canine.model import sdpa_backend
+    out = dict(python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
+               numpy=np.__version__, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version() if torch.cuda.is_available() else None)
+    if device.type == 'cuda':
+        p = torch.cuda.get_device_properties(device)
+        out.update(gpu=p.name, compute_capability='.'.join(map(str, torch.cuda.get_device_capability(device))),
+                   gpu_memory_gb=round(p.total_memory / 2**30, 1))
+    out['sdpa_backend'] = sdpa_backend(device, torch.bfloat16 if device.type == 'cuda' else torch.float32)
+    return out
 
 # %% ../nbs/11_bench.ipynb #178a7e17
 def run_bench(config: str = 'small', batch_size: int = 256, max_length: int = 64, device=None, precision: str = 'auto',
@@ -281,10 +389,18 @@ def add_bench_commands(sub):
     b.add_argument('--dry_run', action='store_true', help='a few seconds with the tiny model, to check the benchmark runs')
     b.add_argument('--json', action='store_true', help='print one JSON line')
     b.set_defaults(func=_run_bench_command)
-    s = sub.add_parser('bench-scale', help='corpus preparation at growing sizes: time and peak memory',
+    s = sub.add_parser('bench-scale', help='corpus preparation, and optionally training, at growing sizes',
                        description='Prepare synthetic corpora of each size in a fresh process and report seconds, peak '
-                                   'memory and the time to a first streamed batch. Example: domain-canine bench-scale --sizes 1000000 10000000')
+                                   'memory, disk and the time to a first streamed batch; with --train also run domain-canine '
+                                   'train on each (tiny model, batch 256, CPU): time to the first step, domains/s, the cost '
+                                   'of an evaluation, of the steps after the first, and of resuming early and late. '
+                                   'Example: domain-canine bench-scale --sizes 1000000 30000000 --train --workdir /tmp/scale')
     s.add_argument('--sizes', type=int, nargs='+', default=[1_000_000, 10_000_000], help='corpus sizes in lines (default: 1M 10M)')
+    s.add_argument('--train', action='store_true', help='also measure the training command on each corpus')
+    s.add_argument('--steps', type=int, default=60, help='optimizer steps of each measured training run (default: 60)')
+    s.add_argument('--evals', type=int, default=3, help='periodic evaluations within those steps (default: 3)')
+    s.add_argument('--repeats', type=int, default=3, help='resumes measured from each checkpoint; the median is reported (default: 3)')
+    s.add_argument('--workdir', default=None, help='keep corpora, caches and runs here (default: a temporary folder, deleted)')
     s.add_argument('--json', action='store_true', help='print one JSON line per size')
     s.set_defaults(func=_run_scale_command)
     m = sub.add_parser('make-corpus', help='write a synthetic corpus for scale tests',
@@ -304,7 +420,8 @@ def _run_bench_command(a) -> int:
 
 def _run_scale_command(a) -> int:
     if min(a.sizes) < 1: raise DataError('--sizes must be positive')
-    for r in bench_scale(tuple(a.sizes)):
+    if a.steps < a.evals or a.evals < 1: raise DataError('--steps must be at least --evals, and --evals at least 1')
+    for r in bench_scale(tuple(a.sizes), a.workdir, train=a.train, steps=a.steps, evals=a.evals, repeats=a.repeats):
         print(json.dumps(r) if a.json else '  '.join(f'{k} {v:,.2f}' if isinstance(v, float) else f'{k} {v:,}' for k, v in r.items()))
     return 0
 

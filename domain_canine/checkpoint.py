@@ -31,6 +31,7 @@ class TrainState:
     bad_steps: int = 0                # consecutive steps skipped for a NaN/inf loss or gradient
     skipped_steps: int = 0            # all such steps of the run
     world_size: int = 1               # processes of the data-parallel job that wrote it
+    stream_positions: list | None = None  # --streaming: each process's place in its stream (training chapter)
 
 class CheckpointError(RuntimeError):
     "A checkpoint that cannot be written or read, with the reason."
@@ -72,7 +73,8 @@ def set_rng_states(rng: dict):
     n = rng['numpy']
     np.random.set_state((n['kind'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['cached']))
     torch.set_rng_state(rng['torch'])
-    if rng['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(rng['cuda'])
+    if torch.cuda.is_available():  # a job of 8 GPUs saved 8 states; a machine with fewer sets those of the GPUs it has
+        for device, state in enumerate(rng['cuda'][:torch.cuda.device_count()]): torch.cuda.set_rng_state(state, device)
 
 # %% ../nbs/03_checkpoint.ipynb #6d77436c
 def save_checkpoint(path, # directory to create (replaced if it exists)
@@ -131,11 +133,11 @@ def load_checkpoint(path, model: DomainCanineMLM, optimizer: torch.optim.Optimiz
         if loaded.vocab.chars != model.vocab.chars: raise CheckpointError(f"{path} was trained with another output vocabulary")
         model.load_state_dict(loaded.state_dict())
         if optimizer is not None and (path/'optimizer.pt').is_file():
-            opt = torch.load(path/'optimizer.pt', weights_only=True)
+            opt = torch.load(path/'optimizer.pt', map_location='cpu', weights_only=True)  # saved on any GPU; load_state_dict moves it
             optimizer.load_state_dict(opt['optimizer'])
             if scaler is not None and opt['scaler']: scaler.load_state_dict(opt['scaler'])
         rng_file = path/_rng_file(rank)
-        if restore_rng: set_rng_states(torch.load(rng_file, weights_only=True) if rank == 0 or rng_file.is_file() else own)
+        if restore_rng: set_rng_states(torch.load(rng_file, map_location='cpu', weights_only=True) if rank == 0 or rng_file.is_file() else own)
         return TrainState(**json.loads((path/'trainer_state.json').read_text()))
     except (ModelError, OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
         if isinstance(e, CheckpointError): raise

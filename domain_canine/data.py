@@ -144,13 +144,23 @@ class DomainSource:
 
     def batches(self, batch_size: int = 100_000) -> Iterator[list[str]]:
         "Raw lines (or column values) in batches."
+        for _, batch in self.numbered_batches(batch_size): yield batch
+
+    def numbered_batches(self, batch_size: int = 100_000, start: int = 0) -> Iterator[tuple[int, list[str]]]:
+        """Batches of raw lines from line `start` on, each with the number of lines before it: where a reader can
+        resume. Lines before `start` are read past, never cleaned (lines of the file for text, rows of the shard otherwise)."""
         if self.kind == 'text':
-            index, count, start = *self.shard, 0
+            index, count = self.shard
+            line = 0
             for batch in read_text_lines(self.path, batch_size):
-                yield batch[(index - start) % count::count] if count > 1 else batch; start += len(batch)
+                if line + len(batch) <= start: line += len(batch); continue
+                if line < start: batch, line = batch[start - line:], start
+                yield line, batch[(index - line) % count::count] if count > 1 else batch
+                line += len(batch)
             return
-        for batch in self.ds.select_columns([self.column]).iter(batch_size=batch_size):
-            yield ['' if v is None else str(v) for v in batch[self.column]]
+        line, ds = start, self.ds.skip(start) if start else self.ds
+        for batch in ds.select_columns([self.column]).iter(batch_size=batch_size):
+            yield line, ['' if v is None else str(v) for v in batch[self.column]]; line += len(batch[self.column])
 
     def sharded(self, index: int, count: int) -> DomainSource:
         "Shard `index` of `count` disjoint shards that together hold every line (one per process of a data-parallel job)."
@@ -200,6 +210,10 @@ def clean_batch(lines: list[str], validation_fraction: float = 0.1) -> tuple[lis
     return kept, valid, rejected
 
 # %% ../nbs/00_data.ipynb #bd1a2cee
+def _open_memmapped(codepoints: str, offsets: str) -> EncodedDomains:
+    "Re-open memory-mapped arrays by file name (how an `EncodedDomains` of a prepared corpus travels to another process)."
+    return EncodedDomains(np.load(codepoints, mmap_mode='r'), np.load(offsets, mmap_mode='r'))
+
 @dataclass
 class EncodedDomains:
     "A corpus as one flat array of code points plus offsets: domain `i` is `codepoints[offsets[i]:offsets[i+1]]`."
@@ -217,11 +231,22 @@ class EncodedDomains:
         return cls(cps, offsets)
 
     @property
-    def lengths(self) -> np.ndarray: return np.diff(self.offsets)
+    def lengths(self) -> np.ndarray:
+        "The length of every domain: an array as long as the corpus (preparation and small jobs; batches use `lengths_of`)."
+        return np.diff(self.offsets)
+    def lengths_of(self, idx: np.ndarray) -> np.ndarray:
+        "Lengths of the domains `idx`, gathered: the cost grows with `len(idx)`, not with the corpus."
+        idx = np.asarray(idx)
+        return self.offsets[idx + 1] - self.offsets[idx]
     def __len__(self): return len(self.offsets) - 1
     def __getitem__(self, i: int) -> str:
         chunk = np.asarray(self.codepoints[self.offsets[i]:self.offsets[i + 1]])
         return chunk.tobytes().decode('ascii' if chunk.dtype == np.uint8 else 'utf-32-le')
+    def __reduce__(self):
+        "Memory-mapped arrays travel by file name (a worker process maps the same pages), others by value."
+        if all(isinstance(a, np.memmap) and a.filename for a in (self.codepoints, self.offsets)):
+            return _open_memmapped, (self.codepoints.filename, self.offsets.filename)
+        return EncodedDomains, (np.asarray(self.codepoints), np.asarray(self.offsets))
 
 # %% ../nbs/00_data.ipynb #e02db3a4
 _BASE = np.uint64(0x100000001B3)
@@ -483,16 +508,19 @@ def stream_domains(source: DomainSource, validation: bool = False, # the validat
                    validation_fraction: float = 0.1, max_length: int | None = None,
                    rejected: Counter | None = None, # counts rejections as the stream goes
                    num_samples: int | None = None, # stop after the first N clean domains (of both splits)
-                   batch_size: int = 10_000) -> Iterator[list[str]]:
+                   batch_size: int = 10_000,
+                   start: tuple[int, int] = (0, 0), # (raw line, clean domains before it): where to resume
+                   positions: bool = False, # yield (raw line, clean domains before, batch) instead of batches
+                  ) -> Iterator[list[str]]:
     "Batches of clean domains of one split, read lazily from `source`."
-    seen = 0
-    for batch in source.batches(batch_size):
+    line0, seen = start
+    for line, batch in source.numbered_batches(batch_size, line0):
         kept, is_valid, rej = clean_batch(batch, validation_fraction)
         if num_samples is not None: kept, is_valid = kept[:num_samples - seen], is_valid[:num_samples - seen]
-        seen += len(kept)
+        before, seen = seen, seen + len(kept)
         if rejected is not None: rejected.update(rej)
         fits = [max_length is None or len(d) <= max_length - 2 for d in kept]
         if rejected is not None: rejected['longer_than_max_length'] += sum(v == validation and not f for v, f in zip(is_valid, fits))
         out = [d for d, v, f in zip(kept, is_valid, fits) if v == validation and f]
-        if out: yield out
+        if out: yield (line, before, out) if positions else out
         if num_samples is not None and seen >= num_samples: return

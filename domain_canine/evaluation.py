@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from .data import SAMPLE_NAME, EncodedDomains, clean_domain, load_corpus, source_lines
-from .masking import DOMAIN_CHARS, MASK, PAD, CharVocab, MaskedBatches, pad_batch
+from .masking import DOMAIN_CHARS, MASK, PAD, CharVocab, MaskedBatches, evaluation_order, pad_batch
 from .model import DomainCanineMLM, MLMOutput
 from .training import pick_device
 from .inference import InputError
@@ -62,13 +62,14 @@ def masked_eval(model: DomainCanineMLM, # the model (any module with `.vocab` th
                ) -> dict[str, np.ndarray]:
     "Domain, position, loss and rank of the right class for every masked character."
     model.eval()
-    batches = MaskedBatches(enc, model.vocab, batch_size, seed, epoch=0, shuffle=False, mlm_probability=mlm_probability)
+    order = evaluation_order(enc, None, seed)  # shortest first, as training's periodic evaluation: the same masks
+    batches = MaskedBatches(enc, model.vocab, batch_size, seed, epoch=0, order=order, mlm_probability=mlm_probability)
     parts = {k: [] for k in ('domain', 'position', 'loss', 'rank')}
     for b, batch in enumerate(_bar(batches, 'masked characters', len(batches), progress)):
         idx, width = batch['masked_index'].numpy(), batch['input_ids'].shape[1]
         out = model(**_to(batch, device))
         logits = out.logits.float()
-        parts['domain'].append(b * batch_size + idx // width); parts['position'].append(idx % width - 1)
+        parts['domain'].append(order[b * batch_size + idx // width]); parts['position'].append(idx % width - 1)
         parts['loss'].append(F.cross_entropy(logits, out.labels, reduction='none').cpu().numpy())
         parts['rank'].append(ranks(logits, out.labels).cpu().numpy())
     return {k: np.concatenate(v) for k, v in parts.items()}

@@ -4,15 +4,17 @@
 
 # %% ../nbs/01_masking.ipynb #c1edc9dd
 from __future__ import annotations
-import zlib
+import hashlib, os, re, zlib
+from pathlib import Path
 from dataclasses import dataclass
 import numpy as np
 import torch
-from .data import EncodedDomains  # a corpus as flat arrays (data chapter)
+from .data import EncodedDomains, file_lock  # a corpus as flat arrays (data chapter)
 
 # %% auto #0
 __all__ = ['PAD', 'CLS', 'SEP', 'MASK', 'DOWNSAMPLING_RATE', 'DOMAIN_CHARS', 'CharVocab', 'padded_length', 'pad_batch',
-           'mask_batch', 'batch_seed', 'bucket_by_length', 'MaskedBatches', 'padding_fraction']
+           'mask_batch', 'batch_seed', 'bucket_by_length', 'epoch_order', 'MaskedBatches', 'SharedEpochOrders',
+           'evaluation_order', 'padding_fraction']
 
 # %% ../nbs/01_masking.ipynb #34b6190e
 PAD, CLS, SEP, MASK = 0, 0xE000, 0xE001, 0xE003  # padding, [CLS], [SEP], [MASK] as CanineTokenizer defines them
@@ -51,7 +53,7 @@ def padded_length(longest: int) -> int:
 def pad_batch(enc: EncodedDomains, idx: np.ndarray, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     "Input ids `[CLS] domain [SEP] 0…` of domains `idx`, padded to `length` (default: the batch's own), and their lengths."
     idx = np.asarray(idx)
-    lens = enc.lengths[idx]
+    lens = enc.lengths_of(idx)  # gathered: never the whole corpus's lengths
     width = length or padded_length(int(lens.max()))
     if width < lens.max() + 2: raise ValueError(f'length {width} is too short for a domain of {lens.max()} characters')
     pos = np.arange(width)[None, :]
@@ -116,26 +118,39 @@ def batch_seed(*keys: int) -> int:
     "A 63-bit seed derived from integers (stable across processes and Python versions)."
     return zlib.crc32(np.array(keys, dtype=np.int64).tobytes()) * 2654435761 % (2**63)
 
-def bucket_by_length(order: np.ndarray, lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
-                     pool: int = 64) -> np.ndarray:
+def bucket_by_length(order: np.ndarray, # a shuffled order of domains (its pools are sorted in place)
+                     lengths_of, # function: domain indices -> their lengths (`EncodedDomains.lengths_of`)
+                     batch_size: int, rng: np.random.Generator, pool: int = 64) -> np.ndarray:
     "Reorder `order` so that each batch holds domains of similar length; the order of full batches is shuffled."
     chunk = batch_size * pool  # sort within pools of 64 batches: similar lengths, yet every batch a random sample
-    parts = [order[i:i + chunk] for i in range(0, len(order), chunk)]
-    order = np.concatenate([p[np.argsort(lengths[p], kind='stable')] for p in parts]) if parts else order
-    full = len(order) // batch_size * batch_size
-    batches = order[:full].reshape(-1, batch_size)[rng.permutation(full // batch_size)]
-    return np.concatenate([batches.reshape(-1), order[full:]])
+    for s in range(0, len(order), chunk):
+        part = order[s:s + chunk]
+        part[:] = part[np.argsort(lengths_of(part), kind='stable')]
+    full, out = len(order) // batch_size * batch_size, np.empty_like(order)  # one more array: 2 x 4 bytes a domain at most
+    np.take(order[:full].reshape(-1, batch_size), rng.permutation(full // batch_size), axis=0, out=out[:full].reshape(-1, batch_size))
+    out[full:] = order[full:]
+    return out
 
+def epoch_order(enc: EncodedDomains, batch_size: int, seed: int = 0, epoch: int = 0, shuffle: bool = True,
+                bucket: bool = False) -> np.ndarray:
+    "The order of the domains of `enc` in one epoch: a shuffle seeded by (seed, epoch), optionally length-bucketed."
+    order = np.arange(len(enc), dtype=np.int32 if len(enc) < 2**31 else np.int64)  # 4 bytes a domain up to 2G domains
+    if not shuffle: return order
+    rng = np.random.default_rng(batch_seed(seed, epoch))
+    rng.shuffle(order)  # in place: the same permutation as rng.permutation(len(enc))
+    return bucket_by_length(order, enc.lengths_of, batch_size, rng) if bucket else order
+
+# %% ../nbs/01_masking.ipynb #25ddbdc4
 class MaskedBatches(torch.utils.data.Dataset):
     "One epoch of masked batches; batch `b` depends only on (seed, epoch, b)."
     def __init__(self, enc: EncodedDomains, vocab: CharVocab, batch_size: int, seed: int = 0, epoch: int = 0,
-                 shuffle: bool = True, bucket: bool = False, **masking):  # masking: keyword arguments of `mask_batch`
+                 shuffle: bool = True, bucket: bool = False,
+                 order: np.ndarray | None = None, # the epoch's order, computed elsewhere (`SharedEpochOrders`); default: here
+                 **masking):  # masking: keyword arguments of `mask_batch`
         self.enc, self.vocab, self.bs, self.seed, self.epoch, self.masking = enc, vocab, batch_size, seed, epoch, masking
-        rng = np.random.default_rng(batch_seed(seed, epoch))
-        self.order = rng.permutation(len(enc)) if shuffle else np.arange(len(enc))
-        if bucket: self.order = bucket_by_length(self.order, enc.lengths, batch_size, rng)
+        self.order = epoch_order(enc, batch_size, seed, epoch, shuffle, bucket) if order is None else order
 
-    def __len__(self): return -(-len(self.enc) // self.bs)
+    def __len__(self): return -(-len(self.order) // self.bs)  # the order may be a subset (evaluation)
 
     def __getitem__(self, b: int) -> dict[str, torch.Tensor]:
         if not 0 <= b < len(self): raise IndexError(f'batch {b} of {len(self)}')
@@ -144,6 +159,42 @@ class MaskedBatches(torch.utils.data.Dataset):
         input_ids, labels = mask_batch(ids, lens, self.vocab, generator=g, **self.masking)
         masked_index = (labels != -100).flatten().nonzero().squeeze(1)  # computed here, on the CPU: no GPU sync later
         return dict(input_ids=input_ids, attention_mask=(ids != PAD).long(), labels=labels, masked_index=masked_index)
+
+# %% ../nbs/01_masking.ipynb #f553f7e7
+class SharedEpochOrders:
+    "Each epoch's order, computed once by the first process that asks and shared with the others as a memory-mapped file."
+    def __init__(self, enc: EncodedDomains, batch_size: int, seed: int = 0, shuffle: bool = True, bucket: bool = False,
+                 folder: str | Path | None = None): # where the orders are kept (None: computed in each process, not kept)
+        self.enc, self.args, self.folder = enc, (batch_size, seed), Path(folder) if folder else None
+        self.shuffle, self.bucket = shuffle, bucket
+        self.key = hashlib.sha256(repr((len(enc), batch_size, seed, shuffle, bucket)).encode()).hexdigest()[:16]
+
+    def compute(self, epoch: int) -> np.ndarray:
+        return epoch_order(self.enc, *self.args, epoch, self.shuffle, self.bucket)
+
+    def __call__(self, epoch: int) -> np.ndarray:
+        if self.folder is None: return self.compute(epoch)
+        path = self.folder / f'{self.key}-epoch-{epoch}.npy'
+        with file_lock(self.folder / f'{self.key}.lock'):
+            if not path.exists():
+                tmp = path.with_name(f'{path.stem}.tmp-{os.getpid()}.npy')
+                np.save(tmp, self.compute(epoch)); os.replace(tmp, path)
+                self.forget_before(epoch - 1)
+        return np.load(path, mmap_mode='r')
+
+    def forget_before(self, epoch: int):
+        "Delete the files of epochs before `epoch`."
+        for p in self.folder.glob(f'{self.key}-epoch-*.npy'):
+            m = re.fullmatch(rf'{self.key}-epoch-(\d+)\.npy', p.name)
+            if m and int(m[1]) < epoch: p.unlink(missing_ok=True)
+
+# %% ../nbs/01_masking.ipynb #c54b1567
+def evaluation_order(valid: EncodedDomains, n: int | None, # how many (None: all)
+                     seed: int) -> np.ndarray:
+    "The domains an evaluation takes: all, or a sample of `n` fixed by `seed`; shortest first, so its batches carry little padding."
+    idx = np.arange(len(valid))
+    if n is not None and n < len(valid): idx = np.sort(np.random.default_rng(batch_seed(seed, -2)).choice(len(valid), n, replace=False))
+    return idx[np.argsort(valid.lengths_of(idx), kind='stable')]
 
 # %% ../nbs/01_masking.ipynb #c893686d
 def padding_fraction(batches, n: int | None = None) -> float:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_model.ipynb #55fd837d
 from __future__ import annotations
-import json
+import inspect, json
 from dataclasses import dataclass
 from pathlib import Path
 import torch
@@ -12,15 +12,17 @@ import torch.nn.functional as F
 from torch import nn
 from safetensors.torch import load_file, save_file
 from transformers import CanineConfig, CanineModel
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers.models.canine import modeling_canine
 from transformers.models.canine.modeling_canine import CanineSelfAttention
 from transformers.utils import logging as hf_logging
 from .masking import CharVocab, EncodedDomains, pad_batch, mask_batch
 
 # %% auto #0
-__all__ = ['MODEL_CONFIGS', 'HEAD_WEIGHTS', 'HEAD_CONFIG', 'ORIGINAL_STATE', 'ModelError', 'canine_config', 'mlm_head',
-           'MLMOutput', 'DomainCanineMLM', 'logits_at_widths', 'SdpaCanineSelfAttention', 'use_sdpa', 'is_original_dir',
-           'is_model_dir', 'read_original_state', 'head_from_original', 'load_original', 'import_original',
-           'build_model']
+__all__ = ['MODEL_CONFIGS', 'SDPA_BACKENDS', 'HEAD_WEIGHTS', 'HEAD_CONFIG', 'ORIGINAL_STATE', 'ModelError', 'canine_config',
+           'mlm_head', 'MLMOutput', 'DomainCanineMLM', 'logits_at_widths', 'SdpaCanineSelfAttention', 'use_sdpa',
+           'sdpa_backend', 'is_original_dir', 'is_model_dir', 'read_original_state', 'head_from_original',
+           'load_original', 'import_original', 'build_model']
 
 # %% ../nbs/02_model.ipynb #daca46bb
 MODEL_CONFIGS = {
@@ -84,6 +86,8 @@ def logits_at_widths(model: DomainCanineMLM, enc: EncodedDomains, idx, widths) -
         return out
 
 # %% ../nbs/02_model.ipynb #17b91d8e
+SDPA_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]  # in order of preference: both correct with masks in backward
+
 class SdpaCanineSelfAttention(CanineSelfAttention):
     "CANINE's self-attention computed by `F.scaled_dot_product_attention`: same parameters, same results."
     def forward(self, from_tensor, to_tensor, attention_mask=None, output_attentions=False):
@@ -95,8 +99,9 @@ class SdpaCanineSelfAttention(CanineSelfAttention):
             if attention_mask.ndim == 3:  # 1 = attend, as the original converts it: 0 / the dtype's lowest value
                 attention_mask = (1.0 - attention_mask[:, None].float()) * torch.finfo(q.dtype).min
             attention_mask = attention_mask.to(q.dtype)
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask,
-                                                 dropout_p=self.dropout.p if self.training else 0.0)
+        with sdpa_kernel(SDPA_BACKENDS):
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask,
+                                                     dropout_p=self.dropout.p if self.training else 0.0)
         return (context.transpose(1, 2).reshape(b, n, self.all_head_size),)
 
 def use_sdpa(model: nn.Module, on: bool = True) -> nn.Module:
@@ -104,6 +109,25 @@ def use_sdpa(model: nn.Module, on: bool = True) -> nn.Module:
     for m in model.modules():
         if isinstance(m, CanineSelfAttention): m.__class__ = SdpaCanineSelfAttention if on else CanineSelfAttention
     return model
+
+def sdpa_backend(device: torch.device, dtype: torch.dtype = torch.bfloat16, heads: int = 12, length: int = 32, dim: int = 64) -> str:
+    "The first of `SDPA_BACKENDS` that `device` runs for a masked attention of this shape, forward and backward."
+    q = torch.randn(2, heads, length, dim, device=device, dtype=dtype, requires_grad=True)
+    mask = torch.zeros(2, 1, length, length, device=device, dtype=dtype); mask[..., -3:] = torch.finfo(dtype).min
+    for backend in SDPA_BACKENDS:
+        try:
+            with sdpa_kernel([backend]): F.scaled_dot_product_attention(q, q, q, attn_mask=mask).sum().backward()
+            return backend.name.lower()
+        except RuntimeError: continue
+    return 'none'
+
+# transformers checks each mask for being all ones, to drop it: a host sync per call on a GPU. Ours never asks.
+_create_bidirectional_mask = modeling_canine.create_bidirectional_mask
+if 'allow_is_bidirectional_skip' in inspect.signature(_create_bidirectional_mask).parameters:
+    def _mask_without_host_sync(*args, **kw):
+        "transformers' bidirectional mask, always built (the all-ones check would make the host wait for the GPU)."
+        return _create_bidirectional_mask(*args, **{**kw, 'allow_is_bidirectional_skip': False})
+    modeling_canine.create_bidirectional_mask = _mask_without_host_sync
 
 # %% ../nbs/02_model.ipynb #d010e5d1
 HEAD_WEIGHTS, HEAD_CONFIG = 'mlm_head.safetensors', 'mlm_head.json'

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from .data import DataError, EncodedDomains, prepare_corpus, open_source, stream_domains, first_error_line
-from .masking import CharVocab, MaskedBatches, pad_batch, mask_batch, batch_seed, padding_fraction, PAD
+from .masking import CharVocab, MaskedBatches, SharedEpochOrders, evaluation_order, pad_batch, mask_batch, batch_seed, padding_fraction, PAD
 from .model import DomainCanineMLM, ModelError, build_model, use_sdpa, MODEL_CONFIGS
 from .checkpoint import (TrainState, CheckpointError, save_checkpoint, load_checkpoint,
                                       latest_checkpoint, prune_checkpoints, rng_states)
@@ -46,13 +46,15 @@ class TrainConfig:
     exclude_tld: bool = False  # never mask the top-level domain (the last dot and what follows)
     span_masking: bool = False  # mask one contiguous span of 2-5 characters in 80% of the domains, as the original did
     length_bucketing: bool = True  # batch domains of similar length together: less padding, batch order still shuffled (--no_length_bucketing: off)
-    eval_samples: int = 10_000  # validation domains taken from the stream when --streaming
+    eval_samples: int = 100_000  # domains of each periodic evaluation: a fixed, seeded subset of the validation split (the first N of a stream)
+    full_eval: bool = False  # evaluate on the whole validation split every time instead (not with --streaming)
     # model
     model_name_or_path: str | None = 'google/canine-c'  # hub id, local CANINE directory or one of our checkpoints
     model_config: str | None = None  # train from scratch with this shape instead: tiny, demo, small or canine-c
     dropout: float | None = None  # dropout of hidden layers and attention while training (default: the model's own, 0.1 for CANINE)
     attention: str = 'sdpa'  # sdpa (torch's fused scaled_dot_product_attention) or eager (transformers' matmul attention); same results
-    compile: bool = False  # compile the encoder with torch.compile (for GPUs): widths rounded up to 16, each compiles once at the start
+    compile: bool = False  # compile the encoder with torch.compile (for GPUs): widths rounded up to 8, each compiles once at the start
+    cuda_graphs: bool = False  # with --compile: replay each width's encoder as CUDA graphs (mode reduce-overhead): far fewer kernel launches
     # optimisation
     epochs: int = 1  # passes over the training split
     max_steps: int | None = None  # stop after this many optimizer steps (overrides --epochs)
@@ -125,6 +127,9 @@ def resolve_config(preset: str | None = None, **overrides) -> TrainConfig:
     for name in ('batch_size', 'gradient_accumulation_steps', 'save_steps', 'eval_steps', 'logging_steps', 'epochs'):
         if getattr(cfg, name) < 1: raise ConfigError(f"--{name} must be at least 1")
     if not 0 < cfg.mlm_probability < 1: raise ConfigError('--mlm_probability must be between 0 and 1')
+    if cfg.cuda_graphs and not cfg.compile: raise ConfigError('--cuda_graphs needs --compile (the graphs are captured by torch.compile)')
+    if cfg.eval_samples < 1: raise ConfigError('--eval_samples must be at least 1 (--full_eval evaluates the whole validation split)')
+    if cfg.full_eval and cfg.streaming: raise ConfigError('--full_eval needs a prepared corpus: a stream has no end to evaluate to (use --eval_samples)')
     return cfg
 
 # %% ../nbs/04_training.ipynb #447e23d7
@@ -149,18 +154,21 @@ def pick_precision(precision: str, device: torch.device) -> tuple[torch.dtype | 
     "The autocast dtype (None: fp32) and whether a gradient scaler is needed."
     if precision == 'auto':
         if device.type != 'cuda': return None, False
-        return (torch.bfloat16, False) if torch.cuda.is_bf16_supported() else (torch.float16, True)
+        native_bf16 = torch.cuda.get_device_capability(device)[0] >= 8  # Ampere on; older GPUs only emulate bf16, slowly
+        return (torch.bfloat16, False) if native_bf16 else (torch.float16, True)
     return {'bf16': (torch.bfloat16, False), 'fp16': (torch.float16, device.type == 'cuda'), 'fp32': (None, False)}[precision]
 
 # %% ../nbs/04_training.ipynb #b6be2c04
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device,
-                   fused: bool | None = None, # one fused kernel for the whole update (default: on CUDA)
+                   fused: bool | None = None, # one fused kernel for the whole update (default: wherever the device has it)
                   ) -> torch.optim.AdamW:
     "AdamW with decay on weight matrices only."
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [dict(params=[p for p in params if p.ndim >= 2], weight_decay=weight_decay),
               dict(params=[p for p in params if p.ndim < 2], weight_decay=0.0)]
-    return torch.optim.AdamW(groups, lr=lr, fused=device.type == 'cuda' if fused is None else fused)
+    if fused is not None: return torch.optim.AdamW(groups, lr=lr, fused=fused)
+    try: return torch.optim.AdamW(groups, lr=lr, fused=True)  # CUDA, CPU and MPS in current torch
+    except RuntimeError: return torch.optim.AdamW(groups, lr=lr)
 
 # %% ../nbs/04_training.ipynb #7ecedd61
 def set_dropout(model: torch.nn.Module, p: float):
@@ -170,13 +178,14 @@ def set_dropout(model: torch.nn.Module, p: float):
         if isinstance(module, torch.nn.Dropout): module.p = p
 
 # %% ../nbs/04_training.ipynb #bfbdf124
-COMPILE_WIDTH = 16  # with --compile, batch widths are rounded up to a multiple of this
+COMPILE_WIDTH = 8  # with --compile, batch widths are rounded up to a multiple of this
 
-def compile_encoder(model: DomainCanineMLM, max_widths: int = 64):
+def compile_encoder(model: DomainCanineMLM, max_widths: int = 64,
+                    cuda_graphs: bool = False): # replay each width as CUDA graphs (mode reduce-overhead)
     "Compile `model.encoder` in place, with room for `max_widths` specialised graphs (one per batch width)."
     import torch._dynamo
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, max_widths)
-    model.encoder.compile(dynamic=False)
+    model.encoder.compile(dynamic=False, mode='reduce-overhead' if cuda_graphs else None)
 
 def round_width(batch: dict, multiple: int) -> dict:
     "`batch` padded on the right to a width that is a multiple of `multiple` (the flat `masked_index` follows)."
@@ -198,37 +207,42 @@ def masking_options(c: TrainConfig) -> dict:
 # %% ../nbs/04_training.ipynb #28062bfe
 class RunBatches(torch.utils.data.Dataset):
     "Micro-batch `g` of a run is batch `g % per_epoch` of epoch `g // per_epoch`."
-    def __init__(self, enc: EncodedDomains, vocab: CharVocab, cfg: TrainConfig, per_epoch: int):
+    def __init__(self, enc: EncodedDomains, vocab: CharVocab, cfg: TrainConfig, per_epoch: int,
+                 orders_folder: str | Path | None = None): # where epoch orders are shared between processes (None: not shared)
         self.enc, self.vocab, self.cfg, self.per_epoch, self._epoch = enc, vocab, cfg, per_epoch, None
+        self.orders = SharedEpochOrders(enc, cfg.batch_size, cfg.seed, True, cfg.length_bucketing, orders_folder)
 
     def epoch_batches(self, epoch: int) -> MaskedBatches:
-        if self._epoch is None or self._epoch.epoch != epoch:  # one shuffle per epoch, cached
+        if self._epoch is None or self._epoch.epoch != epoch:  # one order per epoch, computed once for all processes
             c = self.cfg
-            self._epoch = MaskedBatches(self.enc, self.vocab, c.batch_size, c.seed, epoch, True, c.length_bucketing,
+            self._epoch = MaskedBatches(self.enc, self.vocab, c.batch_size, c.seed, epoch, order=self.orders(epoch),
                                         **masking_options(c))
         return self._epoch
 
     def __len__(self): return 2**62  # the run decides how many it takes
     def __getitem__(self, g: int): return self.epoch_batches(g // self.per_epoch)[g % self.per_epoch]
+    def __getstate__(self): return {**self.__dict__, '_epoch': None}  # a worker maps the shared order itself
 
 # %% ../nbs/04_training.ipynb #46276be2
 STREAM_RETRY_PAUSE = 1.0  # seconds, doubled at each retry (tests set it to 0)
 
 def retrying_stream(c: TrainConfig, validation: bool = False, rejected=None,
                     shard: tuple[int, int] = (0, 1), # (index, count): read only this shard (a process of a data-parallel job)
+                    start: tuple[int, int] = (0, 0), # (raw line, clean domains before it): where to begin
                    ):
-    "One pass over the clean domains of a split of the stream; a failure re-opens it (up to `stream_retries` times) and skips what was read."
-    done, failures = 0, 0
+    """One pass over the clean domains of a split of the stream, as (raw line, clean domains before, batch); a failure
+    re-opens the stream (up to `stream_retries` times) at the last batch it gave and goes on after it."""
+    failures, (line, seen), last = 0, start, None
     index, count = shard
     num_samples = c.num_samples and -(-c.num_samples // count)  # --num_samples is shared out between the shards
     while True:
         try:
             source = open_source(c.dataset, c.dataset_split, c.text_column, c.dataset_config, streaming=True)
             if count > 1: source = source.sharded(index, count)
-            for i, batch in enumerate(stream_domains(source, validation, c.validation_fraction, c.max_length,
-                                                     rejected if done == 0 and failures == 0 else None, num_samples)):
-                if i < done: continue
-                yield batch; done += 1
+            for item in stream_domains(source, validation, c.validation_fraction, c.max_length,
+                                       rejected if failures == 0 else None, num_samples, start=(line, seen), positions=True):
+                if item[0] == last: continue  # given before the failure
+                yield item; (line, seen, _), last = item, item[0]
             return
         except Exception as e:  # network and hub errors come in many types
             failures += 1
@@ -237,38 +251,48 @@ def retrying_stream(c: TrainConfig, validation: bool = False, rejected=None,
             print(f"stream of {c.dataset!r} failed ({first_error_line(e)}); retry {failures} of {c.stream_retries}", flush=True)
             time.sleep(min(2 ** failures, 60) * STREAM_RETRY_PAUSE)
 
+# %% ../nbs/04_training.ipynb #c8c94773
 class StreamBatches(torch.utils.data.IterableDataset):
-    "Masked micro-batches read from a stream (or one shard of it), starting at micro-batch `start`."
-    def __init__(self, cfg: TrainConfig, vocab: CharVocab, start: int = 0, block: int = 65_536, shard: tuple[int, int] = (0, 1)):
-        self.cfg, self.vocab, self.start, self.block, self.shard = cfg, vocab, start, block, shard
+    "Masked micro-batches read from a stream (or one shard of it), from micro-batch `start` (at `position` when known)."
+    def __init__(self, cfg: TrainConfig, vocab: CharVocab, start: int = 0, block: int = 65_536, shard: tuple[int, int] = (0, 1),
+                 position: list[int] | None = None): # the `stream_position` of micro-batch `start - 1`
+        self.cfg, self.vocab, self.start, self.shard, self.position = cfg, vocab, start, shard, position
+        self.block = cfg.batch_size * max(1, block // cfg.batch_size)  # whole micro-batches
 
-    def blocks(self):
-        "Shuffled blocks of clean training domains, pass after pass."
-        c = self.cfg
-        for stream_pass in range(2**62):
-            buf, b = [], 0
-            for batch in retrying_stream(c, shard=self.shard):
-                buf.extend(batch)
-                while len(buf) >= self.block:
-                    yield _shuffled(buf[:self.block], c.seed, stream_pass, b); buf, b = buf[self.block:], b + 1
-            if buf: yield _shuffled(buf, c.seed, stream_pass, b)
+    def blocks(self, cursor=(0, 0, 0, 0, 0)):
+        "Shuffled blocks of clean training domains, pass after pass, from `cursor` = (pass, block, line, offset, seen) on, each with its cursor."
+        c, (first_pass, b, line, offset, seen) = self.cfg, cursor
+        for stream_pass in range(first_pass, 2**62):
+            buf, at = [], None
+            for line, seen, batch in retrying_stream(c, shard=self.shard, start=(line, seen)):
+                pos, offset = offset, 0
+                while pos < len(batch):
+                    if not buf: at = (line, pos, seen)
+                    taken = batch[pos:pos + self.block - len(buf)]
+                    buf.extend(taken); pos += len(taken)
+                    if len(buf) == self.block:
+                        yield (stream_pass, b, *at), _shuffled(buf, c.seed, stream_pass, b); buf, b = [], b + 1
+            if buf: yield (stream_pass, b, *at), _shuffled(buf, c.seed, stream_pass, b)
+            b, line, seen = 0, 0, 0
 
     def __iter__(self):
-        c, g, carry = self.cfg, 0, []
-        for block in self.blocks():
-            domains = carry + block
-            whole = len(domains) // c.batch_size * c.batch_size
-            for i in range(0, whole, c.batch_size):
-                if g >= self.start: yield self.make_batch(domains[i:i + c.batch_size], g)
+        bs, g = self.cfg.batch_size, 0
+        cursor, skip = ((*self.position[:5],), self.position[5] + 1) if self.position else ((0, 0, 0, 0, 0), 0)
+        if self.position: g = self.start
+        for at, block in self.blocks(cursor):
+            for j, i in enumerate(range(0, len(block), bs)):
+                if skip: skip -= 1; continue
+                if g >= self.start: yield self.make_batch(block[i:i + bs], g, [*at, j])
                 g += 1
-            carry = domains[whole:]
 
-    def make_batch(self, domains: list[str], g: int) -> dict:
+    def make_batch(self, domains: list[str], g: int, position: list[int] | None = None) -> dict:
         ids, lens = pad_batch(EncodedDomains.from_strings(domains), np.arange(len(domains)))
         gen = torch.Generator().manual_seed(batch_seed(self.cfg.seed, -1 - self.shard[0], g))  # shards mask differently
         masked, labels = mask_batch(ids, lens, self.vocab, generator=gen, **masking_options(self.cfg))
-        return dict(input_ids=masked, attention_mask=(ids != PAD).long(), labels=labels,
-                    masked_index=(labels != -100).flatten().nonzero().squeeze(1))
+        out = dict(input_ids=masked, attention_mask=(ids != PAD).long(), labels=labels,
+                   masked_index=(labels != -100).flatten().nonzero().squeeze(1))
+        if position is not None: out['stream_position'] = torch.tensor(position)
+        return out
 
 def _shuffled(domains: list[str], *keys: int) -> list[str]:
     order = np.random.default_rng(batch_seed(*keys)).permutation(len(domains))
@@ -367,17 +391,23 @@ class Trainer:
         self.model = build_model(cfg.model_name_or_path, cfg.model_config or 'demo', self.vocab).to(self.device)
         if cfg.dropout is not None: set_dropout(self.model, cfg.dropout)
         use_sdpa(self.model, cfg.attention == 'sdpa')
-        if cfg.compile: compile_encoder(self.model)
+        if cfg.compile: compile_encoder(self.model, cuda_graphs=cfg.cuda_graphs)
         if self.topo.rank: torch.manual_seed(cfg.seed + self.topo.rank)  # same initial weights, other dropout masks
+        # gradients live in DDP's all-reduce buckets (no copy in and out of them each step); each bucket is all-reduced
+        # as soon as its gradients are ready, overlapping the backward pass. (static_graph=True changed the updates of
+        # the 2-process equality test after its first step here, so it stays off.)
         self.ddp = torch.nn.parallel.DistributedDataParallel(
-            self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None) if self.topo.enabled else None
+            self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
+            gradient_as_bucket_view=True) if self.topo.enabled else None
         self.optimizer = make_optimizer(self.model, cfg.learning_rate, cfg.weight_decay, self.device)
         self.state = TrainState(world_size=self.topo.world_size)
+        self.stream_position = None  # --streaming: the place in the stream of the last micro-batch taken
         self.callbacks = [MetricsFile(), ProgressBar(), *(callbacks or [])]
         if cfg.use_wandb: self.callbacks.append(WandbLogger())
         if cfg.tensorboard: self.callbacks.append(TensorBoardLogger())
         if not self.topo.is_main: self.callbacks = []  # one process writes metrics, bars and logs
         if cfg.resume_from: self.resume(cfg.resume_from)
+        self.start_counters()
 
 # %% ../nbs/04_training.ipynb #ce1d57db
 def _load_data(self: Trainer):
@@ -392,7 +422,9 @@ def _load_data(self: Trainer):
         raise DataError(f"{len(self.train_enc)} training domains are fewer than one optimizer step (batch_size × "
                         f"gradient_accumulation_steps × processes = {c.batch_size * per_step})")
     self.total_steps = c.max_steps or c.epochs * self.steps_per_epoch
-    self.run_batches = RunBatches(self.train_enc, self.vocab, c, self.steps_per_epoch * per_step)
+    orders = Path(self.corpus.cache) / 'epoch-orders' if self.corpus.cache else None  # shared by workers and processes
+    self.run_batches = RunBatches(self.train_enc, self.vocab, c, self.steps_per_epoch * per_step, orders)
+    self.eval_order = evaluation_order(self.valid_enc, None if c.full_eval else c.eval_samples, c.seed)
 Trainer.load_data = _load_data
 
 # %% ../nbs/04_training.ipynb #238262a3
@@ -409,10 +441,11 @@ def _load_stream(self: Trainer):
     c = self.cfg
     if not c.max_steps: raise ConfigError('--streaming needs --max_steps: the length of a stream is not known in advance')
     rejected, valid = Counter(), []
-    for batch in retrying_stream(c, True, rejected):
+    for _, _, batch in retrying_stream(c, True, rejected):
         valid.extend(batch)
         if len(valid) >= c.eval_samples: break
     self.valid_enc = EncodedDomains.from_strings(valid[:c.eval_samples])
+    self.eval_order = evaluation_order(self.valid_enc, None, c.seed)
     self.corpus = StreamCorpus(c.dataset, self.valid_enc, rejected)
     self.steps_per_epoch, self.total_steps = None, c.max_steps
 Trainer.load_stream = _load_stream
@@ -423,14 +456,15 @@ def _epoch_progress(self: Trainer) -> float | None:
 Trainer.epoch_progress = _epoch_progress
 
 def _padding_fraction(self: Trainer, n: int = 50) -> float:
-    "Share of padding in the first `n` micro-batches of the run."
-    return padding_fraction(self.loader_for_inspection(), n)
+    "Share of padding in the next `n` micro-batches of the run (from the step it starts or resumes at)."
+    return padding_fraction(self.loader_for_inspection(n), n)
 Trainer.padding_fraction = _padding_fraction
 
-def _loader_for_inspection(self: Trainer):
+def _loader_for_inspection(self: Trainer, n: int):
     c = self.cfg
     if c.streaming: return iter(StreamBatches(c, self.vocab, 0))
-    return (self.run_batches[g] for g in range(self.steps_per_epoch * c.gradient_accumulation_steps))
+    first = self.state.step * c.gradient_accumulation_steps * self.topo.world_size  # a resumed run looks where it is
+    return (self.run_batches[g] for g in range(first, first + n))
 Trainer.loader_for_inspection = _loader_for_inspection
 
 # %% ../nbs/04_training.ipynb #95b089b3
@@ -438,7 +472,9 @@ def _loader(self: Trainer):
     c, accum, t = self.cfg, self.cfg.gradient_accumulation_steps, self.topo
     workers = c.num_workers if c.num_workers is not None else (min(4, (os.cpu_count() or 2) // 2) if self.device.type == 'cuda' else 0)
     if c.streaming:  # one stream, read in order: at most one worker, so the batch order does not depend on it
-        data, sampler = StreamBatches(c, self.vocab, self.state.step * accum, shard=(t.rank, t.world_size)), None
+        positions = self.state.stream_positions  # known when the checkpoint's job had as many processes
+        position = positions[t.rank] if positions and len(positions) == t.world_size else None
+        data, sampler = StreamBatches(c, self.vocab, self.state.step * accum, shard=(t.rank, t.world_size), position=position), None
         workers = min(workers, 1)
     else:  # of the A × W micro-batches of each step, this process takes every W-th (distributed chapter)
         per_step = accum * t.world_size
@@ -455,8 +491,8 @@ def _on_device(self: Trainer, batch: dict) -> dict:
     return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 Trainer.on_device = _on_device
 
-def _optimizer_step(self: Trainer, micro_batches: list[dict]) -> tuple[torch.Tensor, bool]:
-    "Forward and backward over the micro-batches of one step, then clip and step. Returns the mean loss (on device) and whether the step was taken."
+def _optimizer_step(self: Trainer, micro_batches: list[dict]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    "Forward and backward over the micro-batches of one step, clip, step. Returns the mean loss and whether the step was finite (None: not checked), both on the device."
     lr = lr_at(self.state.step, self.total_steps, self.cfg.warmup_steps, self.cfg.learning_rate)
     for g in self.optimizer.param_groups: g['lr'] = lr
     total = torch.zeros((), device=self.device)
@@ -468,36 +504,64 @@ def _optimizer_step(self: Trainer, micro_batches: list[dict]) -> tuple[torch.Ten
                 loss = (self.ddp or self.model)(**batch).loss / len(micro_batches)
             (self.scaler.scale(loss) if self.scaler else loss).backward()
         total += loss.detach()
-    if self.topo.enabled: total = self.agree(total)
     if self.scaler: self.scaler.unscale_(self.optimizer)
     norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.gradient_clip_val or float('inf'))
-    # the one host sync per step: a NaN/inf step is skipped, not applied (fp16 overflow is the scaler's to handle)
-    ok = not self.cfg.max_bad_steps or bool(torch.isfinite(total) & (torch.isfinite(norm) | (self.scaler is not None)))
-    if ok and self.scaler: self.scaler.step(self.optimizer)
-    elif ok: self.optimizer.step()
-    if self.scaler: self.scaler.update()
+    finite = None
+    if self.cfg.max_bad_steps:  # fp16 overflow is the scaler's to skip; a job decides on the gradients it shares
+        finite = torch.isfinite(total) if self.scaler else torch.isfinite(norm) if self.ddp else torch.isfinite(norm) & torch.isfinite(total)
+    if self.scaler: self.scaler.step(self.optimizer); self.scaler.update()
+    else: self.step_unless_bad(finite)
     self.optimizer.zero_grad(set_to_none=True)
-    return total, ok
+    return total, finite
 Trainer.optimizer_step = _optimizer_step
 
-# %% ../nbs/04_training.ipynb #aba96f90
-def _agree(self: Trainer, loss: torch.Tensor) -> torch.Tensor:
-    "The mean loss of the step over all processes; a stop requested in any process stops all of them."
-    asked = torch.tensor(float(self.interrupted is not None), device=self.device)
-    shared = all_reduce_sum(torch.stack([loss.float(), asked]), self.topo)
-    if shared[1].item(): self.interrupted, self.stop = self.interrupted or 'a signal to another process', True
-    return shared[0] / self.topo.world_size
-Trainer.agree = _agree
+def _step_unless_bad(self: Trainer, finite: torch.Tensor | None):
+    "Apply the update unless `finite` is False: the fused optimizer decides on the device; another must ask the host (a sync)."
+    if finite is None: self.optimizer.step()
+    elif self.optimizer.defaults.get('fused'):
+        self.optimizer.found_inf = (~finite).float()
+        try: self.optimizer.step()
+        finally: self.optimizer.found_inf = None
+    elif bool(finite): self.optimizer.step()
+Trainer.step_unless_bad = _step_unless_bad
 
-# %% ../nbs/04_training.ipynb #c54b1567
+# %% ../nbs/04_training.ipynb #aba96f90
+def _count_step(self: Trainer, loss: torch.Tensor, finite: torch.Tensor | None):
+    "Add a step to the window's device counters: its loss if it was applied, else one more skipped step (no host sync)."
+    bad = torch.zeros((), dtype=self._acc.dtype, device=self.device) if finite is None else (~finite).to(self._acc.dtype)
+    kept = loss.to(self._acc.dtype) if finite is None else torch.where(finite, loss, 0).to(self._acc.dtype)
+    self._run = (self._run + 1) * bad  # consecutive bad steps
+    self._max_run = torch.maximum(self._max_run, self._run)
+    self._acc += torch.stack([kept, 1 - bad, bad])
+Trainer.count_step = _count_step
+
+def _flush(self: Trainer):
+    "Read the window's counters into the state (one host sync; in a job one all-reduce, where stop requests are agreed)."
+    s, W = self.state, self.topo.world_size
+    asked = torch.tensor([float(self.interrupted is not None), float(self.stop)], dtype=self._acc.dtype, device=self.device)
+    shared = all_reduce_sum(torch.cat([self._acc, self._run[None], self._max_run[None], asked]), self.topo).tolist()
+    loss_sum, ok, skipped, run, max_run = (v / W for v in shared[:5])  # losses averaged over processes; counts are equal
+    s.window_loss_sum += loss_sum; s.window_steps += round(ok); s.skipped_steps += round(skipped); s.bad_steps = round(run)
+    self._acc.zero_(); self._max_run = self._run.clone()
+    if shared[5] and self.interrupted is None: self.interrupted = 'a signal to another process'
+    self.stop = self.stop or shared[5] > 0 or shared[6] > 0
+    self.stop_agreed = self.stop
+    if skipped: self.log(f"step {s.step}: {round(skipped)} step(s) since the last report skipped for a NaN/inf loss or gradient")
+    if self.cfg.max_bad_steps and max_run >= self.cfg.max_bad_steps:
+        last = latest_checkpoint(self.cfg.output_dir, lambda *a: None)
+        raise TrainingDiverged(f"training diverged: {round(max_run)} consecutive steps with a NaN/inf loss or gradient "
+                               f"(up to step {s.step}); the last checkpoint before it is {last or 'none'}")
+Trainer.flush = _flush
+
+# %% ../nbs/04_training.ipynb #bde5edee
 @torch.no_grad()
 def _evaluate(self: Trainer) -> dict | None:
     "Validation loss, perplexity and masked-character accuracy (None without a validation split)."
-    if len(self.valid_enc) == 0: return None
-    self.model.eval()
+    if len(self.eval_order) == 0: return None
+    self.model.eval(); t0 = time.perf_counter()
     exact = torch.float32 if self.device.type == 'mps' else torch.float64  # counts of millions stay exact
     sums = torch.zeros(3, device=self.device, dtype=exact)  # loss sum, correct predictions, masked characters
-    batches = MaskedBatches(self.valid_enc, self.vocab, self.cfg.batch_size, self.cfg.seed, epoch=0, shuffle=False,
+    batches = MaskedBatches(self.valid_enc, self.vocab, self.cfg.batch_size, self.cfg.seed, epoch=0, order=self.eval_order,
                             **masking_options(self.cfg))
     for i in range(self.topo.rank, len(batches), self.topo.world_size):  # data-parallel: each process a share, then sum
         batch = self.on_device(batches[i])
@@ -509,18 +573,21 @@ def _evaluate(self: Trainer) -> dict | None:
     loss_sum, correct, n = all_reduce_sum(sums, self.topo).tolist()
     loss = loss_sum / n
     return dict(type='eval', step=self.state.step, epoch=self.epoch_progress(), val_loss=loss,
-                val_perplexity=math.exp(min(loss, 50)), val_accuracy=correct / n, val_masked_chars=int(n))
+                val_perplexity=math.exp(min(loss, 50)), val_accuracy=correct / n, val_masked_chars=int(n),
+                val_domains=len(self.eval_order), eval_s=time.perf_counter() - t0, time=time.time())
 Trainer.evaluate = _evaluate
 
 # %% ../nbs/04_training.ipynb #a7a13562
-def _after_step(self: Trainer, loss: torch.Tensor, ok: bool, domains: int, chars: int):
+def _after_step(self: Trainer, loss: torch.Tensor, finite: torch.Tensor | None, domains: int, chars: int):
     c, s = self.cfg, self.state
-    self.count_bad_step(ok)
-    if ok: self._window_loss += loss; s.window_steps += 1
+    self.count_step(loss, finite)
     self._window_domains += domains; self._window_chars += chars
-    if s.step % c.logging_steps == 0 or s.step == self.total_steps: self.log_train()
+    log_now = s.step % c.logging_steps == 0 or s.step == self.total_steps
     epoch_end = bool(self.steps_per_epoch) and s.step % self.steps_per_epoch == 0  # streams have no known epoch length
-    if epoch_end or s.step % c.eval_steps == 0 or s.step == self.total_steps: self.run_eval()
+    eval_now = epoch_end or s.step % c.eval_steps == 0 or s.step == self.total_steps
+    if log_now or eval_now or s.step % c.save_steps == 0: self.flush()  # the only host sync of the steps in between
+    if log_now: self.log_train()
+    if eval_now: self.run_eval()
     if epoch_end:
         s.epoch, s.batch_in_epoch = s.step // self.steps_per_epoch, 0
         self.save(f'checkpoint-epoch-{s.epoch}')
@@ -537,13 +604,13 @@ def _memory_mb(device: torch.device) -> float:
 
 def _log_train(self: Trainer):
     s, now = self.state, time.perf_counter()
-    loss = (self._window_loss.item() + s.window_loss_sum) / max(s.window_steps, 1)
+    loss = s.window_loss_sum / max(s.window_steps, 1)  # flushed just before
     secs = max(now - self._window_start, 1e-9)
     m = dict(type='train', step=s.step, epoch=self.epoch_progress(), loss=loss, perplexity=math.exp(min(loss, 50)),
              lr=lr_at(s.step - 1, self.total_steps, self.cfg.warmup_steps, self.cfg.learning_rate), window_steps=s.window_steps,
              skipped_steps=s.skipped_steps,
              domains_per_s=self._window_domains / secs, chars_per_s=self._window_chars / secs,
-             memory_mb=_memory_mb(self.device), elapsed_s=now - self._start)
+             memory_mb=_memory_mb(self.device), elapsed_s=now - self._start, time=time.time())
     s.metrics['train'] = m
     self._emit('on_log', m)
     self._reset_window()
@@ -552,7 +619,8 @@ Trainer.log_train = _log_train
 # %% ../nbs/04_training.ipynb #6a595149
 def _reset_window(self: Trainer, keep_loss: bool = False):
     "Start a new logging window (`keep_loss`: continue the loss sum of a window restored from a checkpoint)."
-    self._window_loss = torch.zeros((), dtype=torch.float64, device=self.device)  # float64: sums exact whatever the split
+    exact = torch.float32 if self.device.type == 'mps' else torch.float64  # MPS has no float64
+    self._acc = torch.zeros(3, dtype=exact, device=self.device)  # loss of the applied steps, applied steps, skipped steps
     if not keep_loss: self.state.window_loss_sum, self.state.window_steps = 0.0, 0
     self._window_domains = self._window_chars = 0
     self._window_start = time.perf_counter()
@@ -561,6 +629,20 @@ Trainer._reset_window = _reset_window
 def _emit(self: Trainer, event: str, *args):
     for cb in self.callbacks: getattr(cb, event)(self, *args)
 Trainer._emit = _emit
+
+def _start_counters(self: Trainer):
+    "Fresh stop flags, timers and device counters; the run of bad steps continues the state's."
+    self.stop = self.stop_agreed = False  # in a job the loop ends on an agreed stop only (`flush`)
+    self.interrupted, self._start = None, time.perf_counter()
+    self._reset_window(keep_loss=True)
+    self._run = torch.tensor(float(self.state.bad_steps), dtype=self._acc.dtype, device=self.device)
+    self._max_run = self._run.clone()
+Trainer.start_counters = _start_counters
+
+def _stopping(self: Trainer) -> bool:
+    "Whether the loop ends now: at once on a request in a single process, on an agreed one in a job."
+    return self.stop_agreed if self.topo.enabled else self.stop
+Trainer.stopping = _stopping
 
 # %% ../nbs/04_training.ipynb #c64fb3b1
 def _run_eval(self: Trainer):
@@ -582,9 +664,10 @@ Trainer.run_eval = _run_eval
 # %% ../nbs/04_training.ipynb #23fc7369
 def _save(self: Trainer, name: str) -> Path:
     "Write a complete checkpoint `<output_dir>/<name>` (raises `CheckpointError` on failure, in every process)."
-    self.state.window_loss_sum += self._window_loss.item(); self._window_loss.zero_()
+    self.flush()  # the window's device counters into the state it saves (and a diverged run stops here)
     path, failure = Path(self.cfg.output_dir) / name, None
     rngs = gather_objects(rng_states(), self.topo)  # every process's generators: each resumes its own dropout stream
+    if self.cfg.streaming: self.state.stream_positions = gather_objects(self.stream_position, self.topo)  # each its own shard
     if self.topo.is_main:
         try: save_checkpoint(path, self.model, self.optimizer, self.state, asdict(self.cfg), self.scaler, rngs)
         except CheckpointError as e: failure = e
@@ -622,7 +705,7 @@ def _describe(self: Trainer) -> dict:
     n_params = sum(p.numel() for p in self.model.parameters())
     effective = c.batch_size * c.gradient_accumulation_steps * self.topo.world_size
     return dict(corpus=self.corpus.summary(), rejected=dict(self.corpus.rejected), train_domains=len(self.train_enc) if not c.streaming else None,
-                valid_domains=len(self.valid_enc), padding_fraction=self.padding_fraction(), parameters=n_params, device=str(self.device),
+                valid_domains=len(self.valid_enc), eval_domains=len(self.eval_order), padding_fraction=self.padding_fraction(), parameters=n_params, device=str(self.device),
                 precision=str(self.amp_dtype or torch.float32).replace('torch.', ''), loss_scaling=self.scaler is not None,
                 effective_batch=effective, processes=self.topo.world_size, steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
                 torch=torch.__version__, python=platform.python_version(), config=asdict(c))
@@ -631,17 +714,6 @@ Trainer.describe = _describe
 # %% ../nbs/04_training.ipynb #daf32ae2
 class TrainingDiverged(RuntimeError):
     "Too many consecutive steps with a NaN or inf loss or gradient."
-
-def _count_bad_step(self: Trainer, ok: bool):
-    s = self.state
-    if ok: s.bad_steps = 0; return
-    s.bad_steps += 1; s.skipped_steps += 1
-    self.log(f"step {s.step}: loss or gradient is NaN/inf, step skipped ({s.bad_steps} in a row)")
-    if s.bad_steps >= self.cfg.max_bad_steps:
-        last = latest_checkpoint(self.cfg.output_dir, lambda *a: None)
-        raise TrainingDiverged(f"training diverged: {s.bad_steps} consecutive steps with a NaN/inf loss or gradient "
-                               f"(up to step {s.step}); the last checkpoint before it is {last or 'none'}")
-Trainer.count_bad_step = _count_bad_step
 
 # %% ../nbs/04_training.ipynb #e022796f
 import signal
@@ -652,7 +724,7 @@ def stop_on_signals(trainer: Trainer):
     "While training, SIGINT and SIGTERM ask the loop to stop after the current step (and write a checkpoint)."
     def handler(signum, frame):
         trainer.interrupted = signal.Signals(signum).name
-        # one process of a job must not leave alone: the processes agree on stopping in the next step (`agree`)
+        # one process of a job must not leave alone: the processes agree on stopping at the next flush
         if not trainer.topo.enabled: trainer.stop = True
     if threading.current_thread() is not threading.main_thread(): yield; return  # handlers live in the main thread
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -663,7 +735,7 @@ def stop_on_signals(trainer: Trainer):
 # %% ../nbs/04_training.ipynb #e40d34e1
 def _next_group(self: Trainer, micro) -> list[dict]:
     "The micro-batches of the next step; a data source that fails for good stops the run with a checkpoint."
-    try: return [next(micro) for _ in range(self.cfg.gradient_accumulation_steps)]
+    try: group = [next(micro) for _ in range(self.cfg.gradient_accumulation_steps)]
     except DataError as e:
         reason = [l for l in str(e).splitlines() if l.strip()][-1].split('DataError: ')[-1]
         if self.topo.enabled:  # the other processes are not here to write a checkpoint together: the last one stands
@@ -671,6 +743,9 @@ def _next_group(self: Trainer, micro) -> list[dict]:
         path = self.save(f'checkpoint-step-{self.state.step}')
         raise DataError(f"{reason}; checkpoint of step {self.state.step} written to {path}: "
                         "continue with --resume_from latest") from None
+    positions = [b.pop('stream_position', None) for b in group]  # where a streaming run stands, for its checkpoint
+    if positions[-1] is not None: self.stream_position = positions[-1].tolist()
+    return group
 Trainer.next_group = _next_group
 
 # %% ../nbs/04_training.ipynb #2e6f5be3
@@ -683,25 +758,24 @@ def _fit(self: Trainer) -> Path:
         info = self.describe()
         (out / 'run.json').write_text(json.dumps(info, indent=2))
         self.log(info['corpus'])
-        self.log(f"padding: {info['padding_fraction']:.1%} of the positions of the first training batches")
+        self.log(f"padding: {info['padding_fraction']:.1%} of the positions of the next training batches")
         self.log(f"model: {info['parameters'] / 1e6:.1f}M parameters on {info['device']} ({info['precision']}); effective batch "
                  f"{info['effective_batch']} = {c.batch_size} × {c.gradient_accumulation_steps} accumulation × {W} "
                  f"process{'es' if W > 1 else ''}; {self.total_steps:,} steps"
                  + (f" ({self.steps_per_epoch:,} per epoch)" if self.steps_per_epoch else " (streaming)"))
-    self.stop, self.interrupted, self._start = False, None, time.perf_counter()
-    self._reset_window(keep_loss=True)
+    self.start_counters()
     self.model.train()
     self._emit('on_train_start')
     try:
         with stop_on_signals(self):
             micro = iter(self.loader())
-            while s.step < self.total_steps and not self.stop:
+            while s.step < self.total_steps and not self.stopping():
                 group = self.next_group(micro)
-                loss, ok = self.optimizer_step(group)
+                loss, finite = self.optimizer_step(group)
                 s.step += 1; s.batch_in_epoch += len(group) * W
                 self._emit('on_step')
-                self.after_step(loss, ok, W * sum(len(b['input_ids']) for b in group),  # × W: all processes (equal batches)
-                                W * sum(int(b['attention_mask'].sum()) - 2 * len(b['input_ids']) for b in group))
+                self.after_step(loss, finite, W * sum(len(b['input_ids']) for b in group),  # × W: all processes (equal batches)
+                                W * sum(int(b['attention_mask'].numpy().sum()) - 2 * len(b['input_ids']) for b in group))  # host memory
         final = self.save(f'checkpoint-step-{s.step}' if self.interrupted else 'final-model')
     finally: self._emit('on_train_end')  # close bars and loggers, also when the run fails
     if self.interrupted:

@@ -102,12 +102,12 @@ class FlakySource:
     "A source whose batches raise ConnectionError after `after` chunks of 50 lines, on the openings `fails(n)` picks."
     opened = 0
     def __init__(self, real, after, fails): self.real, self.after, self.fails = real, after, fails
-    def batches(self, batch_size=10_000):
+    def numbered_batches(self, batch_size=10_000, start=0):
         FlakySource.opened += 1
         n, lines = FlakySource.opened, [l for b in self.real.batches() for l in b]
-        for i in range(0, len(lines), 50):
+        for i in range(start, len(lines), 50):
             if i // 50 >= self.after and self.fails(n): raise ConnectionError('hub went away')
-            yield lines[i:i + 50]
+            yield i, lines[i:i + 50]
 
 def stream_cfg(out, **kw):
     return resolve_config('tiny', dataset='sample', streaming=True, num_samples=600, batch_size=8, save_steps=5,

@@ -106,8 +106,9 @@ def test_original_checkpoints_import_and_load_directly(original_dir, tmp_path):
     assert r.returncode == 1 and 'not a checkpoint of the original project' in r.stderr
 
 def test_compiled_and_sdpa_runs_give_the_losses_of_the_eager_path(tmp_path):
-    # one eager reference (transformers' matmul attention) against SDPA, and against SDPA compiled with torch.compile
-    runs = dict(eager=dict(attention='eager'), sdpa=dict(attention='sdpa'), compiled=dict(attention='sdpa', compile=True))
+    # one eager reference (transformers' matmul attention) against SDPA, and against SDPA compiled with torch.compile (both modes)
+    runs = dict(eager=dict(attention='eager'), sdpa=dict(attention='sdpa'), compiled=dict(attention='sdpa', compile=True),
+                graphs=dict(attention='sdpa', compile=True, cuda_graphs=True))  # on a CPU: compiled without CUDA graphs
     out = {}
     for name, kw in runs.items():
         Trainer(tiny(tmp_path / name, max_steps=4, logging_steps=1, dropout=0.0, **kw), **QUIET).fit()
@@ -115,6 +116,7 @@ def test_compiled_and_sdpa_runs_give_the_losses_of_the_eager_path(tmp_path):
     assert len(out['eager']) == 4
     assert out['sdpa'] == pytest.approx(out['eager'], rel=1e-5)
     assert out['compiled'] == pytest.approx(out['eager'], rel=1e-4)
+    assert out['graphs'] == pytest.approx(out['eager'], rel=1e-4)
 
 def test_fused_adamw_gives_the_updates_of_the_plain_one():
     # the trainer fuses AdamW on CUDA; torch's fused kernel also runs on the CPU, so the numerics are checked here
