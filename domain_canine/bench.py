@@ -394,7 +394,7 @@ def add_bench_commands(sub):
                                    'memory, disk and the time to a first streamed batch; with --train also run domain-canine '
                                    'train on each (tiny model, batch 256, CPU): time to the first step, domains/s, the cost '
                                    'of an evaluation, of the steps after the first, and of resuming early and late. '
-                                   'Example: domain-canine bench-scale --sizes 1000000 30000000 --train --workdir /tmp/scale')
+                                   'Example: domain-canine bench-scale --sizes 1000000 30000000 --train --workdir runs/scale')
     s.add_argument('--sizes', type=int, nargs='+', default=[1_000_000, 10_000_000], help='corpus sizes in lines (default: 1M 10M)')
     s.add_argument('--train', action='store_true', help='also measure the training command on each corpus')
     s.add_argument('--steps', type=int, default=60, help='optimizer steps of each measured training run (default: 60)')
