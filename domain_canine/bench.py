@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import CanineModel
-from .data import SAMPLE_CORPUS, DataError, EncodedDomains, load_corpus, prepare_corpus
+from .data import DataError, EncodedDomains, load_corpus, prepare_corpus
 from .masking import CharVocab, MaskedBatches, MASK, CLS, SEP, PAD, padding_fraction, padded_length
 from .model import DomainCanineMLM, canine_config, mlm_head, use_sdpa
 from .training import make_optimizer, pick_device, pick_precision, compile_encoder, round_width, COMPILE_WIDTH
@@ -263,12 +263,12 @@ def _late_checkpoint(args: list[str], source: Path, step: int) -> Path:
 
 def measure_training(path: str, cache_dir: str, output_dir: str, steps: int = 60, evals: int = 3, batch_size: int = 256,
                      late_step: int = 900_000, repeats: int = 3, # resumes from each checkpoint, alternating; medians reported
-                     extra: tuple[str, ...] = ()) -> dict:
+                    ) -> dict:
     "The real `domain-canine train` on `path` (tiny model, CPU): time to the first step, rate, evaluation cost, resume cost."
     out = Path(output_dir)
     args = ['--dataset', path, '--cache_dir', cache_dir, '--model_config', 'tiny', '--device', 'cpu', '--batch_size', str(batch_size),
             '--learning_rate', '1e-3', '--warmup_steps', '10', '--logging_steps', '1', '--eval_steps', str(steps // evals),
-            '--save_steps', str(steps // evals), '--save_total_limit', str(evals + 1), '--output_dir', str(out), *extra]
+            '--save_steps', str(steps // evals), '--save_total_limit', str(evals + 1), '--output_dir', str(out)]
     cmd = [sys.executable, '-m', 'domain_canine', 'train', *args]
     first, rows, rss = _first_step_and_rows(cmd + ['--max_steps', str(steps)], out / 'metrics.jsonl')
     train, ev = [r for r in rows if r['type'] == 'train'], [r for r in rows if r['type'] == 'eval']

@@ -276,9 +276,8 @@ class StreamBatches(torch.utils.data.IterableDataset):
             b, line, seen = 0, 0, 0
 
     def __iter__(self):
-        bs, g = self.cfg.batch_size, 0
-        cursor, skip = ((*self.position[:5],), self.position[5] + 1) if self.position else ((0, 0, 0, 0, 0), 0)
-        if self.position: g = self.start
+        bs = self.cfg.batch_size  # with a position: straight to its block; without: from the start, skipping to `start`
+        cursor, skip, g = ((*self.position[:5],), self.position[5] + 1, self.start) if self.position else ((0, 0, 0, 0, 0), 0, 0)
         for at, block in self.blocks(cursor):
             for j, i in enumerate(range(0, len(block), bs)):
                 if skip: skip -= 1; continue
@@ -585,7 +584,7 @@ def _after_step(self: Trainer, loss: torch.Tensor, finite: torch.Tensor | None, 
     log_now = s.step % c.logging_steps == 0 or s.step == self.total_steps
     epoch_end = bool(self.steps_per_epoch) and s.step % self.steps_per_epoch == 0  # streams have no known epoch length
     eval_now = epoch_end or s.step % c.eval_steps == 0 or s.step == self.total_steps
-    if log_now or eval_now or s.step % c.save_steps == 0: self.flush()  # the only host sync of the steps in between
+    if log_now or eval_now: self.flush()  # the only host sync of the steps in between (a save flushes itself)
     if log_now: self.log_train()
     if eval_now: self.run_eval()
     if epoch_end:
