@@ -10,14 +10,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 
 # %% auto #0
 __all__ = ['SAMPLE_CORPUS', 'SAMPLE_NAME', 'TEXT_COLUMNS', 'CLEANING_VERSION', 'DataError', 'normalise_domain', 'clean_domain',
            'is_validation', 'read_text_lines', 'first_error_line', 'DomainSource', 'open_source', 'source_lines',
-           'clean_batch', 'EncodedDomains', 'domain_hashes', 'duplicate_indices', 'default_cache_dir', 'PreparedCorpus',
-           'file_lock', 'prepare_corpus', 'Corpus', 'clean_domains', 'load_corpus', 'stream_domains']
+           'clean_batch', 'EncodedDomains', 'byte_hashes', 'CleanChunk', 'clean_chunk', 'read_text_chunks',
+           'duplicate_indices', 'default_cache_dir', 'PreparedCorpus', 'file_lock', 'prepare_corpus', 'Corpus',
+           'clean_domains', 'load_corpus', 'stream_domains']
 
 # %% ../nbs/00_data.ipynb #2828fee5
 SAMPLE_CORPUS = Path(str(files('domain_canine') / 'data' / 'domains-sample.txt'))
@@ -248,24 +249,99 @@ class EncodedDomains:
             return _open_memmapped, (self.codepoints.filename, self.offsets.filename)
         return EncodedDomains, (np.asarray(self.codepoints), np.asarray(self.offsets))
 
-# %% ../nbs/00_data.ipynb #e02db3a4
-_BASE = np.uint64(0x100000001B3)
-_POWERS = np.cumprod(np.full(256, _BASE, dtype=np.uint64), dtype=np.uint64)  # base^(i+1) mod 2^64
+# %% ../nbs/00_data.ipynb #6bb51f4b
+_BYTE_CLASS = np.zeros(256, np.uint8)  # 1: letter or digit, 2: '-', 3: '.', 4: '\n', 0: anything else
+_BYTE_CLASS[np.frombuffer(b'abcdefghijklmnopqrstuvwxyz0123456789', np.uint8)] = 1
+_BYTE_CLASS[[ord('-'), ord('.'), ord('\n')]] = 2, 3, 4
 
-def _mix64(x: np.ndarray) -> np.ndarray:
-    "splitmix64's finaliser: spreads every input bit over the whole hash."
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+def _plain_lines(a: np.ndarray, lens: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Which lines of the lower-cased bytes `a` (line `i` ends at `ends[i]`) `clean_domain` keeps unchanged: 3–253
+    characters of [a-z0-9.-] with a dot, no empty label, no label over 63 or with a hyphen at its edge, the last
+    character a letter (a numeric top-level label is for `clean_domain` to judge)."""
+    cls, n = _BYTE_CLASS[a], len(lens)
+    dot = cls == 3
+    punct = dot | (cls == 2)
+    odd = cls == 0  # a byte outside the plain set, or '..', '.-', '-.'
+    odd[1:] |= punct[:-1] & punct[1:] & (dot[:-1] | dot[1:])
+    plain = (lens >= 3) & (lens <= 253)
+    plain[np.searchsorted(ends, np.flatnonzero(odd))] = False
+    seps = np.append(np.flatnonzero(cls >= 3), len(a))  # where labels end; a last line without '\n' ends at the end
+    plain[np.minimum(np.searchsorted(ends, seps[np.diff(seps, prepend=-1) > 64]), n - 1)] = False
+    has_dot = np.zeros(n, bool); has_dot[np.searchsorted(ends, np.flatnonzero(dot))] = True
+    first, last = a[np.minimum(ends - lens, len(a) - 1)], a[np.maximum(ends - 1, 0)]
+    return plain & has_dot & (_BYTE_CLASS[first] == 1) & (_BYTE_CLASS[last] == 1) & (last > ord('9'))
 
-def domain_hashes(enc: EncodedDomains) -> np.ndarray:
-    "A 64-bit hash of every domain of `enc` (vectorised over the flat array)."
-    if len(enc) == 0: return np.zeros(0, dtype=np.uint64)
-    lens = enc.lengths
-    pos = np.arange(len(enc.codepoints)) - np.repeat(enc.offsets[:-1], lens)
-    with np.errstate(over='ignore'):
-        terms = (np.asarray(enc.codepoints).astype(np.uint64) + np.uint64(1)) * _POWERS[pos]
-        return _mix64(np.add.reduceat(terms, enc.offsets[:-1]) ^ lens.astype(np.uint64))
+# %% ../nbs/00_data.ipynb #36c6d1a4
+def _clean_others(lines: list[bytes], idx: np.ndarray) -> tuple[Counter, dict[int, bytes]]:
+    "`clean_domain` for the lines `idx`: the rejections by reason and the cleaned form of each kept line."
+    rejected, fixed = Counter(), {}
+    for i in idx.tolist():
+        d, reason = clean_domain(lines[i].decode('utf-8', 'surrogateescape'))
+        if reason: rejected[reason] += 1
+        else: fixed[i] = d.encode('ascii')  # punycode: always ASCII
+    return rejected, fixed
+
+def _split_lines(data: bytes) -> tuple[bytes, list[bytes]]:
+    "Lower-cased bytes with '\\r\\n' made '\\n', and their lines (a final '\\n' ends the last line, it starts none)."
+    low = data.lower()  # ASCII letters only; other bytes, if any, are for `clean_domain`
+    if b'\r' in low: low = low.replace(b'\r\n', b'\n')
+    lines = low.split(b'\n') if low else []
+    if low.endswith(b'\n'): lines.pop()
+    return low, lines
+
+# %% ../nbs/00_data.ipynb #0c4dd8e7
+def byte_hashes(items: list[bytes]) -> np.ndarray:
+    """A 64-bit hash of each item: Python's own (SipHash, in C), salted per process. Hashes only ever meet hashes made
+    by the same process (deduplication during one preparation), so the salt changes nothing that is kept."""
+    return np.fromiter(map(hash, items), np.int64, len(items)).view(np.uint64)
+
+class CleanChunk(NamedTuple):
+    "What `clean_chunk` makes of a chunk of lines."
+    domains: EncodedDomains  # the usable ones, in order
+    valid: np.ndarray        # bool: in the validation split
+    hashes: np.ndarray       # `byte_hashes` of the domains
+    rejected: Counter
+    lines: int               # lines read
+
+def clean_chunk(data: bytes, # whole lines, e.g. from `read_text_chunks`
+                validation_fraction: float = 0.1,
+                max_length: int | None = None, # longest sequence incl. [CLS]/[SEP]; longer domains are rejected
+               ) -> CleanChunk:
+    "`clean_batch` for raw bytes: the usable domains as arrays, with their split, their hashes and what was rejected."
+    low, lines = _split_lines(data)
+    a, lens = np.frombuffer(low, np.uint8), np.fromiter(map(len, lines), np.int64, len(lines))
+    plain = _plain_lines(a, lens, np.cumsum(lens + 1) - 1) if lines else np.zeros(0, bool)
+    rejected, fixed = _clean_others(lines, np.flatnonzero(~plain))
+    at, new = np.fromiter(fixed, np.int64, len(fixed)), list(fixed.values())
+    out_len = np.where(plain, lens, 0); out_len[at] = np.fromiter(map(len, new), np.int64, len(new))
+    crc = np.fromiter(map(zlib.crc32, lines), np.int64, len(lines)); crc[at] = np.fromiter(map(zlib.crc32, new), np.int64, len(new))
+    hashes = byte_hashes(lines); hashes[at] = byte_hashes(new)
+    if max_length is not None and (long := out_len > max_length - 2).any():
+        rejected['longer_than_max_length'] += int(long.sum()); out_len[long] = 0; plain &= ~long
+    codepoints = a[np.repeat(plain, lens + 1)[:len(a)] & (a != 10)]
+    if len(at := at[out_len[at] > 0]):  # the cleaned forms of the other lines, inserted where those lines were
+        before = np.cumsum(np.where(plain, lens, 0)) - np.where(plain, lens, 0)
+        extra = np.frombuffer(b''.join(fixed[i] for i in at.tolist()), np.uint8)
+        codepoints = np.insert(codepoints, np.repeat(before[at], out_len[at]), extra)
+    kept = np.flatnonzero(out_len)
+    offsets = np.zeros(len(kept) + 1, np.int64); np.cumsum(out_len[kept], out=offsets[1:])
+    valid = crc[kept] % _HASH_BUCKETS < validation_fraction * _HASH_BUCKETS
+    return CleanChunk(EncodedDomains(codepoints, offsets), valid, hashes[kept], rejected, len(lines))
+
+# %% ../nbs/00_data.ipynb #6042f803
+_LONE_CR = re.compile(rb'\r(?=[^\n])')  # a '\r' ends a line in text mode too (a '\r' at a chunk's end waits for the next byte)
+
+def read_text_chunks(path: str | Path, chunk_bytes: int = 1 << 22) -> Iterator[bytes]:
+    "Whole lines of a (possibly gzip-compressed) text file as bytes, about `chunk_bytes` at a time, split where `read_text_lines` splits."
+    path, rest = Path(path), b''
+    with (gzip.open if path.suffix == '.gz' else open)(path, 'rb') as f:
+        while block := f.read(chunk_bytes):
+            data = rest + block
+            if b'\r' in data: data = _LONE_CR.sub(b'\n', data)
+            cut = data.rfind(b'\n') + 1
+            if cut: yield data[:cut]
+            rest = data[cut:]
+    if rest: yield rest
 
 # %% ../nbs/00_data.ipynb #2f7e5ffd
 def _same_text(enc: EncodedDomains, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -351,29 +427,31 @@ def _load_split(folder: Path, name: str) -> EncodedDomains:
 _PARTITIONS = 256  # hash partitions of the deduplication: each holds about 1/256 of the lines
 _HASH_RECORD = np.dtype([('hash', np.uint64), ('line', np.int64)])
 
+def _cleaned_chunks(source: DomainSource, validation_fraction: float, max_length: int | None):
+    "`clean_chunk` over the whole source: a text file's bytes as they are, a dataset's values as stripped lines."
+    if source.kind == 'text':
+        for data in read_text_chunks(source.path): yield clean_chunk(data, validation_fraction, max_length)
+        return
+    for batch in source.batches():  # stripping changes no verdict; a line break inside a value is whitespace like a space
+        text = '\n'.join(v.strip().replace('\n', ' ') for v in batch) + '\n'
+        yield clean_chunk(text.encode('utf-8', 'surrogateescape'), validation_fraction, max_length)
+
 def _read_clean(source: DomainSource, work: Path, validation_fraction: float, max_length: int | None,
                 num_samples: int | None) -> tuple[int, Counter, int]:
-    """Clean the source batch by batch into files: the bytes of the clean domains, their lengths, their split, and
+    """Clean the source chunk by chunk into files: the bytes of the clean domains, their lengths, their split, and
     (hash, line) records partitioned by the hash's top byte. Returns the clean lines, the rejections, the lines read."""
     rejected, lines_read, n, unique = Counter(), 0, 0, np.zeros(0, np.uint64)
     names = ('bytes.bin', 'lengths.bin', 'valid.bin', *(f'hashes-{p:03d}.bin' for p in range(_PARTITIONS)))
     files = {name: open(work / name, 'wb') for name in names}
     try:
-        for batch in source.batches():
-            lines_read += len(batch)
-            kept, is_valid, rej = clean_batch(batch, validation_fraction)
-            rejected += rej
-            if max_length is not None and any(len(d) > max_length - 2 for d in kept):
-                fits = [len(d) <= max_length - 2 for d in kept]
-                rejected['longer_than_max_length'] += fits.count(False)
-                kept, is_valid = [d for d, ok in zip(kept, fits) if ok], [v for v, ok in zip(is_valid, fits) if ok]
-            enc = EncodedDomains.from_strings(kept)  # punycode: ASCII, one byte per character, names of ≤ 253
-            files['bytes.bin'].write(enc.codepoints.tobytes())
+        for enc, is_valid, hashes, rej, lines in _cleaned_chunks(source, validation_fraction, max_length):
+            lines_read += lines; rejected += rej
+            files['bytes.bin'].write(enc.codepoints.tobytes())  # punycode: ASCII, one byte per character, names of ≤ 253
             files['lengths.bin'].write(enc.lengths.astype(np.uint8).tobytes())
-            files['valid.bin'].write(np.array(is_valid, dtype=bool).tobytes())
+            files['valid.bin'].write(is_valid.tobytes())
             records = np.empty(len(enc), _HASH_RECORD)
-            records['hash'], records['line'] = domain_hashes(enc), np.arange(n, n + len(enc))
-            part = (records['hash'] >> np.uint64(56)).astype(np.intp)
+            records['hash'], records['line'] = hashes, np.arange(n, n + len(enc))
+            part = (records['hash'] >> np.uint64(56)).astype(np.uint8)  # a small integer type: numpy sorts it by radix
             order = np.argsort(part, kind='stable')  # stable: lines stay ascending within a partition
             records, bounds = records[order], np.searchsorted(part[order], np.arange(_PARTITIONS + 1))
             for p in np.nonzero(np.diff(bounds))[0]: files[f'hashes-{p:03d}.bin'].write(records[bounds[p]:bounds[p + 1]].tobytes())
