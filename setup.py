@@ -20,7 +20,7 @@ setuptools.setup(
     keywords=cfg['keywords'].split(),
     url=cfg['git_url'],
     packages=setuptools.find_namespace_packages(include=['domain_canine', 'domain_canine.*']),
-    package_data={'domain_canine.data': ['*.txt', '*.md']},
+    package_data={'domain_canine.sample_corpus': ['*.txt', '*.md']},
     include_package_data=True,
     python_requires=f">={cfg['min_python']}",
     install_requires=cfg['requirements'].split(),

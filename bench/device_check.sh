@@ -2,7 +2,8 @@
 # The device check: everything a GPU machine should tell us, in one call, as one JSON line (also written to
 # $OUT/device_check.json when OUT is set). It runs on a bare machine as it is: with the project's .venv where there
 # is one, else with the machine's own python3 (PYTHON overrides both); it needs torch >= 2.6, transformers >= 5,
-# numpy, safetensors and tqdm, and imports nothing else (no datasets: it reads no hub dataset and no Parquet).
+# numpy, safetensors, tqdm and fastcore (pure Python: its wheel on PYTHONPATH will do), and imports nothing else
+# (no datasets: it reads no hub dataset and no Parquet).
 #   - versions of python, torch, CUDA, cuDNN, transformers; the GPU, its compute capability; the SDPA kernel it runs
 #   - the dense bf16 matmul rate measured on this GPU, the denominator of the MFU reported
 #   - the canine-c shape, batch 256, bf16: our training path against the original design (padding to 64 and 128,
@@ -22,10 +23,12 @@ exec "$PYTHON" - "$@" <<'PY'
 import json, os, sys, time
 from pathlib import Path
 sys.path.insert(0, os.getcwd())  # this checkout's package, installed or not
+try: import fastcore
+except ImportError: sys.exit('device check: fastcore is missing: pip install fastcore==1.14.5, or put its wheel on PYTHONPATH')
 import torch
 from domain_canine.bench import (bench_ablations, bench_pipeline, bench_training, device_versions, gpu_figures,
                                  measured_matmul_tflops)
-from domain_canine.training import pick_device
+from domain_canine.core import pick_device
 
 started, dry = time.perf_counter(), '--dry_run' in sys.argv[1:]
 if dry: device, config, batch, precision, steps, width = pick_device('cpu'), 'tiny', 32, 'fp32', dict(windows=2, window_steps=2), 24

@@ -12,7 +12,7 @@ from conftest import ROOT
 from browser.lab import CHROMIUM, CHROMIUM_ARGS, Lab, open_notebook, run_all_cells, set_parameters, wait_kernel_idle
 
 pytestmark = pytest.mark.browser
-DEMO = ROOT / 'nbs' / 'demos' / 'widgets_demo.ipynb'
+DEMO = ROOT / 'nbs' / 'experiments' / 'widgets_demo.ipynb'
 SHOTS = Path(os.environ.get('SHOT_DIR', ROOT / 'test-artifacts' / 'browser'))
 
 

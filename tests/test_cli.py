@@ -1,18 +1,22 @@
 "The command line as a user meets it: train, predict, and one-line errors for bad input."
-import json
+import json, re
 import pytest
 from transformers import CanineModel
 from conftest import cli, ENTRY_POINT
 import subprocess, sys
 
 def test_train_writes_checkpoints_metrics_and_run_info(tiny_run):
-    dirs = sorted(p.name for p in tiny_run.iterdir() if p.is_dir())
-    assert dirs == ['best-model', 'checkpoint-epoch-1', 'checkpoint-step-20', 'checkpoint-step-30', 'final-model']
-    metrics = [json.loads(l) for l in (tiny_run / 'metrics.jsonl').read_text().splitlines()]
-    assert [m['step'] for m in metrics if m['type'] == 'train'] == [5, 10, 15, 20, 25, 30]
-    assert {m['step'] for m in metrics if m['type'] == 'eval'} >= {10, 20, 30}
+    from domain_canine.config import PRESETS
+    tiny = PRESETS['tiny']
+    steps, every = tiny['max_steps'], tiny['save_steps']
     info = json.loads((tiny_run / 'run.json').read_text())
-    assert info['effective_batch'] == 16 and info['total_steps'] == 30 and info['config']['model_config'] == 'tiny'
+    kept = [f'checkpoint-step-{s}' for s in range(every, steps + 1, every)][-2:]  # the test run keeps 2 (save_total_limit)
+    epochs = [f'checkpoint-epoch-{e}' for e in range(1, steps // info['steps_per_epoch'] + 1)]
+    assert sorted(p.name for p in tiny_run.iterdir() if p.is_dir()) == sorted(['best-model', *epochs, *kept, 'final-model'])
+    metrics = [json.loads(l) for l in (tiny_run / 'metrics.jsonl').read_text().splitlines()]
+    assert [m['step'] for m in metrics if m['type'] == 'train'] == list(range(tiny['logging_steps'], steps + 1, tiny['logging_steps']))
+    assert {m['step'] for m in metrics if m['type'] == 'eval'} >= set(range(tiny['eval_steps'], steps + 1, tiny['eval_steps']))
+    assert (info['effective_batch'], info['total_steps'], info['config']['model_config']) == (tiny['batch_size'], steps, 'tiny')
 
 def test_checkpoint_loads_in_plain_transformers(tiny_run):
     encoder = CanineModel.from_pretrained(tiny_run / 'final-model')
@@ -63,3 +67,34 @@ def test_bad_input_is_one_line_on_stderr(bad_files, args, expected):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], r.stderr
     assert 'Traceback' not in r.stderr
+
+def _readme_arguments() -> dict[str, list[str]]:
+    "README's command reference: each command's arguments as listed there."
+    from conftest import ROOT
+    section = (ROOT / 'README.md').read_text().split('\n## Command reference', 1)[1].split('\n## ', 1)[0]
+    rows = [l.split(' | ') for l in section.splitlines() if l.startswith('| `')]
+    return {r[0].strip('| `'): re.findall(r'`([^`]+)`', r[2]) for r in rows}
+
+def _help_arguments(help_text: str) -> list[str]:
+    "The arguments a `--help` text lists: `<name>` for positionals, every spelling of each option."
+    positional = help_text.split('positional arguments:\n', 1)[1].split('\n\n')[0] if 'positional arguments:' in help_text else ''
+    options = help_text.split('options:\n', 1)[1]
+    names = [f'<{m}>' for m in re.findall(r'^  (\w+)', positional, re.M)]
+    for line in re.findall(r'^  (-.*)', options, re.M):  # '--a A, --b A   help': the spellings before the help
+        names += [s for s in re.findall(r'(?:^|, )(-[\w-]+)', line.split('  ')[0]) if s not in ('-h', '--help')]
+    return names
+
+def test_readme_lists_every_argument_of_every_command():
+    from domain_canine.cli import COMMANDS, build_parser
+    sub = next(a for a in build_parser()._actions if a.choices and 'train' in a.choices)
+    listed = _readme_arguments()
+    assert list(listed) == list(COMMANDS)
+    for name, parser in sub.choices.items():
+        shown = _help_arguments(parser.format_help())
+        assert sorted(listed[name]) == sorted(shown), name
+
+def test_the_readme_check_reads_help_texts():
+    "The parsing the check relies on: positionals, options with two spellings, options with a value."
+    text = ('usage: x\n\npositional arguments:\n  domains     some\n\noptions:\n  -h, --help  show\n  --a A       one, --x\n'
+            '  --b B, --c B\n              two\n')
+    assert _help_arguments(text) == ['<domains>', '--a', '--b', '--c']

@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import cli
 from domain_canine.data import SAMPLE_CORPUS, prepare_corpus, load_corpus, is_validation
-from domain_canine.training import Trainer, resolve_config
+from domain_canine.config import resolve_config
+from domain_canine.training import Trainer
 
 DOMAINS = SAMPLE_CORPUS.read_text().split()[:400]
 QUIET = dict(log=lambda *a: None)

@@ -4,7 +4,8 @@ Trains the `demo` preset for 3 epochs (about a minute on 2 cores) and asks for e
 held-out domains, one `?` at a time."""
 import numpy as np
 import pytest
-from domain_canine.training import resolve_config, train
+from domain_canine.config import resolve_config
+from domain_canine.training import train
 from domain_canine.data import load_corpus
 from domain_canine.inference import Predictor
 

@@ -7,7 +7,9 @@ import torch
 from conftest import ROOT
 from domain_canine.checkpoint import MARKER, _sha256, load_checkpoint
 from domain_canine.model import build_model
-from domain_canine.training import Callback, Trainer, resolve_config
+from domain_canine.config import resolve_config
+from domain_canine.callbacks import Callback
+from domain_canine.training import Trainer
 
 QUIET = dict(log=lambda *a: None)
 SYNCS = ('item', 'tolist', 'cpu', '__bool__', '__int__', '__float__', '__index__')  # each makes the host wait for the device

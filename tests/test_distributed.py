@@ -130,3 +130,24 @@ def test_a_streaming_job_trains_on_shards(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'effective batch 32 = 16 × 1 accumulation × 2 processes' in r.stdout
     assert verify_checkpoint(tmp_path / 'run' / 'final-model') is None
+
+STOP_SCRIPT = '''
+import sys
+from domain_canine.callbacks import Callback
+from domain_canine.config import resolve_config
+from domain_canine.training import train
+class StopAt(Callback):
+    "Asks the run to stop after step 3 (callbacks live in rank 0 only)."
+    def on_step(self, trainer):
+        if trainer.state.step == 3: trainer.stop = True
+train(resolve_config('tiny', max_steps=50, logging_steps=2, eval_steps=100, save_steps=100, output_dir=sys.argv[1]), [StopAt()])
+'''
+
+def test_a_callback_stop_in_rank_0_ends_every_process_at_the_same_step(tmp_path):
+    "Rank 0's request is agreed at the next report (step 4 here), so the job neither hangs nor splits."
+    script = tmp_path / 'stop_at.py'; script.write_text(STOP_SCRIPT)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(script), str(tmp_path / 'run')]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / 'run' / 'final-model' / 'trainer_state.json').read_text())['step'] == 4
+    assert max(train_losses(tmp_path / 'run')) == 4

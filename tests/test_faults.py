@@ -5,12 +5,14 @@ import pytest
 import torch
 from conftest import cli, ROOT
 import domain_canine.checkpoint as checkpoint_module
-import domain_canine.training as training_module
+import domain_canine.run_data as run_data_module
 from domain_canine.checkpoint import CheckpointError, verify_checkpoint, load_checkpoint
 from domain_canine.crash_test import crash_test, final_state, training_command
 from domain_canine.data import DataError, SAMPLE_CORPUS, open_source
 from domain_canine.model import DomainCanineMLM, build_model
-from domain_canine.training import Callback, Trainer, TrainingDiverged, resolve_config
+from domain_canine.config import resolve_config
+from domain_canine.callbacks import Callback
+from domain_canine.training import Trainer, TrainingDiverged
 
 QUIET = dict(log=lambda *a: None)
 
@@ -90,10 +92,11 @@ def test_sigterm_writes_a_checkpoint_and_resume_is_exact(tmp_path):
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
     assert 'stopped by SIGTERM' in out and 'Traceback' not in err
-    stopped = json.loads(next(run.glob('checkpoint-step-*/trainer_state.json')).read_text())  # at least one
     assert not (run / 'final-model').exists()
     steps = sorted(int(p.name.split('-')[-1]) for p in run.glob('checkpoint-step-*'))
-    assert verify_checkpoint(run / f'checkpoint-step-{steps[-1]}') is None and steps[-1] < 120
+    assert verify_checkpoint(run / f'checkpoint-step-{steps[-1]}') is None and 9 <= steps[-1] < 120
+    stopped = json.loads((run / f'checkpoint-step-{steps[-1]}' / 'trainer_state.json').read_text())
+    assert stopped['step'] == steps[-1]  # the checkpoint of the step the signal interrupted
     assert subprocess.run(training_command(run, 120), capture_output=True).returncode == 0
     (a, la), (b, lb) = final_state(tmp_path / 'reference'), final_state(run)
     assert all(torch.equal(a[k], b[k]) for k in a) and la == lb
@@ -114,9 +117,9 @@ def stream_cfg(out, **kw):
                           eval_steps=1000, eval_samples=50, output_dir=str(out), **{'max_steps': 10, **kw})
 
 def flaky(monkeypatch, after, fails):
-    monkeypatch.setattr(training_module, 'STREAM_RETRY_PAUSE', 0.0)
+    monkeypatch.setattr(run_data_module, 'STREAM_RETRY_PAUSE', 0.0)
     real_open = open_source
-    monkeypatch.setattr(training_module, 'open_source', lambda *a, **kw: FlakySource(real_open(*a, **kw), after, fails))
+    monkeypatch.setattr(run_data_module, 'open_source', lambda *a, **kw: FlakySource(real_open(*a, **kw), after, fails))
     FlakySource.opened = 0
 
 def test_stream_failures_are_retried_and_change_nothing(tmp_path, monkeypatch):

@@ -10,14 +10,14 @@ def papermill(nb: str, out: Path, *params: str) -> subprocess.CompletedProcess:
 
 def test_training_then_analysis_notebook(tmp_path):
     run = tmp_path / 'run'
-    r = papermill('04_training.ipynb', tmp_path / 'training.ipynb', '-p', 'preset', 'tiny', '-p', 'max_steps', '20',
+    r = papermill('experiments/train.ipynb', tmp_path / 'training.ipynb', '-p', 'preset', 'tiny', '-p', 'max_steps', '20',
                   '-p', 'output_dir', str(run))
     assert r.returncode == 0, r.stderr[-3000:]
     assert (run / 'final-model' / 'model.safetensors').is_file()
     assert json.loads((run / 'checkpoint-step-20' / 'trainer_state.json').read_text())['step'] == 20
     assert not list((ROOT / 'nbs').glob('runs'))  # nothing written inside nbs/
 
-    r = papermill('06_analysis.ipynb', tmp_path / 'analysis.ipynb', '-y', f'run_dirs: [{run}]')
+    r = papermill('12_analysis.ipynb', tmp_path / 'analysis.ipynb', '-y', f'run_dirs: [{run}]')
     assert r.returncode == 0, r.stderr[-3000:]
     cells = json.loads((tmp_path / 'analysis.ipynb').read_text())['cells']
     images = [o for c in cells if c['cell_type'] == 'code' for o in c.get('outputs', []) if 'image/png' in o.get('data', {})]

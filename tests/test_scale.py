@@ -6,7 +6,8 @@ import pytest
 from domain_canine.data import EncodedDomains
 from domain_canine.masking import SharedEpochOrders
 from domain_canine.synthetic import make_corpus
-from domain_canine.training import Trainer, TrainConfig, resolve_config
+from domain_canine.config import TrainConfig, resolve_config
+from domain_canine.training import Trainer
 from domain_canine.masking import evaluation_order
 
 QUIET = dict(log=lambda *a: None)
@@ -90,5 +91,5 @@ def test_periodic_evaluation_is_bounded_and_the_same_every_time(corpus60k, tmp_p
     assert sorted(full.eval_order.tolist()) == list(range(len(full.valid_enc)))
 
 def test_full_eval_is_refused_for_a_stream():
-    from domain_canine.training import ConfigError
+    from domain_canine.core import ConfigError
     with pytest.raises(ConfigError, match='full_eval'): resolve_config('tiny', streaming=True, full_eval=True)

@@ -9,7 +9,8 @@ from conftest import cli
 from domain_canine.cli import build_parser
 from domain_canine.checkpoint import verify_checkpoint
 from domain_canine.model import canine_config, is_model_dir
-from domain_canine.training import Trainer, resolve_config
+from domain_canine.config import resolve_config
+from domain_canine.training import Trainer
 
 QUIET = dict(log=lambda *a: None)
 

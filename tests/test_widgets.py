@@ -1,7 +1,8 @@
 "The notebook widgets without a browser: their methods, as the user interface calls them, on a real tiny run."
-import json, shutil, time
+import json, shutil
 import numpy as np
 import pytest
+import domain_canine.widgets as widgets_module
 from domain_canine.model import build_model
 from domain_canine.analysis import read_metrics
 from domain_canine.widgets import LossCurves, MaskPredictor, draw_curves, ema, find_models, find_runs
@@ -14,6 +15,27 @@ def runs(tmp_path_factory, tiny_run):
     shutil.copytree(tiny_run, root / 'tiny', ignore=shutil.ignore_patterns('optimizer.pt'))
     build_model(None, 'tiny').save(root / 'other' / 'final-model')
     return root
+
+
+class FakeTimer:
+    "`threading.Timer` on a clock the test turns: nothing fires until `fire_pending` is called."
+    made: list['FakeTimer'] = []
+    def __init__(self, delay, fn): self.delay, self.fn, self.started, self.cancelled = delay, fn, False, False; FakeTimer.made.append(self)
+    def start(self): self.started = True
+    def cancel(self): self.cancelled = True
+    def join(self): pass
+    @classmethod
+    def fire_pending(cls) -> int:
+        "Run every started, uncancelled timer once (as if its delay had passed); how many ran."
+        due = [t for t in cls.made if t.started and not t.cancelled]
+        for t in due: t.cancelled = True; t.fn()
+        return len(due)
+
+@pytest.fixture
+def fake_timers(monkeypatch):
+    FakeTimer.made = []
+    monkeypatch.setattr(widgets_module.threading, 'Timer', FakeTimer)
+    return FakeTimer
 
 
 def test_find_models_and_runs(runs):
@@ -53,14 +75,13 @@ def test_predictor_model_choice(runs):
     assert 'no model directory' in empty.message.value
 
 
-def test_predictor_waits_for_a_pause(runs):
+def test_predictor_waits_for_a_pause(runs, fake_timers):
     w = MaskPredictor(runs, delay=0.15, device='cpu')
     seen = []
     w.predict = lambda: seen.append(w.domain_input.value)
-    for text in ('e', 'ex', 'ex?', 'ex?.com'):
-        w.domain_input.value = text
-        time.sleep(0.02)
-    time.sleep(0.5)
+    for text in ('e', 'ex', 'ex?', 'ex?.com'): w.domain_input.value = text  # typed faster than the delay
+    assert seen == [] and [t.delay for t in fake_timers.made] == [0.15] * 4
+    assert fake_timers.fire_pending() == 1  # each keystroke cancelled the previous timer
     assert seen == ['ex?.com']
 
 
@@ -96,14 +117,15 @@ def test_loss_curves_follow_a_run_that_is_still_training(tmp_path, tiny_run):
     assert w.status.value.startswith('1 run · perplexity')
 
 
-def test_loss_curves_auto_reload(tmp_path, tiny_run):
+def test_loss_curves_auto_reload(tmp_path, tiny_run, fake_timers):
     lines = (tiny_run / 'metrics.jsonl').read_text().splitlines()
     run = tmp_path / 'run'; run.mkdir()
     (run / 'metrics.jsonl').write_text(lines[0] + '\n')
     w = LossCurves(tmp_path, interval=0.05)
     w.auto_reload.value = True
+    assert [t.delay for t in fake_timers.made] == [0.05] and w.step_range.max < 30
     (run / 'metrics.jsonl').write_text('\n'.join(lines) + '\n')
-    deadline = time.monotonic() + 5
-    while w.step_range.max != 30 and time.monotonic() < deadline: time.sleep(0.05)
+    assert fake_timers.fire_pending() == 1  # the interval passes: a reload, and the timer is armed again
+    assert w.step_range.max == 30 and len(fake_timers.made) == 2 and w._timer is fake_timers.made[-1]
     w.auto_reload.value = False
-    assert w.step_range.max == 30 and w._timer is None
+    assert w._timer is None and fake_timers.made[-1].cancelled and fake_timers.fire_pending() == 0
