@@ -263,7 +263,7 @@ def _late_checkpoint(args: list[str], source: Path, step: int) -> Path:
     code = ('from domain_canine.cli import build_parser; from domain_canine.config import resolve_config; from domain_canine.training import Trainer; '
             f'a = vars(build_parser().parse_args(["train", *{args!r}, "--resume_from", {str(source)!r}, "--max_steps", "{step + 10}"])); '
             'cfg = resolve_config(None, **{k: v for k, v in a.items() if k not in ("command", "func", "preset")}); '
-            f't = Trainer(cfg, log=lambda *a: None); t.state.step = {step}; '
+            f't = Trainer.from_config(cfg, log=lambda *a: None); t.state.step = {step}; '
             f't.state.epoch, t.state.batch_in_epoch = divmod({step}, t.steps_per_epoch); print(t.save("checkpoint-step-{step}"))')
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     if r.returncode: raise RuntimeError(r.stderr[-3000:])

@@ -5,15 +5,19 @@
 # %% ../nbs/08_run_data.ipynb #b9263e6d
 from __future__ import annotations
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import torch
-from .data import DataError, EncodedDomains, open_source, stream_domains, first_error_line
-from .masking import CharVocab, MaskedBatches, SharedEpochOrders, pad_batch, mask_batch, batch_seed, PAD
+from .core import ConfigError
+from .data import DataError, EncodedDomains, open_source, prepare_corpus, stream_domains, first_error_line
+from .masking import CharVocab, MaskedBatches, SharedEpochOrders, evaluation_order, pad_batch, mask_batch, batch_seed, PAD
 from .config import TrainConfig
 
 # %% auto #0
-__all__ = ['STREAM_RETRY_PAUSE', 'masking_options', 'RunBatches', 'retrying_stream', 'StreamBatches']
+__all__ = ['STREAM_RETRY_PAUSE', 'masking_options', 'RunBatches', 'retrying_stream', 'StreamBatches', 'StreamCorpus', 'RunData',
+           'load_run_data']
 
 # %% ../nbs/08_run_data.ipynb #a563e3f5
 def masking_options(c: TrainConfig) -> dict:
@@ -113,3 +117,50 @@ class StreamBatches(torch.utils.data.IterableDataset):
 def _shuffled(domains: list[str], *keys: int) -> list[str]:
     order = np.random.default_rng(batch_seed(*keys)).permutation(len(domains))
     return [domains[i] for i in order]
+
+# %% ../nbs/08_run_data.ipynb #b12a0c0d
+class StreamCorpus:
+    "What a streaming run knows of its corpus: the validation sample read up front and its rejections."
+    def __init__(self, source: str, valid: EncodedDomains, rejected):
+        self.source, self.valid, self.rejected = source, valid, rejected
+    def summary(self) -> str:
+        rej = ', '.join(f'{k} {v:,}' for k, v in self.rejected.most_common()) or 'none'
+        return f"{self.source} (streaming): {len(self.valid):,} validation domains read up front; rejected so far: {rej}"
+
+@dataclass
+class RunData:
+    "What a run trains and evaluates on, and for how many optimizer steps."
+    vocab: CharVocab
+    corpus: object                     # a PreparedCorpus, or a StreamCorpus: what `summary` and the rejections come from
+    valid_enc: EncodedDomains          # the validation split (of a stream: the sample read up front)
+    eval_order: np.ndarray             # the validation domains every evaluation uses, in order
+    total_steps: int
+    steps_per_epoch: int | None = None      # None for a stream
+    train_enc: EncodedDomains | None = None  # None for a stream
+    run_batches: RunBatches | None = None
+
+# %% ../nbs/08_run_data.ipynb #4623ea40
+def load_run_data(c: TrainConfig, world_size: int = 1, # processes of the job: each step takes accumulation × this micro-batches
+                  log=print) -> RunData:
+    "The prepared corpus of `c` (or the head of its stream), the run's length, its micro-batches and its evaluation sample."
+    vocab, per_step = CharVocab(), c.gradient_accumulation_steps * world_size
+    if c.streaming: return _stream_run_data(c, vocab)
+    corpus = prepare_corpus(c.dataset, c.num_samples, c.validation_fraction, c.max_length, c.dataset_split,
+                            c.text_column, c.dataset_config, c.cache_dir, log=log)
+    steps_per_epoch = -(-len(corpus.train) // c.batch_size) // per_step
+    if steps_per_epoch == 0:
+        raise DataError(f"{len(corpus.train)} training domains are fewer than one optimizer step (batch_size × "
+                        f"gradient_accumulation_steps × processes = {c.batch_size * per_step})")
+    orders = Path(corpus.cache) / 'epoch-orders' if corpus.cache else None  # shared by workers and processes
+    return RunData(vocab, corpus, corpus.valid, evaluation_order(corpus.valid, None if c.full_eval else c.eval_samples, c.seed),
+                   c.max_steps or c.epochs * steps_per_epoch, steps_per_epoch, corpus.train,
+                   RunBatches(corpus.train, vocab, c, steps_per_epoch * per_step, orders))
+
+def _stream_run_data(c: TrainConfig, vocab: CharVocab) -> RunData:
+    if not c.max_steps: raise ConfigError('--streaming needs --max_steps: the length of a stream is not known in advance')
+    rejected, valid = Counter(), []
+    for _, _, batch in retrying_stream(c, True, rejected):
+        valid.extend(batch)
+        if len(valid) >= c.eval_samples: break
+    valid_enc = EncodedDomains.from_strings(valid[:c.eval_samples])
+    return RunData(vocab, StreamCorpus(c.dataset, valid_enc, rejected), valid_enc, evaluation_order(valid_enc, None, c.seed), c.max_steps)

@@ -14,19 +14,19 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from .core import ConfigError, pick_device, pick_precision
 from .config import TrainConfig, lr_at
-from .run_data import masking_options, RunBatches, StreamBatches, retrying_stream
+from .run_data import masking_options, RunData, StreamBatches, load_run_data
 from .callbacks import Callback, MetricsFile, ProgressBar, WandbLogger, TensorBoardLogger
-from .data import DataError, EncodedDomains, prepare_corpus
-from .masking import CharVocab, MaskedBatches, evaluation_order, padding_fraction as batches_padding_fraction, PAD
+from .data import DataError
+from .masking import MaskedBatches, padding_fraction as batches_padding_fraction, PAD
 from .model import DomainCanineMLM, build_model, use_sdpa
 from .checkpoint import (TrainState, CheckpointError, save_checkpoint, load_checkpoint,
                                       latest_checkpoint, prune_checkpoints, rng_states)
-from .distributed import (topology_from_env, init_distributed, shutdown_distributed, all_reduce_sum,
+from .distributed import (Topology, topology_from_env, init_distributed, shutdown_distributed, all_reduce_sum,
                                        gather_objects, rank_micro_batches)
 
 # %% auto #0
-__all__ = ['COMPILE_WIDTH', 'make_optimizer', 'set_dropout', 'compile_encoder', 'round_width', 'Trainer', 'StreamCorpus',
-           'TrainingDiverged', 'stop_on_signals', 'train']
+__all__ = ['COMPILE_WIDTH', 'make_optimizer', 'set_dropout', 'compile_encoder', 'round_width', 'Trainer', 'TrainingDiverged',
+           'stop_on_signals', 'train']
 
 # %% ../nbs/10_training.ipynb #b6be2c04
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device,
@@ -71,53 +71,48 @@ def round_width(batch: dict, multiple: int) -> dict:
 # %% ../nbs/10_training.ipynb #cc82775f
 class Trainer:
     "Continues pre-training a CANINE model with masked-character prediction (one process, or one of a torchrun job)."
-    def __init__(self, cfg: TrainConfig, callbacks: list[Callback] | None = None, log=print):
-        self.cfg, topo = cfg, topology_from_env()
+    def __init__(self, cfg: TrainConfig, model: DomainCanineMLM, # on its device, built from the same seed in every process
+                 data: RunData, # what `load_run_data` gives
+                 callbacks: list[Callback] | None = None, log=print,
+                 topo: Topology = Topology(), # this process's place in the job (`init_distributed` has joined it)
+                 device: torch.device | None = None): # default: the model's
+        self.cfg, self.model, self.topo = cfg, model, topo
+        self.device = device or next(model.parameters()).device
         self.log = log if topo.is_main else (lambda *a, **k: None)  # the other processes speak only through errors
-        self.device = pick_device(cfg.device, topo.local_rank if topo.enabled else None)
-        self.topo = init_distributed(self.device.type, cfg.ddp_timeout)
+        self.__dict__.update(vars(data))  # the run's data as attributes: vocab, corpus, train_enc, total_steps, ...
         self.amp_dtype, use_scaler = pick_precision(cfg.precision, self.device)
         self.scaler = torch.amp.GradScaler('cuda') if use_scaler else None
-        random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
-        self.load_data()
-        self.model = build_model(cfg.model_name_or_path, cfg.model_config or 'demo', self.vocab).to(self.device)
-        if cfg.dropout is not None: set_dropout(self.model, cfg.dropout)
-        use_sdpa(self.model, cfg.attention == 'sdpa')
-        if cfg.compile: compile_encoder(self.model, cuda_graphs=cfg.cuda_graphs)
-        if self.topo.rank: torch.manual_seed(cfg.seed + self.topo.rank)  # same initial weights, other dropout masks
+        if topo.rank: torch.manual_seed(cfg.seed + topo.rank)  # same initial weights, other dropout masks
         # gradients live in DDP's all-reduce buckets (no copy in and out of them each step); each bucket is all-reduced
         # as soon as its gradients are ready, overlapping the backward pass. (static_graph=True changed the updates of
         # the 2-process equality test after its first step here, so it stays off.)
         self.ddp = torch.nn.parallel.DistributedDataParallel(
-            self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
-            gradient_as_bucket_view=True) if self.topo.enabled else None
-        self.optimizer = make_optimizer(self.model, cfg.learning_rate, cfg.weight_decay, self.device)
-        self.state = TrainState(world_size=self.topo.world_size)
+            model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
+            gradient_as_bucket_view=True) if topo.enabled else None
+        self.optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, self.device)
+        self.state = TrainState(world_size=topo.world_size)
         self.stream_position = None  # --streaming: the place in the stream of the last micro-batch taken
         self.callbacks = [MetricsFile(), ProgressBar(), *(callbacks or [])]
         if cfg.use_wandb: self.callbacks.append(WandbLogger())
         if cfg.tensorboard: self.callbacks.append(TensorBoardLogger())
-        if not self.topo.is_main: self.callbacks = []  # one process writes metrics, bars and logs
+        if not topo.is_main: self.callbacks = []  # one process writes metrics, bars and logs
         if cfg.resume_from: self.resume(cfg.resume_from)
         self.start_counters()
 
-# %% ../nbs/10_training.ipynb #ce1d57db
-@patch
-def load_data(self: Trainer):
-    c = self.cfg
-    self.vocab, per_step = CharVocab(), c.gradient_accumulation_steps * self.topo.world_size  # micro-batches per step
-    if c.streaming: return self.load_stream()
-    self.corpus = prepare_corpus(c.dataset, c.num_samples, c.validation_fraction, c.max_length, c.dataset_split,
-                                 c.text_column, c.dataset_config, c.cache_dir, log=self.log)
-    self.train_enc, self.valid_enc = self.corpus.train, self.corpus.valid
-    self.steps_per_epoch = -(-len(self.train_enc) // c.batch_size) // per_step
-    if self.steps_per_epoch == 0:
-        raise DataError(f"{len(self.train_enc)} training domains are fewer than one optimizer step (batch_size × "
-                        f"gradient_accumulation_steps × processes = {c.batch_size * per_step})")
-    self.total_steps = c.max_steps or c.epochs * self.steps_per_epoch
-    orders = Path(self.corpus.cache) / 'epoch-orders' if self.corpus.cache else None  # shared by workers and processes
-    self.run_batches = RunBatches(self.train_enc, self.vocab, c, self.steps_per_epoch * per_step, orders)
-    self.eval_order = evaluation_order(self.valid_enc, None if c.full_eval else c.eval_samples, c.seed)
+# %% ../nbs/10_training.ipynb #bf0cef7f
+@patch(cls_method=True)
+def from_config(cls: Trainer, cfg: TrainConfig, callbacks: list[Callback] | None = None, log=print) -> Trainer:
+    "A trainer with every part built from `cfg`: this process's place in the job, its device, the data, the model."
+    topo = topology_from_env()
+    device = pick_device(cfg.device, topo.local_rank if topo.enabled else None)
+    topo = init_distributed(device.type, cfg.ddp_timeout)
+    random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
+    data = load_run_data(cfg, topo.world_size, log if topo.is_main else (lambda *a, **k: None))
+    model = build_model(cfg.model_name_or_path, cfg.model_config or 'demo', data.vocab).to(device)
+    if cfg.dropout is not None: set_dropout(model, cfg.dropout)
+    use_sdpa(model, cfg.attention == 'sdpa')
+    if cfg.compile: compile_encoder(model, cuda_graphs=cfg.cuda_graphs)
+    return cls(cfg, model, data, callbacks, log, topo, device)
 
 # %% ../nbs/10_training.ipynb #6a595149
 @patch
@@ -148,28 +143,6 @@ def stopping(self: Trainer) -> bool:
     return self.stop_agreed if self.topo.enabled else self.stop
 
 # %% ../nbs/10_training.ipynb #238262a3
-class StreamCorpus:
-    "What a streaming run knows of its corpus: the validation sample read up front and its rejections."
-    def __init__(self, source: str, valid: EncodedDomains, rejected):
-        self.source, self.valid, self.rejected = source, valid, rejected
-    def summary(self) -> str:
-        rej = ', '.join(f'{k} {v:,}' for k, v in self.rejected.most_common()) or 'none'
-        return f"{self.source} (streaming): {len(self.valid):,} validation domains read up front; rejected so far: {rej}"
-
-@patch
-def load_stream(self: Trainer):
-    from collections import Counter
-    c = self.cfg
-    if not c.max_steps: raise ConfigError('--streaming needs --max_steps: the length of a stream is not known in advance')
-    rejected, valid = Counter(), []
-    for _, _, batch in retrying_stream(c, True, rejected):
-        valid.extend(batch)
-        if len(valid) >= c.eval_samples: break
-    self.valid_enc = EncodedDomains.from_strings(valid[:c.eval_samples])
-    self.eval_order = evaluation_order(self.valid_enc, None, c.seed)
-    self.corpus = StreamCorpus(c.dataset, self.valid_enc, rejected)
-    self.steps_per_epoch, self.total_steps = None, c.max_steps
-
 @patch
 def epoch_progress(self: Trainer) -> float | None:
     "Epochs done, as a fraction (None for a stream)."
@@ -486,5 +459,5 @@ def fit(self: Trainer) -> Path:
 # %% ../nbs/10_training.ipynb #ae78569c
 def train(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Path:
     "Run training with `cfg`; returns the `final-model` directory."
-    try: return Trainer(cfg, callbacks).fit()
+    try: return Trainer.from_config(cfg, callbacks).fit()
     finally: shutdown_distributed()

@@ -32,7 +32,7 @@ def sources(tmp_path_factory) -> Path:
 def test_every_source_kind_trains(sources, tmp_path, name, streaming):
     cfg = resolve_config('tiny', dataset=str(sources / name), streaming=streaming, max_steps=3, output_dir=str(tmp_path),
                          eval_steps=3, save_steps=3)
-    t = Trainer(cfg, **QUIET)
+    t = Trainer.from_config(cfg, **QUIET)
     t.fit()
     expected_valid = sum(is_validation(d) for d in DOMAINS)
     assert len(t.valid_enc) == expected_valid
@@ -77,7 +77,7 @@ def test_streaming_resume_is_exact(sources, tmp_path):
     def run(out, **kw):
         cfg = resolve_config('tiny', dataset=str(sources / 'hub-like'), streaming=True, max_steps=12, save_steps=5,
                              eval_steps=100, logging_steps=2, batch_size=8, output_dir=str(out), **kw)
-        t = Trainer(cfg, **QUIET); t.fit(); return t
+        t = Trainer.from_config(cfg, **QUIET); t.fit(); return t
     full = run(tmp_path / 'full')
     resumed = run(tmp_path / 'full-copy', resume_from=str(tmp_path / 'full' / 'checkpoint-step-5'))
     assert all(torch.equal(a, b) for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()))

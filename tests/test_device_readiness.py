@@ -35,7 +35,7 @@ class SyncCounter(Callback):
 
 @pytest.mark.parametrize('accumulation', [1, 2])
 def test_at_most_one_host_sync_per_logging_interval(tmp_path, monkeypatch, accumulation):
-    t = Trainer(resolve_config('tiny', output_dir=str(tmp_path), max_steps=21, logging_steps=5, eval_steps=1_000,
+    t = Trainer.from_config(resolve_config('tiny', output_dir=str(tmp_path), max_steps=21, logging_steps=5, eval_steps=1_000,
                                save_steps=1_000, gradient_accumulation_steps=accumulation), **QUIET)
     counter = SyncCounter(monkeypatch, t)
     t.callbacks.append(counter)
@@ -49,7 +49,7 @@ def test_the_skip_of_a_nan_step_is_decided_without_the_host(tmp_path, monkeypatc
     class Poison(Callback):
         def on_train_start(self, trainer):
             trainer.model.head.register_forward_hook(lambda m, i, out: out * float('nan') if trainer.state.step in (6, 7) else out)
-    t = Trainer(resolve_config('tiny', output_dir=str(tmp_path), max_steps=10, logging_steps=10, eval_steps=1_000,
+    t = Trainer.from_config(resolve_config('tiny', output_dir=str(tmp_path), max_steps=10, logging_steps=10, eval_steps=1_000,
                                save_steps=1_000, max_bad_steps=3), [Poison()], **QUIET)
     counter = SyncCounter(monkeypatch, t)
     t.callbacks.append(counter)
@@ -95,12 +95,12 @@ def test_the_constructed_checkpoint_really_claims_a_gpu(tiny_run, tmp_path):
 
 def test_a_checkpoint_of_8_gpus_resumes_on_fewer_processes_and_on_the_cpu(tiny_run, tmp_path):
     ck = eight_gpu_checkpoint(tiny_run / 'checkpoint-step-30', tmp_path / 'checkpoint-step-30')
-    t = Trainer(resolve_config('tiny', output_dir=str(tmp_path / 'probe'), num_samples=300), **QUIET)
+    t = Trainer.from_config(resolve_config('tiny', output_dir=str(tmp_path / 'probe'), num_samples=300), **QUIET)
     for rank in (0, 1, 3, 7):  # any rank of a smaller job finds its own generators and sets those of the GPUs it has
         state = load_checkpoint(ck, t.model, t.optimizer, rank=rank)
         assert state.step == 30 and state.world_size == 8
     assert all(v.device.type == 'cpu' for s in t.optimizer.state.values() for v in s.values() if torch.is_tensor(v))
-    t = Trainer(resolve_config('tiny', output_dir=str(tmp_path / 'run'), num_samples=300, max_steps=34, resume_from=str(ck)), **QUIET)
+    t = Trainer.from_config(resolve_config('tiny', output_dir=str(tmp_path / 'run'), num_samples=300, max_steps=34, resume_from=str(ck)), **QUIET)
     t.fit()
     assert t.state.step == 34 and t.state.world_size == 1
 

@@ -33,7 +33,7 @@ def test_disk_full_during_checkpoint_stops_cleanly_and_keeps_earlier_ones(tmp_pa
         return real_save(obj, path, *a, **kw)
     monkeypatch.setattr(checkpoint_module.torch, 'save', failing_save)
     with pytest.raises(CheckpointError, match='could not write checkpoint .*: No space left on device'):
-        Trainer(tiny(tmp_path), **QUIET).fit()
+        Trainer.from_config(tiny(tmp_path), **QUIET).fit()
     monkeypatch.undo()
     for name in ('checkpoint-step-4', 'checkpoint-step-8'):
         assert verify_checkpoint(tmp_path / name) is None
@@ -50,10 +50,10 @@ class PoisonFrom(Callback):
         self.hook = trainer.model.head.register_forward_hook(hook)
 
 def test_nan_steps_are_skipped_and_too_many_stop_the_run(tmp_path):
-    t = Trainer(tiny(tmp_path / 'recovers', max_bad_steps=3), [PoisonFrom(5, 2)], **QUIET)
+    t = Trainer.from_config(tiny(tmp_path / 'recovers', max_bad_steps=3), [PoisonFrom(5, 2)], **QUIET)
     t.fit()  # two bad steps, then fine: the run completes
     assert t.state.skipped_steps == 2 and all(torch.isfinite(p).all() for p in t.model.parameters())
-    t = Trainer(tiny(tmp_path / 'diverges', max_bad_steps=3), [PoisonFrom(5)], **QUIET)
+    t = Trainer.from_config(tiny(tmp_path / 'diverges', max_bad_steps=3), [PoisonFrom(5)], **QUIET)
     with pytest.raises(TrainingDiverged, match='3 consecutive steps'):
         t.fit()
     assert verify_checkpoint(tmp_path / 'diverges' / 'checkpoint-step-4') is None
@@ -123,16 +123,16 @@ def flaky(monkeypatch, after, fails):
     FlakySource.opened = 0
 
 def test_stream_failures_are_retried_and_change_nothing(tmp_path, monkeypatch):
-    clean = Trainer(stream_cfg(tmp_path / 'clean'), **QUIET); clean.fit()
+    clean = Trainer.from_config(stream_cfg(tmp_path / 'clean'), **QUIET); clean.fit()
     # openings: 1 validation sample, 2 padding report, 3 training (fails mid-stream), 4 retry (fails), 5 retry (works)
     flaky(monkeypatch, 3, lambda n: n in (3, 4))
-    run = Trainer(stream_cfg(tmp_path / 'flaky'), **QUIET); run.fit()
+    run = Trainer.from_config(stream_cfg(tmp_path / 'flaky'), **QUIET); run.fit()
     assert FlakySource.opened == 5
     assert all(torch.equal(x, y) for x, y in zip(clean.model.state_dict().values(), run.model.state_dict().values()))
 
 def test_stream_failing_for_good_stops_with_a_resumable_checkpoint(tmp_path, monkeypatch):
     flaky(monkeypatch, 1, lambda n: n >= 4)  # the second pass over the stream never works again
-    t = Trainer(stream_cfg(tmp_path, stream_retries=2, max_steps=200), **QUIET)
+    t = Trainer.from_config(stream_cfg(tmp_path, stream_retries=2, max_steps=200), **QUIET)
     with pytest.raises(DataError, match=r'failed 3 times.*checkpoint of step \d+ written.*--resume_from latest'):
         t.fit()
     assert t.state.step > 0 and verify_checkpoint(tmp_path / f'checkpoint-step-{t.state.step}') is None

@@ -46,7 +46,7 @@ def test_the_guard_catches_whole_corpus_work():
 def test_training_steps_and_evaluations_never_touch_the_whole_corpus(corpus60k, tmp_path):
     cfg = resolve_config('tiny', dataset=str(corpus60k), num_samples=None, batch_size=256, eval_steps=100, eval_samples=2_000,
                          save_steps=10_000, output_dir=str(tmp_path / 'run'), max_steps=1)
-    t = Trainer(cfg, **QUIET)
+    t = Trainer.from_config(cfg, **QUIET)
     assert len(t.train_enc) > 50_000 and len(t.valid_enc) > 5_000
     # no single operation may read more than 20,000 elements: less than either split, more than a bucketing pool (64 x 256)
     t.train_enc = t.run_batches.enc = t.run_batches.orders.enc = guarded(t.train_enc, 20_000)
@@ -65,7 +65,7 @@ def test_epoch_orders_are_computed_once_per_epoch_whatever_the_workers(tmp_path,
         with open(computed, 'a') as f: f.write(f'{epoch}\n')
         return original(self, epoch)
     monkeypatch.setattr(SharedEpochOrders, 'compute', counting)  # forked workers inherit the patch
-    t = Trainer(resolve_config('tiny', output_dir=str(tmp_path / 'run'), num_workers=2, max_steps=1, eval_steps=1_000,
+    t = Trainer.from_config(resolve_config('tiny', output_dir=str(tmp_path / 'run'), num_workers=2, max_steps=1, eval_steps=1_000,
                                save_steps=1_000, cache_dir=str(tmp_path / 'cache')), **QUIET)  # no order computed before
     t.total_steps = t.steps_per_epoch + 3
     t.fit()
@@ -78,15 +78,15 @@ def test_periodic_evaluation_is_bounded_and_the_same_every_time(corpus60k, tmp_p
     trained_between = defaults.eval_steps * defaults.batch_size
     assert defaults.eval_samples / trained_between <= 0.15  # a forward pass costs about a third of a training step: <= 5%
     cfg = resolve_config('tiny', dataset=str(corpus60k), num_samples=None, eval_samples=1_000, output_dir=str(tmp_path / 'a'))
-    t = Trainer(cfg, **QUIET)
+    t = Trainer.from_config(cfg, **QUIET)
     assert len(t.eval_order) == 1_000 < len(t.valid_enc)
     assert np.array_equal(t.eval_order, evaluation_order(t.valid_enc, 1_000, cfg.seed))  # fixed by the seed alone
     first, again = t.evaluate(), t.evaluate()
     assert first['val_domains'] == 1_000 and first['val_loss'] == again['val_loss'] and first['val_masked_chars'] == again['val_masked_chars']
-    other_seed = Trainer(resolve_config('tiny', dataset=str(corpus60k), num_samples=None, eval_samples=1_000, seed=7,
+    other_seed = Trainer.from_config(resolve_config('tiny', dataset=str(corpus60k), num_samples=None, eval_samples=1_000, seed=7,
                                         output_dir=str(tmp_path / 'b')), **QUIET)
     assert not np.array_equal(np.sort(other_seed.eval_order), np.sort(t.eval_order))
-    full = Trainer(resolve_config('tiny', dataset=str(corpus60k), num_samples=None, full_eval=True,
+    full = Trainer.from_config(resolve_config('tiny', dataset=str(corpus60k), num_samples=None, full_eval=True,
                                   output_dir=str(tmp_path / 'c')), **QUIET)
     assert sorted(full.eval_order.tolist()) == list(range(len(full.valid_enc)))
 

@@ -26,8 +26,8 @@ def test_precision_flags(flag, precision):
     assert build_parser().parse_args(['train', flag]).precision == precision
 
 def test_bf16_autocast_runs_on_cpu_and_changes_numerics(tmp_path):
-    t32 = Trainer(tiny(tmp_path / 'fp32'), **QUIET); t32.fit()
-    t16 = Trainer(tiny(tmp_path / 'bf16', precision='bf16'), **QUIET); t16.fit()
+    t32 = Trainer.from_config(tiny(tmp_path / 'fp32'), **QUIET); t32.fit()
+    t16 = Trainer.from_config(tiny(tmp_path / 'bf16', precision='bf16'), **QUIET); t16.fit()
     assert t16.amp_dtype == torch.bfloat16 and t32.amp_dtype is None
     assert json.loads((tmp_path / 'bf16' / 'run.json').read_text())['precision'] == 'bfloat16'
     l32, l16 = losses(tmp_path / 'fp32'), losses(tmp_path / 'bf16')
@@ -49,7 +49,7 @@ def test_checkpoints_hold_everything_and_load_without_pickle(tiny_run):
 
 def test_early_stopping(tmp_path):
     # with a learning rate of 0 the validation loss never improves: stop after `patience` evaluations without a gain
-    t = Trainer(tiny(tmp_path, learning_rate=0.0, warmup_steps=0, eval_steps=1, max_steps=20, early_stopping_patience=2), **QUIET)
+    t = Trainer.from_config(tiny(tmp_path, learning_rate=0.0, warmup_steps=0, eval_steps=1, max_steps=20, early_stopping_patience=2), **QUIET)
     t.fit()
     assert t.state.step == 3 and (tmp_path / 'final-model').is_dir()
 
@@ -64,13 +64,13 @@ def test_failed_checkpoint_save_stops_the_run_with_one_line(tmp_path):
 def test_wandb_offline_and_tensorboard_write_real_files(tmp_path, monkeypatch):
     monkeypatch.setenv('WANDB_MODE', 'offline'); monkeypatch.setenv('WANDB_SILENT', 'true')
     cfg = tiny(tmp_path, use_wandb=True, tensorboard=True, max_steps=10, save_steps=5, logging_steps=2)
-    first = Trainer(cfg, **QUIET); first.fit()
+    first = Trainer.from_config(cfg, **QUIET); first.fit()
     run_id = json.loads((tmp_path / 'final-model' / 'trainer_state.json').read_text())['wandb_run_id']
     assert run_id and list((tmp_path / 'wandb').glob(f'offline-run-*-{run_id}/run-{run_id}.wandb'))
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(tmp_path / 'tensorboard')); events.Reload()
     assert [e.step for e in events.Scalars('train/loss')] == [2, 4, 6, 8, 10]
-    resumed = Trainer(resolve_config(**{**cfg.__dict__, 'resume_from': str(tmp_path / 'checkpoint-step-5')}), **QUIET)
+    resumed = Trainer.from_config(resolve_config(**{**cfg.__dict__, 'resume_from': str(tmp_path / 'checkpoint-step-5')}), **QUIET)
     resumed.fit()
     assert resumed.state.wandb_run_id == run_id  # the resumed run continues the same W&B run
 
@@ -112,7 +112,7 @@ def test_compiled_and_sdpa_runs_give_the_losses_of_the_eager_path(tmp_path):
                 graphs=dict(attention='sdpa', compile=True, cuda_graphs=True))  # on a CPU: compiled without CUDA graphs
     out = {}
     for name, kw in runs.items():
-        Trainer(tiny(tmp_path / name, max_steps=4, logging_steps=1, dropout=0.0, **kw), **QUIET).fit()
+        Trainer.from_config(tiny(tmp_path / name, max_steps=4, logging_steps=1, dropout=0.0, **kw), **QUIET).fit()
         out[name] = losses(tmp_path / name)
     assert len(out['eager']) == 4
     assert out['sdpa'] == pytest.approx(out['eager'], rel=1e-5)
