@@ -9,7 +9,7 @@ from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import numpy as np
 import torch
-from .model import DomainCanineMLM, ModelError, is_model_dir
+from .model import DomainCanineMLM, ModelError
 
 # %% auto #0
 __all__ = ['MARKER', 'TrainState', 'CheckpointError', 'rng_states', 'set_rng_states', 'save_checkpoint', 'verify_checkpoint',

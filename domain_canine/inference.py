@@ -6,7 +6,6 @@
 from __future__ import annotations
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 import torch
 from fastcore.basics import patch
 from .masking import MASK, EncodedDomains, pad_batch

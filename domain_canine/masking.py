@@ -6,7 +6,6 @@
 from __future__ import annotations
 import hashlib, os, re, zlib
 from pathlib import Path
-from dataclasses import dataclass
 import numpy as np
 import torch
 from .data import EncodedDomains, file_lock  # a corpus as flat arrays (data chapter)

@@ -17,7 +17,7 @@ from transformers.models.canine import modeling_canine
 from transformers.models.canine.modeling_canine import CanineSelfAttention
 from transformers.utils import logging as hf_logging
 from fastcore.basics import patch
-from .masking import CharVocab, EncodedDomains, pad_batch, mask_batch
+from .masking import CharVocab, EncodedDomains, pad_batch
 
 # %% auto #0
 __all__ = ['MODEL_CONFIGS', 'SDPA_BACKENDS', 'HEAD_WEIGHTS', 'HEAD_CONFIG', 'ORIGINAL_STATE', 'ModelError', 'canine_config',

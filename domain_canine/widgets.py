@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_widgets.ipynb #39563cff
 from __future__ import annotations
-import html, io, json, threading, time
+import html, io, threading, time
 from pathlib import Path
 import numpy as np
 import ipywidgets as widgets
