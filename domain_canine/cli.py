@@ -10,7 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 from fastcore.docments import docments
 from .core import ConfigError, pick_device
-from .data import DataError, SAMPLE_NAME, load_corpus
+from .data import DataError, SAMPLE_NAME, count_summary, load_corpus
 from .model import DomainCanineMLM, ModelError, MODEL_CONFIGS, import_original
 from .checkpoint import CheckpointError
 from .distributed import DistributedError
@@ -142,7 +142,7 @@ def _load_model(model_path: str, batch_size: int, device: str | None) -> tuple[D
     return DomainCanineMLM.load(model_path, dev), dev
 
 def _note_skipped(skipped: Counter):
-    if skipped: print(f"skipped {sum(skipped.values()):,} lines: " + ', '.join(f'{k} {v:,}' for k, v in skipped.most_common()),
+    if skipped: print(f"skipped {sum(skipped.values()):,} lines: " + count_summary(skipped),
                       file=sys.stderr)
 
 # %% ../nbs/17_cli.ipynb #89ac094a

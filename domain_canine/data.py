@@ -15,10 +15,10 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['SAMPLE_CORPUS', 'SAMPLE_NAME', 'TEXT_COLUMNS', 'CLEANING_VERSION', 'DataError', 'normalise_domain', 'clean_domain',
-           'is_validation', 'read_text_lines', 'first_error_line', 'DomainSource', 'open_source', 'source_lines',
-           'clean_batch', 'EncodedDomains', 'byte_hashes', 'CleanChunk', 'clean_chunk', 'read_text_chunks',
-           'duplicate_indices', 'default_cache_dir', 'PreparedCorpus', 'file_lock', 'prepare_corpus', 'Corpus',
-           'clean_domains', 'load_corpus', 'stream_domains']
+           'is_validation', 'read_text_lines', 'count_summary', 'first_error_line', 'DomainSource', 'open_source',
+           'source_lines', 'clean_batch', 'EncodedDomains', 'byte_hashes', 'CleanChunk', 'clean_chunk',
+           'read_text_chunks', 'duplicate_indices', 'default_cache_dir', 'PreparedCorpus', 'file_lock',
+           'prepare_corpus', 'Corpus', 'clean_domains', 'load_corpus', 'stream_domains']
 
 # %% ../nbs/01_data.ipynb #2828fee5
 SAMPLE_CORPUS = Path(str(files('domain_canine') / 'sample_corpus' / 'domains-sample.txt'))
@@ -96,6 +96,10 @@ def read_text_lines(path: str | Path, batch_size: int = 100_000) -> Iterator[lis
         while batch := f.readlines(batch_size * 16): yield batch
 
 # %% ../nbs/01_data.ipynb #6801abc1
+def count_summary(counts: Counter) -> str:
+    "Counts by reason as one line, most frequent first: 'duplicate 3, empty 1' ('' for none)."
+    return ', '.join(f'{k} {v:,}' for k, v in counts.most_common())
+
 def first_error_line(e: Exception) -> str:
     "The first line of an exception's message (libraries often add pages of detail after it)."
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -390,7 +394,7 @@ class PreparedCorpus:
     cache: str = ''
 
     def summary(self) -> str:
-        rej = ', '.join(f'{k} {v:,}' for k, v in self.rejected.most_common()) or 'none'
+        rej = count_summary(self.rejected) or 'none'
         return (f"{self.source}: {len(self.train):,} train / {len(self.valid):,} validation domains from "
                 f"{self.lines_read:,} lines; rejected: {rej}")
 
@@ -552,7 +556,7 @@ class Corpus:
 
     def summary(self) -> str:
         "One line for the start of a run."
-        rej = ', '.join(f'{k} {v:,}' for k, v in self.rejected.most_common()) or 'none'
+        rej = count_summary(self.rejected) or 'none'
         return f"{self.source}: {len(self.train):,} train / {len(self.valid):,} validation domains; rejected: {rej}"
 
 # %% ../nbs/01_data.ipynb #4bc279cf

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from .core import ConfigError
-from .data import DataError, EncodedDomains, open_source, prepare_corpus, stream_domains, first_error_line
+from .data import DataError, EncodedDomains, count_summary, open_source, prepare_corpus, stream_domains, first_error_line
 from .masking import CharVocab, MaskedBatches, SharedEpochOrders, evaluation_order, pad_batch, mask_batch, batch_seed, PAD
 from .config import TrainConfig
 
@@ -124,7 +124,7 @@ class StreamCorpus:
     def __init__(self, source: str, valid: EncodedDomains, rejected):
         self.source, self.valid, self.rejected = source, valid, rejected
     def summary(self) -> str:
-        rej = ', '.join(f'{k} {v:,}' for k, v in self.rejected.most_common()) or 'none'
+        rej = count_summary(self.rejected) or 'none'
         return f"{self.source} (streaming): {len(self.valid):,} validation domains read up front; rejected so far: {rej}"
 
 @dataclass
