@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every check: notebooks and package in sync, notebooks clean, the notebooks' own tests, then pytest.
+# Every check: notebooks and package in sync, notebooks clean, the notebooks run with their stored outputs, then pytest.
 # Run from anywhere after the quick start's setup command (it uses the project's .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,10 +16,14 @@ echo "== nbdev_clean: notebooks must be stored clean"
 before=$(fingerprint nbs); nbdev_clean; after=$(fingerprint nbs)
 if [[ $before != "$after" ]]; then echo "FAIL: notebooks in nbs/ were not clean (now cleaned: review and commit)"; exit 1; fi
 
-echo "== nbdev_test: the tests inside the notebooks"
-out=$(nbdev_test --n_workers 2 2>&1) || { echo "$out"; exit 1; }
-echo "$out" | tail -n 3
-if grep -q "No files were eligible" <<<"$out"; then echo "FAIL: nbdev_test found no notebooks"; exit 1; fi
+echo "== the notebooks run, and their stored outputs are what they print now (tests/refresh_outputs.py)"
+before=$(fingerprint nbs)
+out=$(python tests/refresh_outputs.py 2>&1) || { echo "$out"; exit 1; }
+after=$(fingerprint nbs)
+echo "$out" | grep -E '^(ok|FAILED) ' | awk '{n++; t+=$2} END {printf "%d notebooks ran in %.0f s of cell time\n", n, t; if (n == 0) exit 1}'
+if [[ $before != "$after" ]]; then
+  echo "FAIL: stored notebook outputs drifted (now refreshed: review with git diff nbs/ and commit)"; git status --short nbs; exit 1
+fi
 
 echo "== pytest"
 set +e; python -m pytest tests "$@"; code=$?; set -e

@@ -2,12 +2,13 @@
 import json, re
 from conftest import ROOT
 
+CHAPTERS = '[0-9][0-9]*_*.ipynb'  # 13_evaluation, then 13a_probes: an inserted chapter sorts after its neighbour
 IMPORT = re.compile(r'^\s*(?:from domain_canine\.(\w+) import|import domain_canine\.(\w+))', re.M)
 
 def chapters() -> list[tuple[str, str, set[str]]]:
     "(notebook, module it exports, modules it imports) of every numbered notebook, in file order."
     out = []
-    for path in sorted((ROOT / 'nbs').glob('[0-9][0-9]_*.ipynb')):
+    for path in sorted((ROOT / 'nbs').glob(CHAPTERS)):
         text = '\n'.join(''.join(c['source']) for c in json.loads(path.read_text())['cells'] if c['cell_type'] == 'code')
         module = re.search(r'^#\| default_exp (\S+)', text, re.M)[1]
         out.append((path.name, module, {a or b for a, b in IMPORT.findall(text)}))
@@ -48,9 +49,15 @@ def longest_unshown_run(cells: list[str]) -> int:
     return best
 
 def test_every_few_exported_cells_are_followed_by_a_demonstration():
-    runs = {p.name: longest_unshown_run(code_cells(p)) for p in sorted((ROOT / 'nbs').glob('[0-9][0-9]_*.ipynb'))}
+    runs = {p.name: longest_unshown_run(code_cells(p)) for p in sorted((ROOT / 'nbs').glob(CHAPTERS))}
     assert {k: v for k, v in runs.items() if v > 3} == {}
     assert longest_unshown_run(['#| export\na', '#| export\nb', '#| hide\nc', '#| export\nd', 'check', '#| export\ne']) == 3
+
+def test_code_cells_are_small():
+    "At least half the chapters' code cells hold six lines or fewer (directives included), as in nbdev's own chapters."
+    import statistics
+    sizes = [len(s.strip().splitlines()) for p in sorted((ROOT / 'nbs').glob(CHAPTERS)) for s in code_cells(p)]
+    assert len(sizes) > 100 and statistics.median(sizes) <= 6, statistics.median(sizes)
 
 def test_exported_functions_are_short_and_methods_are_grown_with_patch():
     import ast
