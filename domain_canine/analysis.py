@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['read_metrics', 'plot_runs']
+__all__ = ['PROBE_PANELS', 'read_metrics', 'plot_runs', 'read_probes', 'plot_probes']
 
 # %% ../nbs/12_analysis.ipynb #04de8dc1
 def read_metrics(run_dir) -> dict[str, list[dict]]:
@@ -39,4 +39,43 @@ def plot_runs(run_dirs: list, log_loss: bool = False) -> plt.Figure:
     if log_loss: axes[0].set_yscale('log')
     axes[0].legend(fontsize=8); axes[1].legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+# %% ../nbs/12_analysis.ipynb #f2c4b8a1
+def read_probes(run_dir) -> list[dict]:
+    "The probe reports of a run (`probes.jsonl`, written by `domain-canine probe`) in step order; [] if it has none."
+    path = Path(run_dir) / 'probes.jsonl'
+    if not path.is_file(): return []
+    reports = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return sorted((r for r in reports if r.get('step') is not None), key=lambda r: r['step'])
+
+# %% ../nbs/12_analysis.ipynb #d0a39e64
+PROBE_PANELS = (  # title, the report's section, its scorer or task, the model's entry, the baseline's, the figure
+    ('look-alike AUC (PLL/char)', 'ranking', None, 'pll_per_char', 'ngram_per_char', 'auc'),
+    ('real ranked first (PLL/char)', 'ranking', None, 'pll_per_char', 'ngram_per_char', 'ranked_first'),
+    ('TLD probe accuracy', 'linear_probes', 'tld', 'embedding', 'tfidf', 'accuracy'),
+    ('look-alike probe macro-F1', 'linear_probes', 'lookalike', 'embedding', 'tfidf', 'macro_f1'))
+
+def _probe_figure(report: dict, section: str, task, entry: str, figure: str):
+    "One figure of a report, or None where the report lacks it."
+    part = report.get(section) or {}
+    part = part.get(task, {}) if task else part
+    value = part.get(entry, {})
+    return value.get('all', value).get(figure) if isinstance(value, dict) else None
+
+# %% ../nbs/12_analysis.ipynb #f2b51a75
+def plot_probes(run_dirs: list) -> plt.Figure | None:
+    "Probe figures of several runs against training step, baselines dashed; None when no run has been probed."
+    probed = [(i, Path(run), read_probes(run)) for i, run in enumerate(run_dirs)]
+    probed = [(i, run, reports) for i, run, reports in probed if reports]
+    if not probed: return None
+    fig, axes = plt.subplots(1, len(PROBE_PANELS), figsize=(17, 3.6))
+    for ax, (title, section, task, entry, base, figure) in zip(axes, PROBE_PANELS):
+        for i, run, reports in probed:
+            steps = [r['step'] for r in reports]
+            ax.plot(steps, [_probe_figure(r, section, task, entry, figure) for r in reports], 'o-', color=f'C{i}', label=run.name)
+            baseline = _probe_figure(reports[-1], section, task, base, figure)
+            if baseline is not None: ax.axhline(baseline, color=f'C{i}', ls='--', lw=1, label=f'{run.name} baseline')
+        ax.set_title(title); ax.set_xlabel('optimizer step'); ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8); fig.tight_layout()
     return fig

@@ -19,14 +19,15 @@ from .training import TrainingDiverged, train
 from .inference import InputError, Predictor
 from .evaluation import (SPLITS, CharNgramLM, eval_domains, evaluate, format_report, read_domains,
                                       pseudo_log_likelihood, embed_domains, write_embeddings)
+from .probes import TASKS, format_probe_report, format_probe_series, model_dirs, probe_checkpoints, probe_set
 from .synthetic import make_corpus
 from .bench import run_bench, bench_scale
 from .crash_test import crash_test
 
 # %% auto #0
 __all__ = ['USER_ERRORS', 'COMMANDS', 'OneLineParser', 'add_flags', 'add_train_flags', 'train_command', 'predict_command',
-           'import_original_command', 'evaluate_command', 'score_command', 'embed_command', 'bench_command',
-           'bench_scale_command', 'make_corpus_command', 'crash_test_command', 'build_parser', 'main']
+           'import_original_command', 'evaluate_command', 'score_command', 'embed_command', 'probe_command',
+           'bench_command', 'bench_scale_command', 'make_corpus_command', 'crash_test_command', 'build_parser', 'main']
 
 # %% ../nbs/17_cli.ipynb #41ec757a
 USER_ERRORS = (DataError, ModelError, CheckpointError, ConfigError, InputError, TrainingDiverged, DistributedError, FileNotFoundError)
@@ -221,6 +222,50 @@ def embed_command(domains: list[str] = (), # domains to embed
     print(f'wrote {len(domains):,} embeddings of size {vectors.shape[1]} to {write_embeddings(output, domains, vectors)}')
     return 0
 
+# %% ../nbs/17_cli.ipynb #b71e3a90
+def _write_run_probes(paths: list[str], reports: list[dict]) -> list[Path]:
+    "Each run directory among `paths` gets the reports of its checkpoints as `probes.jsonl` (replaced), which the analysis chapter plots."
+    written = []
+    for run in map(Path, paths):
+        if (run / 'config.json').is_file(): continue  # a model directory, not a run
+        mine = [r for r in reports if Path(r['model_path']).parent == run]
+        tmp = run / 'probes.jsonl.tmp'
+        tmp.write_text(''.join(json.dumps(r) + '\n' for r in mine)); tmp.replace(run / 'probes.jsonl')
+        written.append(run / 'probes.jsonl')
+    return written
+
+# %% ../nbs/17_cli.ipynb #c82f4d01
+def probe_command(*, model_path: list[str], # model or checkpoint directories, and/or run directories (a run: each step checkpoint, and its final model if saved later)
+                  dataset: str = SAMPLE_NAME, # the measured domains and the baselines' training: 'sample', a text file (one domain per line) or a hub dataset id
+                  split: typing.Literal[SPLITS] = 'valid', # the measured domains: one side of training's stable hash split, or all
+                  validation_fraction: float = 0.1, # share of the valid side, as in training
+                  num_domains: int = 500, # real domains of the look-alike tasks (a seeded sample)
+                  per_domain: int = 8, # look-alikes per domain, at most (a seeded choice)
+                  tld_domains: int = 5000, # domains of the TLD probe (a seeded sample)
+                  top_tlds: int = 5, # classes of the TLD probe: the most frequent TLDs
+                  ngram_order: int = 6, # order of the n-gram baseline of the ranking; 0: no baseline
+                  tasks: list[str] = TASKS, # ranking (needs the MLM head) and/or linear_probes (the encoder only)
+                  seed: int = 0, # decides the samples, the look-alikes kept and the probes' train/test split
+                  json_: bool = False, # one JSON object per model and line instead of the tables
+                  batch_size: int = 256, # domains per batch
+                  device: str | None = None, # cpu, cuda or mps (default: the best available)
+                  no_progress: bool = False, # no progress bars on stderr
+                 ) -> int:
+    """Does a model know what real domains look like? Ranks each domain above its dnstwist look-alikes by
+    pseudo-log-likelihood, and probes its embeddings linearly (TLD; real or look-alike), beside a character n-gram
+    model and a TF-IDF classifier. A run directory gives every checkpoint, and gets the results as probes.jsonl.
+    E.g. domain-canine probe --model_path runs/demo"""
+    if unknown := sorted(set(tasks) - set(TASKS)): raise InputError(f"unknown --tasks {', '.join(unknown)}; choose from {', '.join(TASKS)}")
+    model_dirs(model_path)  # a wrong path fails before the look-alikes are made
+    probes = probe_set(dataset, split, validation_fraction, ngram_order, num_domains=num_domains, per_domain=per_domain,
+                       tld_domains=tld_domains, top_tlds=top_tlds, seed=seed)
+    reports = probe_checkpoints(model_path, probes, tuple(tasks), batch_size, device, not no_progress)
+    written = _write_run_probes(model_path, reports)
+    if json_: print('\n'.join(json.dumps(r) for r in reports))
+    else: print('\n\n'.join([*map(format_probe_report, reports), *([format_probe_series(reports)] if len(reports) > 1 else [])]))
+    for path in written: print(f'probe results written to {path}', file=sys.stderr)
+    return 0
+
 # %% ../nbs/17_cli.ipynb #686a0796
 def bench_command(*, config: str = 'small', # model shape: tiny, demo, small or canine-c
                   batch_size: int = 256, # domains per step
@@ -291,6 +336,7 @@ COMMANDS = {  # name: (the function it runs, its line in `domain-canine --help`)
     'evaluate': (evaluate_command, 'measure a model on a domain file, beside a character n-gram baseline'),
     'score': (score_command, 'pseudo-log-likelihood of domains'),
     'embed': (embed_command, 'mean-pooled encoder embeddings of domains'),
+    'probe': (probe_command, 'look-alike ranking and linear probes of models or every checkpoint of a run, beside baselines'),
     'bench': (bench_command, 'measure pipeline and training throughput against the original design'),
     'bench-scale': (bench_scale_command, 'corpus preparation, and optionally training, at growing sizes'),
     'make-corpus': (make_corpus_command, 'write a synthetic corpus for scale tests'),

@@ -1,7 +1,8 @@
 """The widgets as a person meets them: the demo notebook run in a real JupyterLab, driven from headless Chromium.
 
 Types a masked domain into the predictor and waits for its predictions, types a refused one and waits for the
-reason, moves the smoothing slider of the loss curves and checks that the plot was redrawn. Screenshots go to
+reason; types a brand into the look-alike explorer and waits for both rankings, then a refused one; moves the
+smoothing slider of the loss curves and checks that the plot was redrawn. Screenshots go to
 test-artifacts/browser/ (or $SHOT_DIR). Needs Debian's chromium (`apt-get install chromium`) and the playwright
 package; without them it is skipped, except under CI=true, where it fails.
 """
@@ -90,22 +91,37 @@ def _demo_steps(lab, page):
     # the predictor: type a masked domain, the predictions follow after the pause
     domain = page.locator('.dc-domain-input input')
     expect(domain).to_have_value('goo?le.c?m', timeout=60_000)
-    expect(page.locator('.dc-status')).to_contain_text('goo?le.c?m →')
+    status, message = page.locator('.dc-mask-predictor .dc-status'), page.locator('.dc-mask-predictor .dc-message')
+    expect(status).to_contain_text('goo?le.c?m →')
     domain.fill('exampl?.com')  # one input event; the kernel predicts 0.3 s later
-    status = page.locator('.dc-status')
     expect(status).to_contain_text('exampl?.com → exampl', timeout=30_000)
     expect(page.locator('.dc-bars .dc-bar-row')).to_have_count(5)
     assert re.fullmatch(r'exampl[a-z0-9.-]\.com', page.locator('.dc-filled').inner_text().strip())
-    expect(page.locator('.dc-message')).to_have_text('')
+    expect(message).to_have_text('')
     page.locator('.dc-mask-predictor').screenshot(path=str(SHOTS / 'predictor.png'))
 
     domain.fill('example.com')  # nothing hidden: the reason, and no stale predictions
-    expect(page.locator('.dc-message')).to_contain_text('nothing to predict')
+    expect(message).to_contain_text('nothing to predict')
     expect(page.locator('.dc-bars .dc-bar-row')).to_have_count(0)
     page.locator('.dc-mask-predictor').screenshot(path=str(SHOTS / 'predictor-invalid.png'))
     domain.fill('wikip?dia.o?g')
     expect(status).to_contain_text('wikip?dia.o?g →')
     expect(page.locator('.dc-bars .dc-bar-row')).to_have_count(10)
+
+    # the look-alike explorer: a brand, then both rankings with the real domain highlighted in each
+    explorer = page.locator('.dc-lookalike-explorer')
+    brand, found = explorer.locator('.dc-brand-input input'), explorer.locator('.dc-status')
+    expect(brand).to_have_value('example.com')
+    expect(found).to_contain_text('example.com: ', timeout=60_000)
+    brand.fill('wikipedia.org')
+    expect(found).to_contain_text('wikipedia.org: ', timeout=30_000)
+    expect(explorer.locator('table.dc-ranking')).to_have_count(2)
+    expect(explorer.locator('tr.dc-real')).to_have_count(2)
+    assert explorer.locator('table.dc-ranking-model tr.dc-lookalike-row').count() >= 10
+    explorer.screenshot(path=str(SHOTS / 'lookalikes.png'))
+    brand.fill('ab--cd.com')  # dnstwist cannot read it: the reason, and no stale rankings
+    expect(explorer.locator('.dc-message')).to_contain_text('dnstwist cannot read')
+    expect(explorer.locator('table.dc-ranking')).to_have_count(0)
 
     # the loss curves: three steps of the smoothing slider redraw the plot
     plot_status, img = page.locator('.dc-plot-status'), page.locator('img.dc-plot')

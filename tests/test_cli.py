@@ -47,6 +47,8 @@ def bad_files(tmp_path_factory):
     d = tmp_path_factory.mktemp('bad')
     (d / 'only-junk.txt').write_text('\n# comment\nnot a domain\n192.168.1.1\n')
     (d / 'not-a-model').mkdir()
+    from domain_canine.model import canine_config
+    CanineModel(canine_config('tiny')).save_pretrained(d / 'bare-encoder')  # an encoder without our MLM head
     return d
 
 @pytest.mark.parametrize('args, expected', [
@@ -60,6 +62,10 @@ def bad_files(tmp_path_factory):
     (['predict', '--model_path', '{d}/not-a-model', 'a?.com'], 'not a domain-canine model directory'),
     (['predict', '--model_path', '{d}/missing', 'a?.com'], 'not found'),
     (['train', '--batch_size', 'many'], 'invalid int value'),
+    (['probe', '--model_path', '{d}/missing'], 'neither a model directory nor a run directory'),
+    (['probe', '--model_path', '{d}/bare-encoder'], 'has no MLM head'),
+    (['probe', '--model_path', '{d}/bare-encoder', '--tasks', 'guessing'], 'unknown --tasks guessing'),
+    (['probe', '--model_path', '{d}/bare-encoder', '--dataset', '{d}/only-junk.txt'], 'no usable domains'),
 ])
 def test_bad_input_is_one_line_on_stderr(bad_files, args, expected):
     r = cli(*[a.format(d=bad_files) for a in args])
