@@ -105,6 +105,15 @@ def _model_row(self: ModelWidget) -> widgets.HBox:
     self.message, self.status = _classed(w.HTML(), 'dc-message'), _classed(w.Label(), 'dc-status')
     return w.HBox([self.model_select, self.path_input, self.load_button])
 
+@patch
+def _wire(self: ModelWidget, model_path, text: str, slider: widgets.Widget):
+    "Select a model, start with `text`, and act again on every change of the text, `slider` or the model."
+    self.refresh_models(model_path)
+    self.domain_input.value = text
+    for w in (self.domain_input, slider, self.model_select): w.observe(self.on_change, 'value')
+    self.load_button.on_click(self.load_path)
+    if text: self.predict()
+
 # %% ../nbs/14_widgets.ipynb #903089f3
 class MaskPredictor(ModelWidget):
     "Type a domain with ? for hidden characters: the filled domain and each mask's top-k candidates, as you type."
@@ -118,11 +127,7 @@ class MaskPredictor(ModelWidget):
                 ):
         super().__init__(runs_dir, delay, device)
         self._build(top_k)
-        self.refresh_models(model_path)
-        self.domain_input.value = text
-        for w in (self.domain_input, self.top_k_slider, self.model_select): w.observe(self.on_change, 'value')
-        self.load_button.on_click(self.load_path)
-        if text: self.predict()
+        self._wire(model_path, text, self.top_k_slider)
 
 # %% ../nbs/14_widgets.ipynb #5e15bbba
 @patch
@@ -263,11 +268,7 @@ class LookalikeExplorer(ModelWidget):
         self.ngram = ngram if ngram is not None else CharNgramLM(6).fit(load_corpus('sample').train)
         self.max_variants, self._ranked = max_variants, None
         self._build(rows)
-        self.refresh_models(model_path)
-        self.domain_input.value = text
-        for w in (self.domain_input, self.rows_slider, self.model_select): w.observe(self.on_change, 'value')
-        self.load_button.on_click(self.load_path)
-        if text: self.predict()
+        self._wire(model_path, text, self.rows_slider)
 
 # %% ../nbs/14_widgets.ipynb #e9f3b7a0
 @patch
