@@ -145,34 +145,44 @@ class DomainSource:
     path: Path | None = None     # text files
     ds: object = None            # datasets.Dataset or IterableDataset
     column: str | None = None
-    shard: tuple[int, int] = (0, 1)  # (index, count): this source yields every count-th line, from line index
+    shard: tuple[int, int] = (0, 1)  # (index, count): the rows numbered index modulo count
 
     def batches(self, batch_size: int = 100_000) -> Iterator[list[str]]:
         "Raw lines (or column values) in batches."
         for _, batch in self.numbered_batches(batch_size): yield batch
 
-    def numbered_batches(self, batch_size: int = 100_000, start: int = 0) -> Iterator[tuple[int, list[str]]]:
-        """Batches of raw lines from line `start` on, each with the number of lines before it: where a reader can
-        resume. Lines before `start` are read past, never cleaned (lines of the file for text, rows of the shard otherwise)."""
+    def numbered_batches(self, batch_size: int = 100_000, start: int = 0
+                        ) -> Iterator[tuple[int, list[str]]]:
+        """This shard's raw lines from row `start` of the whole stream on, in batches, each with the
+        row its batch starts at (where a reader resumes). Rows before `start` or of other shards are
+        never cleaned."""
+        index, count = self.shard
+        for row, rows in self._raw_batches(batch_size, start):
+            first = (index - row) % count  # by the number in the whole stream, whatever the batch
+            if isinstance(rows, list): yield row, rows[first::count]
+            else: yield row, _column_values(rows, first, count)
+
+    def _raw_batches(self, batch_size: int, start: int) -> Iterator[tuple[int, object]]:
+        "(row, rows) of the whole stream from `start`: a text file's lines, a dataset's Arrow column."
         if self.kind == 'text':
-            index, count = self.shard
-            line = 0
-            for batch in read_text_lines(self.path, batch_size):
-                if line + len(batch) <= start: line += len(batch); continue
-                if line < start: batch, line = batch[start - line:], start
-                yield line, batch[(index - line) % count::count] if count > 1 else batch
-                line += len(batch)
+            row = 0
+            for batch in read_text_lines(self.path, batch_size):  # the same batches whatever `start`
+                if row + len(batch) > start: yield max(row, start), batch[max(0, start - row):]
+                row += len(batch)
             return
-        line, ds = start, self.ds.skip(start) if start else self.ds
-        for batch in ds.select_columns([self.column]).iter(batch_size=batch_size):
-            yield line, ['' if v is None else str(v) for v in batch[self.column]]; line += len(batch[self.column])
+        ds = self.ds.skip(start) if start else self.ds  # `datasets` never strides: whole-stream rows
+        for table in ds.select_columns([self.column]).with_format('arrow').iter(batch_size=batch_size):
+            yield start, table.column(0)
+            start += len(table)
 
     def sharded(self, index: int, count: int) -> DomainSource:
-        "Shard `index` of `count` disjoint shards that together hold every line (one per process of a data-parallel job)."
-        if count == 1: return self
-        if self.kind == 'text': return replace(self, shard=(index, count))
-        from datasets.distributed import split_dataset_by_node  # whole files per process where they divide evenly
-        return replace(self, ds=split_dataset_by_node(self.ds, rank=index, world_size=count), shard=(index, count))
+        "Shard `index` of `count` disjoint shards that together hold every row (one per process)."
+        return replace(self, shard=(index, count))
+
+def _column_values(column, first: int, step: int) -> list[str]:
+    "Every `step`-th value of an Arrow column from `first`, as strings (None as ''); no others."
+    if step > 1: column = column.take(np.arange(first, len(column), step))
+    return ['' if v is None else str(v) for v in column.to_pylist()]
 
 # %% ../nbs/01_data.ipynb #f61621df
 def open_source(dataset: str, # 'sample', a file, a saved dataset, a local folder or a hub id

@@ -16,8 +16,8 @@ from .masking import CharVocab, MaskedBatches, SharedEpochOrders, evaluation_ord
 from .config import TrainConfig
 
 # %% auto #0
-__all__ = ['STREAM_RETRY_PAUSE', 'masking_options', 'RunBatches', 'retrying_stream', 'StreamBatches', 'StreamCorpus', 'RunData',
-           'load_run_data']
+__all__ = ['STREAM_RETRY_PAUSE', 'STREAM_READ', 'STREAM_BLOCK', 'masking_options', 'RunBatches', 'retrying_stream',
+           'StreamBatches', 'StreamCorpus', 'RunData', 'load_run_data']
 
 # %% ../nbs/08_run_data.ipynb #a563e3f5
 def masking_options(c: TrainConfig) -> dict:
@@ -46,6 +46,7 @@ class RunBatches(torch.utils.data.Dataset):
 
 # %% ../nbs/08_run_data.ipynb #46276be2
 STREAM_RETRY_PAUSE = 1.0  # seconds, doubled at each retry (tests set it to 0)
+STREAM_READ = 10_000  # raw lines read from the source at a time (tests make it small)
 
 def retrying_stream(c: TrainConfig, validation: bool = False, rejected=None,
                     shard: tuple[int, int] = (0, 1), # (index, count): read only this shard (a process of a data-parallel job)
@@ -61,7 +62,8 @@ def retrying_stream(c: TrainConfig, validation: bool = False, rejected=None,
             source = open_source(c.dataset, c.dataset_split, c.text_column, c.dataset_config, streaming=True)
             if count > 1: source = source.sharded(index, count)
             for item in stream_domains(source, validation, c.validation_fraction, c.max_length,
-                                       rejected if failures == 0 else None, num_samples, start=(line, seen), positions=True):
+                                       rejected if failures == 0 else None, num_samples,
+                                       batch_size=STREAM_READ, start=(line, seen), positions=True):
                 if item[0] == last: continue  # given before the failure
                 yield item; (line, seen, _), last = item, item[0]
             return
@@ -73,12 +75,14 @@ def retrying_stream(c: TrainConfig, validation: bool = False, rejected=None,
             time.sleep(min(2 ** failures, 60) * STREAM_RETRY_PAUSE)
 
 # %% ../nbs/08_run_data.ipynb #c8c94773
+STREAM_BLOCK = 65_536  # domains shuffled together (tests make it small)
+
 class StreamBatches(torch.utils.data.IterableDataset):
     "Masked micro-batches read from a stream (or one shard of it), from micro-batch `start` (at `position` when known)."
-    def __init__(self, cfg: TrainConfig, vocab: CharVocab, start: int = 0, block: int = 65_536, shard: tuple[int, int] = (0, 1),
+    def __init__(self, cfg: TrainConfig, vocab: CharVocab, start: int = 0, block: int | None = None, shard: tuple[int, int] = (0, 1),
                  position: list[int] | None = None): # the `stream_position` of micro-batch `start - 1`
         self.cfg, self.vocab, self.start, self.shard, self.position = cfg, vocab, start, shard, position
-        self.block = cfg.batch_size * max(1, block // cfg.batch_size)  # whole micro-batches
+        self.block = cfg.batch_size * max(1, (block or STREAM_BLOCK) // cfg.batch_size)  # whole micro-batches
 
     def blocks(self, cursor=(0, 0, 0, 0, 0)):
         "Shuffled blocks of clean training domains, pass after pass, from `cursor` = (pass, block, line, offset, seen) on, each with its cursor."

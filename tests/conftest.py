@@ -24,3 +24,16 @@ def tiny_run(tmp_path_factory) -> Path:
 
 def pytest_configure(config):
     config.addinivalue_line('markers', 'browser: drives the widgets in JupyterLab from headless Chromium (select with -m browser)')
+
+def hub_layouts(folder: Path, rows: list[str]) -> dict[str, str]:
+    """`rows` laid out as the hub lays out its corpus (one text file in a folder, read by `datasets`' text builder),
+    as several files (4, a number 2 processes divide; 3, one they do not) and as the text file our reader reads."""
+    layouts = {}
+    for name, files in (('one file', 1), ('three files', 3), ('four files', 4)):
+        (folder / name).mkdir(parents=True)
+        size = -(-len(rows) // files)
+        for f in range(files):
+            (folder / name / f'part-{f}.txt').write_text('\n'.join(rows[f * size:(f + 1) * size]) + '\n')
+        layouts[name] = str(folder / name)
+    layouts['text file'] = str(folder / 'one file' / 'part-0.txt')
+    return layouts

@@ -5,8 +5,8 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from conftest import cli
-from domain_canine.data import SAMPLE_CORPUS, prepare_corpus, load_corpus, is_validation
+from conftest import cli, hub_layouts
+from domain_canine.data import SAMPLE_CORPUS, prepare_corpus, load_corpus, is_validation, open_source
 from domain_canine.config import resolve_config
 from domain_canine.training import Trainer
 
@@ -85,3 +85,22 @@ def test_streaming_resume_is_exact(sources, tmp_path):
 def test_streaming_needs_max_steps(sources):
     r = cli('train', '--preset', 'tiny', '--dataset', sources / 'hub-like', '--streaming', '--max_steps', 0)
     assert r.returncode == 1 and '--streaming needs --max_steps' in r.stderr
+
+ROWS = [f'r{i:04d}.com' for i in range(203)]  # a domain that says which row of the stream it is
+
+@pytest.mark.parametrize('layout', ['text file', 'one file', 'three files', 'four files'])
+def test_a_shard_is_the_rows_numbered_its_index_modulo_the_count_from_any_start(tmp_path, layout):
+    src = open_source(hub_layouts(tmp_path, ROWS)[layout], streaming=True)
+    assert src.kind == ('text' if layout == 'text file' else 'datasets')
+    for count in (1, 2, 3, 4):
+        for start in (0, 1, 7, 16, 101, 202, 203):
+            for i in range(count):
+                got = [l.strip() for _, b in src.sharded(i, count).numbered_batches(16, start) for l in b]
+                assert got == ROWS[start + (i - start) % count::count], (count, start, i)
+
+@pytest.mark.parametrize('layout', ['text file', 'one file', 'three files'])
+def test_a_shard_resumes_exactly_at_each_of_its_positions(tmp_path, layout):
+    shard = open_source(hub_layouts(tmp_path, ROWS)[layout], streaming=True).sharded(1, 3)
+    items = list(shard.numbered_batches(16))
+    assert len(items) > 5
+    for k, (row, _) in enumerate(items): assert list(shard.numbered_batches(16, row)) == items[k:]

@@ -2,7 +2,8 @@
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest, torch
-from conftest import ROOT, cli
+from conftest import ROOT, cli, hub_layouts
+from domain_canine.data import SAMPLE_CORPUS, is_validation
 from domain_canine.model import DomainCanineMLM
 from domain_canine.checkpoint import verify_checkpoint
 
@@ -151,3 +152,87 @@ def test_a_callback_stop_in_rank_0_ends_every_process_at_the_same_step(tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((tmp_path / 'run' / 'final-model' / 'trainer_state.json').read_text())['step'] == 4
     assert max(train_losses(tmp_path / 'run')) == 4
+
+SHARDS_SCRIPT = '''
+import json, sys
+import torch.distributed as dist
+import domain_canine.run_data as run_data
+from domain_canine.config import resolve_config
+from domain_canine.data import DomainSource
+dist.init_process_group('gloo')
+rank, world = dist.get_rank(), dist.get_world_size()
+run_data.STREAM_READ, run_data.STREAM_RETRY_PAUSE = 7, 0  # many small reads; retries at once
+read, fail = DomainSource.numbered_batches, [False]
+def flaky(self, *args, **kw):
+    "The source's rows, but the stream breaks once after five reads while `fail` is set."
+    for k, item in enumerate(read(self, *args, **kw)):
+        if k == 5 and fail[0]: fail[0] = False; raise ConnectionError('the hub hung up')
+        yield item
+DomainSource.numbered_batches = flaky
+def rows(dataset, start=(0, 0)):
+    "(row, clean domains before, [rows]) of this process's stream of training domains, each domain named by its row."
+    c = resolve_config('tiny', dataset=dataset, streaming=True, num_samples=None)
+    return [[line, seen, [int(d[1:5]) for d in batch]]
+            for line, seen, batch in run_data.retrying_stream(c, shard=(rank, world), start=start)]
+out = {}
+for dataset in sys.argv[2:]:
+    whole = rows(dataset)
+    resumed = rows(dataset, start=tuple(whole[3][:2]))
+    fail[0] = True
+    out[dataset] = dict(whole=whole, resumed=resumed, retried=rows(dataset), failed=not fail[0])
+everyone = [None] * world
+dist.all_gather_object(everyone, out)
+if rank == 0: json.dump(everyone, open(sys.argv[1], 'w'))
+dist.destroy_process_group()
+'''
+
+def test_streaming_processes_read_disjoint_rows_that_together_are_the_stream(tmp_path):
+    "From the start, from a position (a resume) and after a failed read (a retry); one file as on the hub, or several."
+    rows = [f'r{i:04d}.com' for i in range(300)]
+    layouts = hub_layouts(tmp_path, rows)
+    script = tmp_path / 'shards.py'; script.write_text(SHARDS_SCRIPT)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(script),
+           str(tmp_path / 'rows.json'), *layouts.values()]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count('the hub hung up') == 2 * len(layouts)  # every process lived through its failure
+    training = [i for i, d in enumerate(rows) if not is_validation(d)]
+    for dataset in layouts.values():
+        got = [rank[dataset] for rank in json.loads((tmp_path / 'rows.json').read_text())]
+        for rank, g in enumerate(got):
+            assert [i for _, _, b in g['whole'] for i in b] == [i for i in training if i % 2 == rank], (dataset, rank)
+            assert all(min(b) >= line for line, _, b in g['whole'])  # a position is a row of the whole stream
+            assert g['whole'][3][0] > 0 and g['resumed'] == g['whole'][3:], (dataset, rank)
+            assert g['failed'] and g['retried'] == g['whole'], (dataset, rank)
+
+RESUME_SCRIPT = '''
+import sys
+import domain_canine.run_data as run_data
+from domain_canine.config import resolve_config
+from domain_canine.training import train
+run_data.STREAM_READ, run_data.STREAM_BLOCK = 10, 16  # so that step 4 stands well into the stream, not at its row 0
+dataset, out, resume = sys.argv[1:]
+train(resolve_config('tiny', dataset=dataset, streaming=True, num_samples=None, batch_size=8, max_steps=8, save_steps=4,
+                     eval_steps=100, logging_steps=1, eval_samples=50, output_dir=out, resume_from=resume or None))
+'''
+
+def test_a_two_process_streaming_run_resumes_where_each_process_stood(tmp_path):
+    "The corpus laid out as on the hub (one text file read by `datasets`): each process goes on with its own rows."
+    dataset = hub_layouts(tmp_path / 'data', SAMPLE_CORPUS.read_text().split()[:2000])['one file']
+    script = tmp_path / 'stream.py'; script.write_text(RESUME_SCRIPT)
+    def run(out, resume=''):
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(script),
+               dataset, str(tmp_path / out), resume]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
+        assert r.returncode == 0, r.stderr[-3000:]
+    run('full')
+    state = lambda path: json.loads((path / 'trainer_state.json').read_text())
+    positions = state(tmp_path / 'full' / 'checkpoint-step-4')['stream_positions']
+    assert len(positions) == 2 and all(p[2] > 0 for p in positions)  # both stand at a row past the stream's start
+    run('resumed', str(tmp_path / 'full' / 'checkpoint-step-4'))
+    resumed, full = train_losses(tmp_path / 'resumed'), train_losses(tmp_path / 'full')
+    assert list(resumed) == [5, 6, 7, 8] and all(resumed[s] == full[s] for s in resumed)
+    a, b = weights(tmp_path / 'resumed' / 'final-model'), weights(tmp_path / 'full' / 'final-model')
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ends = [state(tmp_path / run / 'final-model')['stream_positions'] for run in ('resumed', 'full')]
+    assert ends[0] == ends[1]
