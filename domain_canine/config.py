@@ -38,8 +38,8 @@ class TrainConfig:
     model_config: str | None = None  # train from scratch with this shape instead: tiny, demo, small or canine-c
     dropout: float | None = None  # dropout of hidden layers and attention while training (default: the model's own, 0.1 for CANINE)
     attention: str = 'sdpa'  # sdpa (torch's fused scaled_dot_product_attention) or eager (transformers' matmul attention); same results
-    compile: bool = False  # compile the encoder with torch.compile (for GPUs): widths rounded up to 8, each compiles once at the start
-    cuda_graphs: bool = False  # with --compile: replay each width's encoder as CUDA graphs (mode reduce-overhead): far fewer kernel launches
+    compile: bool = False  # compile the encoder with torch.compile (for GPUs): widths rounded up to 8, each compiled once for training
+    cuda_graphs: bool = False  # with --compile, without accumulation: replay each width's encoder as CUDA graphs (mode reduce-overhead)
     # optimisation
     epochs: int = 1  # passes over the training split
     max_steps: int | None = None  # stop after this many optimizer steps (overrides --epochs)
@@ -110,6 +110,9 @@ def resolve_config(preset: str | None = None, **overrides) -> TrainConfig:
         if getattr(cfg, name) < 1: raise ConfigError(f"--{name} must be at least 1")
     if not 0 < cfg.mlm_probability < 1: raise ConfigError('--mlm_probability must be between 0 and 1')
     if cfg.cuda_graphs and not cfg.compile: raise ConfigError('--cuda_graphs needs --compile (the graphs are captured by torch.compile)')
+    if cfg.cuda_graphs and cfg.gradient_accumulation_steps > 1:  # pytorch/pytorch#169545, open
+        raise ConfigError('--cuda_graphs needs --gradient_accumulation_steps 1: the next micro-batch\'s graph replay '
+                          'overwrites the gradients the previous one left in the graphs\' memory')
     if cfg.eval_samples < 1: raise ConfigError('--eval_samples must be at least 1 (--full_eval evaluates the whole validation split)')
     if cfg.full_eval and cfg.streaming: raise ConfigError('--full_eval needs a prepared corpus: a stream has no end to evaluate to (use --eval_samples)')
     return cfg

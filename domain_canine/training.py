@@ -7,6 +7,7 @@ from __future__ import annotations
 import json, math, os, platform, random, resource, threading, time
 from contextlib import nullcontext
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 import numpy as np
 import torch
@@ -25,8 +26,8 @@ from .distributed import (Topology, topology_from_env, init_distributed, shutdow
                                        gather_objects, rank_micro_batches)
 
 # %% auto #0
-__all__ = ['COMPILE_WIDTH', 'make_optimizer', 'set_dropout', 'compile_encoder', 'round_width', 'Trainer', 'TrainingDiverged',
-           'stop_on_signals', 'train']
+__all__ = ['COMPILE_WIDTH', 'make_optimizer', 'set_dropout', 'compile_encoder', 'round_width', 'compiled_graphs', 'Trainer',
+           'TrainingDiverged', 'stop_on_signals', 'train']
 
 # %% ../nbs/10_training.ipynb #b6be2c04
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device,
@@ -59,6 +60,7 @@ def compile_encoder(model: DomainCanineMLM, max_widths: int = 64,
 
 def round_width(batch: dict, multiple: int) -> dict:
     "`batch` padded on the right to a width that is a multiple of `multiple` (the flat `masked_index` follows)."
+    # with --compile the loader's workers call it on every batch, before pinning (`Trainer.loader`)
     b, w = batch['input_ids'].shape
     extra = -w % multiple
     if extra == 0: return batch
@@ -67,6 +69,12 @@ def round_width(batch: dict, multiple: int) -> dict:
     if 'labels' in batch: out['labels'] = pad(batch['labels'], -100)
     if 'masked_index' in batch: out['masked_index'] = batch['masked_index'] // w * (w + extra) + batch['masked_index'] % w
     return out
+
+# %% ../nbs/10_training.ipynb #9c4d2f07
+def compiled_graphs() -> int:
+    "Graphs `torch.compile` has made in this process so far (every width, mode and module)."
+    from torch._dynamo.utils import counters
+    return counters['stats']['unique_graphs']
 
 # %% ../nbs/10_training.ipynb #cc82775f
 class Trainer:
@@ -85,10 +93,12 @@ class Trainer:
         if topo.rank: torch.manual_seed(cfg.seed + topo.rank)  # same initial weights, other dropout masks
         # gradients live in DDP's all-reduce buckets (no copy in and out of them each step); each bucket is all-reduced
         # as soon as its gradients are ready, overlapping the backward pass. (static_graph=True changed the updates of
-        # the 2-process equality test after its first step here, so it stays off.)
+        # the 2-process equality test after its first step here, so it stays off.) The model's only buffers are
+        # constants (checked below): no broadcast of them before every forward.
         self.ddp = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
-            gradient_as_bucket_view=True) if topo.enabled else None
+            gradient_as_bucket_view=True, broadcast_buffers=False) if topo.enabled else None
+        self._graphs_before = compiled_graphs()  # `compiles` counts from here
         self.optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, self.device)
         self.state = TrainState(world_size=topo.world_size)
         self.stream_position = None  # --streaming: the place in the stream of the last micro-batch taken
@@ -142,6 +152,12 @@ def stopping(self: Trainer) -> bool:
     "Whether the loop ends now: at once on a request in a single process, on an agreed one in a job."
     return self.stop_agreed if self.topo.enabled else self.stop
 
+# %% ../nbs/10_training.ipynb #4b9e1c3f
+@patch
+def compiles(self: Trainer) -> int:
+    "Graphs `torch.compile` made in this process since the trainer was built (with `--compile`: one per width)."
+    return compiled_graphs() - self._graphs_before
+
 # %% ../nbs/10_training.ipynb #238262a3
 @patch
 def epoch_progress(self: Trainer) -> float | None:
@@ -156,9 +172,10 @@ def padding_fraction(self: Trainer, n: int = 50) -> float:
 @patch
 def loader_for_inspection(self: Trainer, n: int):
     c = self.cfg
-    if c.streaming: return iter(StreamBatches(c, self.vocab, 0))
     first = self.state.step * c.gradient_accumulation_steps * self.topo.world_size  # a resumed run looks where it is
-    return (self.run_batches[g] for g in range(first, first + n))
+    if c.streaming: batches = iter(StreamBatches(c, self.vocab, 0))
+    else: batches = (self.run_batches[g] for g in range(first, first + n))
+    return map(partial(round_width, multiple=COMPILE_WIDTH), batches) if c.compile else batches  # as `loader` widens
 
 # %% ../nbs/10_training.ipynb #95b089b3
 @patch
@@ -173,15 +190,15 @@ def loader(self: Trainer):
     else:  # of the A × W micro-batches of each step, this process takes every W-th (distributed chapter)
         per_step = accum * t.world_size
         data, sampler = self.run_batches, rank_micro_batches(self.state.step * per_step, self.total_steps * per_step, t)
-    return torch.utils.data.DataLoader(data, batch_size=None, sampler=sampler, num_workers=workers,
+    widen = partial(round_width, multiple=COMPILE_WIDTH) if c.compile else None  # in the workers, before pinning
+    return torch.utils.data.DataLoader(data, batch_size=None, sampler=sampler, num_workers=workers, collate_fn=widen,
                                        pin_memory=self.device.type == 'cuda', prefetch_factor=4 if workers else None,
                                        generator=torch.Generator().manual_seed(c.seed))
 
 # %% ../nbs/10_training.ipynb #262e0c2e
 @patch
 def on_device(self: Trainer, batch: dict) -> dict:
-    "A batch as the model takes it: on the device (non-blocking from pinned memory), widened for a compiled encoder."
-    if self.cfg.compile: batch = round_width(batch, COMPILE_WIDTH)
+    "A batch on the device (non-blocking from pinned memory; with `--compile` the loader has widened it)."
     return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
 @patch
@@ -257,12 +274,14 @@ def evaluate(self: Trainer) -> dict | None:
     sums = torch.zeros(3, device=self.device, dtype=exact)  # loss sum, correct predictions, masked characters
     batches = MaskedBatches(self.valid_enc, self.vocab, self.cfg.batch_size, self.cfg.seed, epoch=0, order=self.eval_order,
                             **masking_options(self.cfg))
-    for i in range(self.topo.rank, len(batches), self.topo.world_size):  # data-parallel: each process a share, then sum
-        batch = self.on_device(batches[i])
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            out = self.model(**batch)
-        sums += torch.stack([out.loss.float() * len(out.labels), (out.logits.argmax(-1) == out.labels).sum(),
-                             torch.tensor(len(out.labels), device=self.device)])
+    with torch.compiler.set_stance('force_eager'):  # a compiled encoder runs eagerly here: no graphs to compile
+        for i in range(self.topo.rank, len(batches), self.topo.world_size):  # data-parallel: each a share, then sum
+            batch = self.on_device(batches[i])
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                out = self.model(**batch)
+            sums += torch.stack([out.loss.float() * len(out.labels), (out.logits.argmax(-1) == out.labels).sum(),
+                                 torch.tensor(len(out.labels), device=self.device)])
     self.model.train()
     loss_sum, correct, n = all_reduce_sum(sums, self.topo).tolist()
     loss = loss_sum / n
@@ -304,7 +323,7 @@ def log_train(self: Trainer):
              lr=lr_at(s.step - 1, self.total_steps, self.cfg.warmup_steps, self.cfg.learning_rate), window_steps=s.window_steps,
              skipped_steps=s.skipped_steps,
              domains_per_s=self._window_domains / secs, chars_per_s=self._window_chars / secs,
-             memory_mb=_memory_mb(self.device), elapsed_s=now - self._start, time=time.time())
+             memory_mb=_memory_mb(self.device), compiles=self.compiles(), elapsed_s=now - self._start, time=time.time())
     s.metrics['train'] = m
     self._emit('on_log', m)
     self._reset_window()
@@ -449,6 +468,7 @@ def fit(self: Trainer) -> Path:
                                 W * sum(int(b['attention_mask'].numpy().sum()) - 2 * len(b['input_ids']) for b in group))  # host memory
         final = self.save(f'checkpoint-step-{s.step}' if self.interrupted else 'final-model')
     finally: self._emit('on_train_end')  # close bars and loggers, also when the run fails
+    if self.cfg.compile: self.log(f"torch.compile made {self.compiles()} graphs in this process")
     if self.interrupted:
         self.log(f"stopped by {self.interrupted} after step {s.step}: checkpoint written to {final}; "
                  "continue with --resume_from latest")

@@ -1,5 +1,6 @@
 "Training-loop promises: precision toggles, checkpoint contents, early stopping, W&B/TensorBoard sinks, original checkpoints."
 import argparse, json, os, subprocess, sys
+from contextlib import nullcontext
 from pathlib import Path
 import pytest
 import torch
@@ -10,7 +11,7 @@ from domain_canine.cli import build_parser
 from domain_canine.checkpoint import verify_checkpoint
 from domain_canine.model import canine_config, is_model_dir
 from domain_canine.config import resolve_config
-from domain_canine.training import Trainer
+from domain_canine.training import Trainer, round_width, COMPILE_WIDTH
 
 QUIET = dict(log=lambda *a: None)
 
@@ -135,3 +136,40 @@ def test_fused_adamw_gives_the_updates_of_the_plain_one():
         weights.append(torch.cat([p.detach().flatten() for p in m.parameters()]))
     assert (weights[0] - weights[1]).abs().max() < 1e-4  # float rounding only: the steps moved weights by ~5e-2
     assert not torch.equal(weights[0], torch.cat([p.detach().flatten() for p in build_model(None, 'tiny').parameters()]))
+
+def test_cuda_graphs_with_gradient_accumulation_is_refused_in_one_line(tmp_path):
+    r = cli('train', '--preset', 'tiny', '--compile', '--cuda_graphs', '--gradient_accumulation_steps', 2,
+            '--output_dir', tmp_path / 'run')
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and 'Traceback' not in r.stderr
+    assert '--cuda_graphs needs --gradient_accumulation_steps 1' in r.stderr and not (tmp_path / 'run').exists()
+
+def test_compiled_loader_widens_batches_in_its_workers(tmp_path):
+    t = Trainer.from_config(tiny(tmp_path, compile=True, num_workers=1), **QUIET)  # marked for compiling, never run
+    batches = [b for _, b in zip(range(6), t.loader())]
+    assert all(b['input_ids'].is_shared() for b in batches)  # made in the worker: a tensor padded here is not shared
+    for g, b in enumerate(batches):  # each the run's micro-batch g, already widened: the trainer moves it as it is
+        expected = round_width(t.run_batches[g], COMPILE_WIDTH)
+        assert b['input_ids'].shape[1] % COMPILE_WIDTH == 0 and all(torch.equal(b[k], v) for k, v in expected.items())
+        assert t.on_device(b)['input_ids'].shape == b['input_ids'].shape
+    assert {t.run_batches[g]['input_ids'].shape[1] % COMPILE_WIDTH for g in range(6)} != {0}  # some needed widening
+
+def test_compiled_run_compiles_once_per_width_and_never_for_evaluation(tmp_path, monkeypatch):
+    # Dynamo makes and counts the graphs whatever backend compiles them: training on the eager backend keeps this to
+    # seconds (the inductor's losses are checked above); the evaluation compared below is the inductor's
+    with torch.compiler.set_stance(force_backend='eager'):
+        t = Trainer.from_config(tiny(tmp_path, compile=True, max_steps=3, logging_steps=1, eval_steps=2, eval_samples=16,
+                                     dropout=0.0), **QUIET)
+        t.fit()
+    logs = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+    widths = [round_width(t.run_batches[g], COMPILE_WIDTH)['input_ids'].shape[1] for g in range(3)]
+    assert [m['compiles'] for m in logs if m['type'] == 'train'] == [len(set(widths[:k])) for k in range(1, 4)]
+    assert len(set(widths)) < len(widths)  # a width met again reuses its graph
+    assert [m['step'] for m in logs if m['type'] == 'eval'] == [2, 3] and t.compiles() == len(set(widths))
+    eager = t.evaluate()  # the evaluation of the runs, eager...
+    assert t.compiles() == len(set(widths))
+    monkeypatch.setattr(torch.compiler, 'set_stance', lambda *a, **k: nullcontext())
+    compiled = t.evaluate()  # ...and compiled: 16 domains are one batch, one width, one more graph
+    assert t.compiles() == len(set(widths)) + 1
+    assert compiled['val_loss'] == pytest.approx(eager['val_loss'], rel=1e-5)
+    n = eager['val_masked_chars']
+    assert compiled['val_masked_chars'] == n and abs(compiled['val_accuracy'] - eager['val_accuracy']) * n <= 1  # a tie at most
