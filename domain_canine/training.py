@@ -191,8 +191,9 @@ def loader(self: Trainer):
         per_step = accum * t.world_size
         data, sampler = self.run_batches, rank_micro_batches(self.state.step * per_step, self.total_steps * per_step, t)
     widen = partial(round_width, multiple=COMPILE_WIDTH) if c.compile else None  # in the workers, before pinning
-    return torch.utils.data.DataLoader(data, batch_size=None, sampler=sampler, num_workers=workers, collate_fn=widen,
-                                       pin_memory=self.device.type == 'cuda', prefetch_factor=4 if workers else None,
+    return torch.utils.data.DataLoader(data, batch_size=None, sampler=sampler, num_workers=workers,
+                                       collate_fn=widen, pin_memory=self.device.type == 'cuda',
+                                       prefetch_factor=4 if workers else None,
                                        generator=torch.Generator().manual_seed(c.seed))
 
 # %% ../nbs/10_training.ipynb #262e0c2e
