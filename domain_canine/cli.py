@@ -11,7 +11,7 @@ from pathlib import Path
 from fastcore.docments import docments
 from .core import ConfigError, pick_device
 from .data import DataError, SAMPLE_NAME, count_summary, load_corpus
-from .model import DomainCanineMLM, ModelError, MODEL_CONFIGS, import_original
+from .model import DomainCanineMLM, ModelError, MODEL_CONFIGS, ORIGINAL_MASK, import_original
 from .checkpoint import CheckpointError
 from .distributed import DistributedError
 from .config import TrainConfig, PRESETS, resolve_config
@@ -132,8 +132,10 @@ def import_original_command(source: str, # the original checkpoint directory
                             output: str, # the model directory to write
                            ) -> int:
     """Convert a directory written by the original project (encoder + training_state.bin) into a domain-canine model
-    directory. Such directories also load directly wherever a model directory is expected."""
-    print(f'wrote {import_original(source, output)}')
+    directory, which records the original's mask ([CLS]). Such directories also load directly wherever a model
+    directory is expected."""
+    dst = import_original(source, output)
+    print(f"wrote {dst}; it is queried with U+{ORIGINAL_MASK:04X} ([CLS]), the mask the original was trained with")
     return 0
 
 # %% ../nbs/17_cli.ipynb #0aa95cfa

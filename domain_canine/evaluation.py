@@ -14,7 +14,7 @@ from fastcore.basics import patch
 from .data import EncodedDomains, clean_domain, load_corpus, source_lines
 from .masking import DOMAIN_CHARS, MASK, PAD, CharVocab, MaskedBatches, evaluation_order, pad_batch
 from .model import DomainCanineMLM
-from .inference import InputError
+from .inference import InputError, to_device
 
 # %% auto #0
 __all__ = ['SPLITS', 'BOS', 'EOS', 'LENGTH_BUCKETS', 'eval_domains', 'ranks', 'masked_eval', 'cloze_positions', 'cloze_logits',
@@ -49,7 +49,7 @@ def ranks(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits > logits.gather(1, labels[:, None])).sum(1)
 
 # %% ../nbs/13_evaluation.ipynb #1896335a
-def _to(batch: dict, device) -> dict: return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def _to(batch: dict, device) -> dict: return {k: to_device(v, device) for k, v in batch.items()}
 
 @torch.no_grad()
 def masked_eval(model: DomainCanineMLM, # the model (any module with `.vocab` that returns an `MLMOutput`)
@@ -64,15 +64,16 @@ def masked_eval(model: DomainCanineMLM, # the model (any module with `.vocab` th
     model.eval()
     order = evaluation_order(enc, None, seed)  # shortest first, as training's periodic evaluation: the same masks
     batches = MaskedBatches(enc, model.vocab, batch_size, seed, epoch=0, order=order, mlm_probability=mlm_probability)
-    parts = {k: [] for k in ('domain', 'position', 'loss', 'rank')}
+    host, dev = dict(domain=[], position=[]), dict(loss=[], rank=[])
     for b, batch in enumerate(_bar(batches, 'masked characters', len(batches), progress)):
         idx, width = batch['masked_index'].numpy(), batch['input_ids'].shape[1]
+        if model.mask_id != MASK: batch['input_ids'].masked_fill_(batch['input_ids'] == MASK, model.mask_id)
         out = model(**_to(batch, device))
         logits = out.logits.float()
-        parts['domain'].append(order[b * batch_size + idx // width]); parts['position'].append(idx % width - 1)
-        parts['loss'].append(F.cross_entropy(logits, out.labels, reduction='none').cpu().numpy())
-        parts['rank'].append(ranks(logits, out.labels).cpu().numpy())
-    return {k: np.concatenate(v) for k, v in parts.items()}
+        host['domain'].append(order[b * batch_size + idx // width]); host['position'].append(idx % width - 1)
+        dev['loss'].append(F.cross_entropy(logits, out.labels, reduction='none'))
+        dev['rank'].append(ranks(logits, out.labels))
+    return {**{k: np.concatenate(v) for k, v in host.items()}, **{k: torch.cat(v).cpu().numpy() for k, v in dev.items()}}
 
 # %% ../nbs/13_evaluation.ipynb #ba3e4b3e
 def cloze_positions(lengths: np.ndarray, seed: int = 42) -> np.ndarray:
@@ -81,20 +82,20 @@ def cloze_positions(lengths: np.ndarray, seed: int = 42) -> np.ndarray:
 
 # %% ../nbs/13_evaluation.ipynb #d7c98aa7
 @torch.no_grad()
-def cloze_logits(model: DomainCanineMLM, ids: torch.Tensor, device) -> torch.Tensor:
-    "Log-probabilities (float32, on the CPU) at the [MASK] positions of `ids`, row by row, [UNK] excluded."
-    ids = ids.to(device)
-    logits = model(ids, (ids != PAD).long(), positions=ids == MASK).logits.float()
-    unk = torch.tensor([model.vocab.unk], device=logits.device)
-    return logits.index_fill(1, unk, float('-inf')).log_softmax(-1).cpu()
+def cloze_logits(model: DomainCanineMLM, ids: torch.Tensor, masked_index: torch.Tensor, device) -> torch.Tensor:
+    "Log-probabilities (float32, on `device`) at the flat positions `masked_index` of `ids`, [UNK] excluded."
+    logits = model(input_ids=to_device(ids, device), attention_mask=to_device((ids != PAD).long(), device),
+                   masked_index=to_device(masked_index, device)).logits.float()
+    unk = torch.full((1,), model.vocab.unk, device=logits.device)  # made there: no copy from the host
+    return logits.index_fill(1, unk, float('-inf')).log_softmax(-1)
 
-def _hide(enc: EncodedDomains, vocab: CharVocab, rows: np.ndarray, positions: np.ndarray):
-    "Padded ids of domains `rows` with character `positions` replaced by [MASK], and the hidden classes."
+def _hide(enc: EncodedDomains, vocab: CharVocab, rows: np.ndarray, positions: np.ndarray, mask_id: int = MASK):
+    "Padded ids of domains `rows` with character `positions` replaced by `mask_id`, the hidden classes, their flat indices."
     ids, _ = pad_batch(enc, rows)
     r, c = torch.arange(len(rows)), torch.from_numpy(positions + 1)
     labels = vocab.classes(ids[r, c])
-    ids[r, c] = MASK
-    return ids, labels
+    ids[r, c] = mask_id
+    return ids, labels, r * ids.shape[1] + c
 
 # %% ../nbs/13_evaluation.ipynb #46ac963d
 def cloze_eval(model: DomainCanineMLM, # the model
@@ -110,10 +111,12 @@ def cloze_eval(model: DomainCanineMLM, # the model
     loss, rank = [], []
     for s in _bar(starts, 'cloze', len(starts), progress):
         rows = np.arange(s, min(s + batch_size, len(enc)))
-        ids, labels = _hide(enc, model.vocab, rows, positions[rows])
-        logp = cloze_logits(model, ids, device)
-        loss.append(-logp.gather(1, labels[:, None]).squeeze(1).numpy()); rank.append(ranks(logp, labels).numpy())
-    return dict(domain=np.arange(len(enc)), position=positions, loss=np.concatenate(loss), rank=np.concatenate(rank))
+        ids, labels, index = _hide(enc, model.vocab, rows, positions[rows], model.mask_id)
+        logp, labels = cloze_logits(model, ids, index, device), to_device(labels, device)
+        loss.append(-logp.gather(1, labels[:, None]).squeeze(1))
+        rank.append(ranks(logp, labels))
+    back = lambda parts: torch.cat(parts).cpu().numpy()  # one copy back: the results
+    return dict(domain=np.arange(len(enc)), position=positions, loss=back(loss), rank=back(rank))
 
 # %% ../nbs/13_evaluation.ipynb #9f409600
 BOS, EOS = '^', '$'  # start and end markers (never domain characters)
@@ -313,13 +316,13 @@ def pseudo_log_likelihood(model: DomainCanineMLM, # the model
     enc = EncodedDomains.from_strings(domains)
     dom, pos = _unique_positions(enc.lengths)
     order = np.argsort(enc.lengths[dom], kind='stable')
-    totals = np.zeros(len(domains))
-    starts = range(0, len(order), batch_size)
+    starts, logps = range(0, len(order), batch_size), []
     for s in _bar(starts, 'score', len(starts), progress):
         rows = order[s:s + batch_size]
-        ids, labels = _hide(enc, model.vocab, dom[rows], pos[rows])
-        logp = cloze_logits(model, ids, device).gather(1, labels[:, None]).squeeze(1)
-        np.add.at(totals, dom[rows], logp.double().numpy())
+        ids, labels, index = _hide(enc, model.vocab, dom[rows], pos[rows], model.mask_id)
+        logps.append(cloze_logits(model, ids, index, device).gather(1, to_device(labels, device)[:, None]).squeeze(1))
+    totals = np.zeros(len(domains))
+    if logps: np.add.at(totals, dom[order], torch.cat(logps).cpu().double().numpy())  # one copy back: the scores
     return totals
 
 # %% ../nbs/13_evaluation.ipynb #8c4e8889
@@ -339,10 +342,11 @@ def embed_domains(model: DomainCanineMLM, # the model (only its encoder is used)
     for s in _bar(starts, 'embed', len(starts), progress):
         rows = order[s:s + batch_size]
         ids, lens = pad_batch(enc, rows)
-        hidden = model.encoder(input_ids=ids.to(device), attention_mask=(ids != PAD).long().to(device)).last_hidden_state
-        pos = torch.arange(ids.shape[1], device=hidden.device)
-        chars = ((pos >= 1) & (pos <= lens.to(hidden.device)[:, None])).unsqueeze(-1).float()
-        out[rows] = ((hidden.float() * chars).sum(1) / chars.sum(1)).cpu().numpy()
+        pos = torch.arange(ids.shape[1])
+        chars = to_device(((pos >= 1) & (pos <= lens[:, None])).unsqueeze(-1).float(), device)  # made on the host
+        hidden = model.encoder(input_ids=to_device(ids, device),
+                               attention_mask=to_device((ids != PAD).long(), device)).last_hidden_state
+        out[rows] = ((hidden.float() * chars).sum(1) / chars.sum(1)).cpu().numpy()  # the result, batch by batch
     return out
 
 # %% ../nbs/13_evaluation.ipynb #c91425c8

@@ -8,12 +8,13 @@ import re
 from dataclasses import dataclass, field
 import torch
 from fastcore.basics import patch
-from .masking import MASK, EncodedDomains, pad_batch
+from .masking import MASK, PAD, EncodedDomains, pad_batch
 from .model import DomainCanineMLM
 from .core import pick_device
 
 # %% auto #0
-__all__ = ['MAX_DOMAIN_LENGTH', 'InputError', 'parse_masked', 'MaskPrediction', 'Prediction', 'Predictor']
+__all__ = ['MAX_DOMAIN_LENGTH', 'InputError', 'parse_masked', 'mask_index', 'to_device', 'MaskPrediction', 'Prediction',
+           'Predictor']
 
 # %% ../nbs/11_inference.ipynb #60b00c1a
 MAX_DOMAIN_LENGTH = 253
@@ -22,15 +23,27 @@ _MARKERS = re.compile(r'\[mask\]|\?', re.IGNORECASE)
 class InputError(ValueError):
     "A query the predictor cannot use, with the reason."
 
-def parse_masked(text: str) -> str:
-    "The query with each `?` or `[MASK]` replaced by CANINE's [MASK] code point."
-    q = _MARKERS.sub(chr(MASK), text.strip().lower())
+def parse_masked(text: str, mask_id: int = MASK) -> str:
+    "The query with each `?` or `[MASK]` replaced by the code point `mask_id` (the model's mask)."
+    q = _MARKERS.sub(chr(mask_id), text.strip().lower())
     if q.endswith('.'): q = q[:-1]
     if not q: raise InputError('empty query: type a domain with ? or [MASK] for each hidden character')
     if len(q) > MAX_DOMAIN_LENGTH: raise InputError(f'query too long: {len(q)} characters, a domain has at most {MAX_DOMAIN_LENGTH}')
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in q): raise InputError(f'{text!r} contains whitespace or control characters')
-    if chr(MASK) not in q: raise InputError(f'{text!r} has nothing to predict: mark hidden characters with ? or [MASK]')
+    if chr(mask_id) not in q: raise InputError(f'{text!r} has nothing to predict: mark hidden characters with ? or [MASK]')
     return q
+
+# %% ../nbs/11_inference.ipynb #3750baae
+def mask_index(ids: torch.Tensor, mask_id: int = MASK) -> torch.Tensor:
+    "Flat indices of the masked characters of `ids` (a host tensor); column 0, [CLS], never counts."
+    hits = ids == mask_id
+    hits[:, 0] = False
+    return hits.flatten().nonzero().squeeze(1)
+
+def to_device(t: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    "`t` copied to `device` without making the host wait for the device."
+    device = torch.device(device)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == 'cuda' else t.to(device)
 
 # %% ../nbs/11_inference.ipynb #92c0d89f
 @dataclass
@@ -59,7 +72,7 @@ class Predictor:
     "Fills masked characters of domains with a trained model."
     def __init__(self, model: DomainCanineMLM, device: str | torch.device | None = None):
         self.device = device if isinstance(device, torch.device) else pick_device(device)
-        self.model, self.vocab = model.to(self.device).eval(), model.vocab
+        self.model, self.vocab, self.mask_id = model.to(self.device).eval(), model.vocab, model.mask_id
 
     @classmethod
     def from_dir(cls, path, device=None) -> Predictor:
@@ -68,21 +81,23 @@ class Predictor:
 
     @torch.no_grad()
     def probabilities(self, ids: torch.Tensor) -> torch.Tensor:
-        "Class probabilities (masked positions, classes) at the [MASK] positions of `ids`, [UNK] excluded."
-        attention = (ids != 0).long()
-        logits = self.model(ids.to(self.device), attention.to(self.device), positions=(ids == MASK).to(self.device)).logits
+        "Class probabilities (masked positions, classes) at the masks of `ids` (on the host), [UNK] excluded."
+        to = lambda t: to_device(t, self.device)
+        logits = self.model(input_ids=to(ids), attention_mask=to((ids != PAD).long()),
+                            masked_index=to(mask_index(ids, self.mask_id))).logits
         logits[:, self.vocab.unk] = float('-inf')
-        return logits.float().softmax(-1).cpu()
+        return logits.float().softmax(-1).cpu()  # the answer: the one copy back of a pass
 
 # %% ../nbs/11_inference.ipynb #d5660a4c
 @patch
 def predict(self: Predictor, queries: list[str], top_k: int = 5) -> list[Prediction]:
     "Greedy fill and top-k candidates at every mask of each query."
     if isinstance(queries, str): queries = [queries]
-    texts = [parse_masked(q) for q in queries]
+    texts = [parse_masked(q, self.mask_id) for q in queries]
     ids, _ = pad_batch(EncodedDomains.from_strings(texts), range(len(texts)))
     probs = self.probabilities(ids)
-    rows, cols = (ids == MASK).nonzero(as_tuple=True)
+    index = mask_index(ids, self.mask_id)
+    rows, cols = index // ids.shape[1], index % ids.shape[1]
     top_p, top_c = probs.topk(min(top_k, len(self.vocab) - 1), dim=-1)
     results = [Prediction(q, '') for q in queries]
     for r, c, ps, cs in zip(rows.tolist(), cols.tolist(), top_p.tolist(), top_c.tolist()):
@@ -94,14 +109,15 @@ def predict(self: Predictor, queries: list[str], top_k: int = 5) -> list[Predict
 # %% ../nbs/11_inference.ipynb #e31d7d94
 @patch
 def fill(self: Predictor, ids: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-    "Fill every [MASK] greedily: fix the most confident mask of each row, predict again, repeat."
+    "Fill every mask greedily: fix the most confident mask of each row, predict again, repeat."
     ids = ids.clone()
-    while True:
-        rows, cols = (ids == MASK).nonzero(as_tuple=True)
-        if len(rows) == 0: return ids
+    while len(index := mask_index(ids, self.mask_id)):
+        if probs is None: probs = self.probabilities(ids)
+        rows, cols = index // ids.shape[1], index % ids.shape[1]
         best_p, best_c = probs.max(-1)
         for r in rows.unique().tolist():  # one fixed character per domain and round
             i = torch.nonzero(rows == r).squeeze(1)
             j = i[best_p[i].argmax()]
             ids[r, cols[j]] = self.vocab.codepoints[best_c[j]]
-        if (ids == MASK).any(): probs = self.probabilities(ids)
+        probs = None
+    return ids

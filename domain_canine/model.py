@@ -20,10 +20,11 @@ from fastcore.basics import patch
 from .masking import CharVocab, EncodedDomains, pad_batch
 
 # %% auto #0
-__all__ = ['MODEL_CONFIGS', 'SDPA_BACKENDS', 'HEAD_WEIGHTS', 'HEAD_CONFIG', 'ORIGINAL_STATE', 'ModelError', 'canine_config',
-           'mlm_head', 'MLMOutput', 'DomainCanineMLM', 'logits_at_widths', 'SdpaCanineSelfAttention', 'use_sdpa',
-           'sdpa_backend', 'is_original_dir', 'is_model_dir', 'read_original_state', 'head_from_original',
-           'load_original', 'import_original', 'build_model']
+__all__ = ['MODEL_CONFIGS', 'SDPA_BACKENDS', 'HEAD_WEIGHTS', 'HEAD_CONFIG', 'ORIGINAL_STATE', 'ORIGINAL_MASK', 'MASKS',
+           'ModelError', 'canine_config', 'mlm_head', 'MLMOutput', 'DomainCanineMLM', 'logits_at_widths',
+           'SdpaCanineSelfAttention', 'use_sdpa', 'sdpa_backend', 'is_original_dir', 'is_model_dir',
+           'read_original_state', 'head_from_original', 'load_original', 'import_original', 'write_original_checkpoint',
+           'build_model']
 
 # %% ../nbs/04_model.ipynb #daca46bb
 MODEL_CONFIGS = {
@@ -56,11 +57,14 @@ class MLMOutput:
     labels: torch.Tensor | None  # (masked characters,) class indices
 
 # %% ../nbs/04_model.ipynb #52a74e15
+from .masking import CLS, MASK, SEP
+
 class DomainCanineMLM(nn.Module):
-    "A CANINE encoder with a masked-character head over `vocab`."
-    def __init__(self, encoder: CanineModel, vocab: CharVocab | None = None):
+    "A CANINE encoder with a masked-character head over `vocab`, queried with the mask it was trained with."
+    def __init__(self, encoder: CanineModel, vocab: CharVocab | None = None,
+                 mask_id: int = MASK): # the code point that hides a character in the input
         super().__init__()
-        self.encoder, self.vocab = encoder, vocab or CharVocab()
+        self.encoder, self.vocab, self.mask_id = encoder, vocab or CharVocab(), mask_id
         self.head = mlm_head(encoder.config.hidden_size, len(self.vocab))
         self.head.apply(encoder._init_weights)
         if encoder.pooler is not None: encoder.pooler.requires_grad_(False)
@@ -133,6 +137,8 @@ if 'allow_is_bidirectional_skip' in inspect.signature(_create_bidirectional_mask
 # %% ../nbs/04_model.ipynb #d010e5d1
 HEAD_WEIGHTS, HEAD_CONFIG = 'mlm_head.safetensors', 'mlm_head.json'
 ORIGINAL_STATE = 'training_state.bin'  # what the original project saved beside its encoder
+ORIGINAL_MASK = CLS  # how the original hid a character: with CANINE's [CLS], U+E000
+MASKS = (MASK, ORIGINAL_MASK)  # the masks a model may have been trained with
 
 def is_original_dir(path) -> bool:
     "True when `path` holds a checkpoint written by the original single-script project (see below)."
@@ -151,7 +157,7 @@ def save(self: DomainCanineMLM, path) -> Path:
     hf_logging.disable_progress_bar()  # a bar per checkpoint would bury the training progress bar
     self.encoder.save_pretrained(path)
     save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, str(path / HEAD_WEIGHTS))
-    (path / HEAD_CONFIG).write_text(json.dumps(dict(vocab=self.vocab.chars, format=1), indent=2))
+    (path / HEAD_CONFIG).write_text(json.dumps(dict(vocab=self.vocab.chars, mask=self.mask_id, format=1), indent=2))
     return path
 
 # %% ../nbs/04_model.ipynb #e754cdf9
@@ -166,7 +172,9 @@ def load(cls: DomainCanineMLM, path, device='cpu') -> DomainCanineMLM:
     hf_logging.disable_progress_bar()
     try:
         head_cfg = json.loads((path / HEAD_CONFIG).read_text())
-        model = cls(CanineModel.from_pretrained(path), CharVocab(head_cfg['vocab']))
+        mask = head_cfg.get('mask', MASK)  # not recorded: written before it was, by training here
+        if mask not in MASKS: raise ModelError(f"mask {mask!r} is neither {MASK} ([MASK]) nor {ORIGINAL_MASK} ([CLS])")
+        model = cls(CanineModel.from_pretrained(path), CharVocab(head_cfg['vocab']), mask)
         model.head.load_state_dict(load_file(str(path / HEAD_WEIGHTS)))
     except Exception as e:  # torch, safetensors and transformers raise many types for a damaged file
         raise ModelError(f"cannot load the model in {path}: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from None
@@ -197,7 +205,7 @@ def load_original(path) -> DomainCanineMLM:
     state = read_original_state(path)
     if 'mlm_head_state_dict' not in state: raise ModelError(f"{path}/{ORIGINAL_STATE} has no mlm_head_state_dict")
     hf_logging.disable_progress_bar()
-    model = DomainCanineMLM(CanineModel.from_pretrained(path))
+    model = DomainCanineMLM(CanineModel.from_pretrained(path), mask_id=ORIGINAL_MASK)
     try: model.head.load_state_dict(head_from_original(state['mlm_head_state_dict'], model.vocab))
     except (KeyError, RuntimeError) as e:
         raise ModelError(f"the head in {path}/{ORIGINAL_STATE} does not fit: {str(e).strip().splitlines()[0]}") from None
@@ -215,14 +223,46 @@ def import_original(src, dst) -> Path:
     (Path(dst) / 'imported_from.json').write_text(json.dumps(dict(source=str(src), **model.original_info), indent=2, default=str))
     return Path(dst)
 
+# %% ../nbs/04_model.ipynb #720384f7
+def write_original_checkpoint(path, # the directory to write
+                              model_config: str = 'tiny', # the encoder's shape
+                              seed: int = 0, # its random initial weights
+                             ) -> Path:
+    "A checkpoint as the original project wrote one, after one optimizer step on one masked domain (for tests)."
+    import argparse
+    from transformers import CanineTokenizer, get_linear_schedule_with_warmup
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        encoder = CanineModel(canine_config(model_config))
+        head = mlm_head(encoder.config.hidden_size, 16_384)  # one class per code point below 16,384
+        opt = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=1e-5, weight_decay=0.01)
+        sched, scaler = get_linear_schedule_with_warmup(opt, 500, 10_000), torch.amp.GradScaler('cpu')
+        ids = torch.tensor([[CLS, ord('a'), ORIGINAL_MASK, ord('.'), ord('i'), ord('o'), SEP]])  # 'ab.io', b hidden
+        loss = F.cross_entropy(head(encoder(input_ids=ids).last_hidden_state[:, 2]), torch.tensor([ord('b')]))
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+    hf_logging.disable_progress_bar()
+    encoder.save_pretrained(path)
+    CanineTokenizer().save_pretrained(path)
+    args = argparse.Namespace(batch_size=256, learning_rate=1e-5, mlm_probability=0.15, bf16=True)
+    torch.save(dict(epoch=0, step=1, global_step=1, mlm_head_state_dict=head.state_dict(),
+                    optimizer_state_dict=opt.state_dict(), scheduler_state_dict=sched.state_dict(),
+                    scaler_state_dict=scaler.state_dict(), train_loss=loss.item(), args=args), Path(path) / ORIGINAL_STATE)
+    return Path(path)
+
 # %% ../nbs/04_model.ipynb #fba39427
 def build_model(model_name_or_path: str | None = None, # our model dir, a hub id or a local CANINE dir; None: from `model_config`
                 model_config: str = 'demo', # named shape for a model trained from scratch
                 vocab: CharVocab | None = None, # output classes of a new head
                ) -> DomainCanineMLM:
-    "A model to train: loaded from `model_name_or_path`, or fresh from a named shape."
+    "A model to train with [MASK]: loaded from `model_name_or_path`, or fresh from a named shape."
     if model_name_or_path is None: return DomainCanineMLM(CanineModel(canine_config(model_config)), vocab)
-    if is_model_dir(model_name_or_path) or is_original_dir(model_name_or_path): return DomainCanineMLM.load(model_name_or_path)
+    if is_model_dir(model_name_or_path) or is_original_dir(model_name_or_path):
+        model = DomainCanineMLM.load(model_name_or_path)
+        model.mask_id = MASK  # what training masks with, from the first step: what its checkpoints record
+        return model
     p = Path(model_name_or_path).expanduser()
     if p.exists() and not (p / 'config.json').is_file():
         raise ModelError(f"{model_name_or_path} holds no CANINE model (no config.json)")

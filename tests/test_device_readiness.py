@@ -6,7 +6,10 @@ import pytest
 import torch
 from conftest import ROOT
 from domain_canine.checkpoint import MARKER, _sha256, load_checkpoint
-from domain_canine.model import build_model
+from domain_canine.evaluation import cloze_eval, cloze_positions, masked_eval, pseudo_log_likelihood
+from domain_canine.inference import Predictor
+from domain_canine.masking import EncodedDomains
+from domain_canine.model import MLMOutput, build_model
 from domain_canine.config import resolve_config
 from domain_canine.callbacks import Callback
 from domain_canine.training import Trainer
@@ -113,3 +116,46 @@ def test_cuda_generator_states_are_set_for_the_gpus_present(monkeypatch):
     states = [torch.full((16,), i, dtype=torch.uint8) for i in range(8)]
     checkpoint.set_rng_states(dict(checkpoint.rng_states(), cuda=states))  # 8 saved, 2 present: no IndexError
     assert sorted(set_states) == [0, 1] and torch.equal(set_states[1], states[1])
+
+# --- evaluation, inference and scoring: masked positions come from the host, the results come back once
+
+class OnDevice(torch.Tensor):
+    "Stands for a tensor on an accelerator: counts each call that would make the host wait for it."
+    waits = 0
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        name = getattr(func, '__name__', '')
+        if name in SYNCS + ('numpy', 'nonzero', 'unique'): cls.waits += 1
+        out = super().__torch_function__(func, types, args, kwargs or {})
+        return out.as_subclass(torch.Tensor) if name == 'cpu' else out  # back on the host
+
+class DeviceModel(torch.nn.Module):
+    "A model whose outputs live 'on the device'; it refuses to find the masked positions itself."
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.vocab, self.mask_id = model, model.vocab, model.mask_id
+    def forward(self, input_ids, attention_mask, labels=None, masked_index=None, positions=None):
+        assert masked_index is not None, 'the masked positions must come with the batch, from the host'
+        out = self.model(input_ids, attention_mask, labels, masked_index)
+        on_device = lambda t: None if t is None else t.as_subclass(OnDevice)
+        return MLMOutput(on_device(out.loss), on_device(out.logits), on_device(out.labels))
+
+def waits(fn) -> int:
+    OnDevice.waits = 0
+    fn()
+    return OnDevice.waits
+
+def test_evaluation_and_scoring_wait_for_the_device_once_whatever_the_number_of_batches():
+    torch.manual_seed(0)
+    model, domains = DeviceModel(build_model(None, 'tiny')), [f'name{i}.{tld}' for i in range(24) for tld in ('com', 'io')]
+    enc = EncodedDomains.from_strings(domains)
+    for batch_size in (48, 8):  # one batch, then six
+        assert waits(lambda: masked_eval(model, enc, batch_size, progress=False)) == 2  # the losses and the ranks
+        assert waits(lambda: cloze_eval(model, enc, cloze_positions(enc.lengths), batch_size, progress=False)) == 2
+        assert waits(lambda: pseudo_log_likelihood(model, domains, batch_size, progress=False)) == 1
+
+def test_the_predictor_waits_once_per_pass():
+    torch.manual_seed(0)
+    p = Predictor(DeviceModel(build_model(None, 'tiny')), 'cpu')
+    assert waits(lambda: p.predict(['a?.io', 'goo?le.com', 'ex?mple.org'])) == 1  # one mask each: one pass
+    assert waits(lambda: p.predict(['a??.io'])) == 2  # the second mask is predicted again with the first filled in

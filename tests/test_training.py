@@ -1,15 +1,15 @@
 "Training-loop promises: precision toggles, checkpoint contents, early stopping, W&B/TensorBoard sinks, original checkpoints."
-import argparse, json, os, subprocess, sys
+import json, os, subprocess, sys
 from contextlib import nullcontext
 from pathlib import Path
 import pytest
 import torch
-from torch import nn
-from transformers import CanineModel
 from conftest import cli
 from domain_canine.cli import build_parser
 from domain_canine.checkpoint import verify_checkpoint
-from domain_canine.model import canine_config, is_model_dir
+from domain_canine.inference import Predictor
+from domain_canine.masking import MASK
+from domain_canine.model import HEAD_CONFIG, ORIGINAL_MASK, is_model_dir, write_original_checkpoint
 from domain_canine.config import resolve_config
 from domain_canine.training import Trainer, round_width, COMPILE_WIDTH
 
@@ -85,25 +85,29 @@ def test_missing_optional_package_is_one_line(tmp_path):
 
 @pytest.fixture
 def original_dir(tmp_path):
-    "A checkpoint in the original project's format: encoder + pickled training_state.bin with a 16,384-class head."
-    d = tmp_path / 'original'
-    CanineModel(canine_config('tiny')).save_pretrained(d)
-    head = nn.Sequential(nn.Linear(32, 32), nn.GELU(), nn.LayerNorm(32), nn.Linear(32, 16384))
-    opt = torch.optim.AdamW(head.parameters())
-    torch.save(dict(mlm_head_state_dict=head.state_dict(), optimizer_state_dict=opt.state_dict(), global_step=10,
-                    epoch=1, args=argparse.Namespace(batch_size=32, bf16=True)), d / 'training_state.bin')
-    return d
+    "A checkpoint in the original project's format (encoder, tokenizer files, pickled training_state.bin)."
+    return write_original_checkpoint(tmp_path / 'original')
+
+def masks_fed(model_dir, query='a?.io') -> torch.Tensor:
+    "What the predictor of `model_dir` puts where `query` has its ?."
+    seen, p = [], Predictor.from_dir(model_dir, 'cpu')
+    p.model.encoder.register_forward_pre_hook(lambda m, a, kw: seen.append(kw['input_ids']), with_kwargs=True)
+    p.predict([query])
+    return seen[0][0, 1 + query.index('?')].item()
 
 def test_original_checkpoints_import_and_load_directly(original_dir, tmp_path):
     r = cli('import-original', original_dir, tmp_path / 'converted')
     assert r.returncode == 0, r.stderr
     assert is_model_dir(tmp_path / 'converted')
+    assert json.loads((tmp_path / 'converted' / HEAD_CONFIG).read_text())['mask'] == ORIGINAL_MASK
+    assert masks_fed(original_dir) == masks_fed(tmp_path / 'converted') == ORIGINAL_MASK  # as the original was trained
     r = cli('predict', '--model_path', original_dir, '--json', 'example.c?m')  # no conversion step needed
     assert r.returncode == 0, r.stderr
     assert len(json.loads(r.stdout)[0]['masks']) == 1
     r = cli('train', '--preset', 'tiny', '--num_samples', 300, '--max_steps', 2, '--model_name_or_path', original_dir,
             '--output_dir', tmp_path / 'continued')
     assert r.returncode == 0, r.stderr
+    assert masks_fed(tmp_path / 'continued' / 'final-model') == MASK  # continued with our masking: it records [MASK]
     r = cli('import-original', tmp_path / 'converted', tmp_path / 'again')
     assert r.returncode == 1 and 'not a checkpoint of the original project' in r.stderr
 
