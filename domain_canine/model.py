@@ -127,12 +127,18 @@ def sdpa_backend(device: torch.device, dtype: torch.dtype = torch.bfloat16, head
     return 'none'
 
 # transformers checks each mask for being all ones, to drop it: a host sync per call on a GPU. Ours never asks.
-_create_bidirectional_mask = modeling_canine.create_bidirectional_mask
-if 'allow_is_bidirectional_skip' in inspect.signature(_create_bidirectional_mask).parameters:
-    def _mask_without_host_sync(*args, **kw):
-        "transformers' bidirectional mask, always built (the all-ones check would make the host wait for the GPU)."
-        return _create_bidirectional_mask(*args, **{**kw, 'allow_is_bidirectional_skip': False})
-    modeling_canine.create_bidirectional_mask = _mask_without_host_sync
+# CANINE builds its masks with `create_bidirectional_mask` from transformers 5.9 on, and that takes the switch from
+# 5.15 on: the floor in settings.ini, checked here so that an older transformers fails at import, in one line
+_create_bidirectional_mask = getattr(modeling_canine, 'create_bidirectional_mask', None)
+if 'allow_is_bidirectional_skip' not in inspect.signature(_create_bidirectional_mask or (lambda: None)).parameters:
+    import transformers
+    raise ImportError(f'domain-canine needs transformers>=5.15, found {transformers.__version__}: '
+                      'pip install "transformers>=5.15"')
+
+def _mask_without_host_sync(*args, **kw):
+    "transformers' bidirectional mask, always built (the all-ones check would make the host wait for the GPU)."
+    return _create_bidirectional_mask(*args, **{**kw, 'allow_is_bidirectional_skip': False})
+modeling_canine.create_bidirectional_mask = _mask_without_host_sync
 
 # %% ../nbs/04_model.ipynb #d010e5d1
 HEAD_WEIGHTS, HEAD_CONFIG = 'mlm_head.safetensors', 'mlm_head.json'
