@@ -4,8 +4,10 @@
 
 # %% ../nbs/15_bench.ipynb #d2cddd11
 from __future__ import annotations
-import json, os, shutil, subprocess, statistics, sys, tempfile, threading, time
+import argparse, contextlib, json, os, shutil, subprocess, statistics, sys, tempfile, threading, time, traceback, warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -14,14 +16,20 @@ from transformers import CanineModel
 from .data import EncodedDomains, load_corpus, prepare_corpus
 from .masking import CharVocab, MaskedBatches, MASK, CLS, SEP, PAD, padding_fraction, padded_length
 from .model import DomainCanineMLM, canine_config, mlm_head, use_sdpa
-from .core import pick_device, pick_precision
-from .training import make_optimizer, compile_encoder, round_width, COMPILE_WIDTH
+from .core import ConfigError, pick_device, pick_precision
+from .config import resolve_config
+from .callbacks import Callback
+from .distributed import shutdown_distributed
+from .training import Trainer, make_optimizer, compile_encoder, round_width, COMPILE_WIDTH
+from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['ORIGINAL_CLASSES', 'PEAK_TFLOPS', 'reference_batch', 'ReferenceMLM', 'PeakMemory', 'flops_per_domain',
-           'time_training', 'bench_training', 'bench_ablations', 'bench_pipeline', 'bench_masking',
+__all__ = ['ORIGINAL_CLASSES', 'PEAK_TFLOPS', 'SDPA_OPS', 'ABLATIONS', 'TARGETS', 'PATHS', 'reference_batch', 'ReferenceMLM',
+           'PeakMemory', 'pinned', 'training_flops', 'probe_batch', 'flops_by_width', 'batch_flops', 'time_training',
+           'reference_figures', 'bench_training', 'bench_ablations', 'bench_pipeline', 'bench_masking',
            'measure_preparation', 'measure_training', 'bench_scale', 'gpu_figures', 'measured_matmul_tflops',
-           'device_versions', 'run_bench']
+           'device_versions', 'sdpa_kernels', 'run_bench', 'write_json', 'Phase', 'one_line', 'run_phases',
+           'DeviceCheck', 'SyncCounter', 'PoisonStep', 'sync_spans', 'judge', 'device_check_main']
 
 # %% ../nbs/15_bench.ipynb #3f2482df
 ORIGINAL_CLASSES = 16_384
@@ -69,51 +77,86 @@ class PeakMemory:
 def _sync(device):
     if device.type == 'cuda': torch.cuda.synchronize()
 
+def pinned(batch: dict, device: torch.device) -> dict:
+    "`batch` in page-locked host memory when it goes to a GPU, so that its copy can be asynchronous."
+    return {k: v.pin_memory() for k, v in batch.items()} if device.type == 'cuda' else batch
+
 # %% ../nbs/15_bench.ipynb #c7728c2a
-def flops_per_domain(step, batch: dict, n: int) -> float:
-    "Model FLOPs of one training step on `batch`, per domain, counted by torch's FLOP counter."
+def training_flops(model: nn.Module, loss_of, batch: dict, device, amp_dtype) -> float:
+    "Model FLOPs of one forward and backward pass on `batch`, counted by torch's FLOP counter (weights unchanged)."
     from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter: step(batch)
-    return counter.get_total_flops() / n
+    batch = {k: v.to(device) for k, v in batch.items()}
+    with FlopCounterMode(display=False) as counter:
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss = loss_of(model, batch)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+# %% ../nbs/15_bench.ipynb #b3c179f5
+def probe_batch(width: int, masked: int) -> dict:
+    "One domain of `width` positions with `masked` masked characters: all a step's FLOPs depend on."
+    ids = torch.full((1, width), ord('a'))
+    labels = torch.full((1, width), -100)
+    labels[0, 1:masked + 1] = 1
+    return dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels,
+                masked_index=torch.arange(1, masked + 1))
+
+def flops_by_width(model: DomainCanineMLM, widths, device, amp_dtype) -> tuple[dict[int, float], float]:
+    "FLOPs of a training step per domain at each width (head excluded), and the head's per masked character."
+    count = lambda w, m: training_flops(model, lambda mod, b: mod(**b).loss, probe_batch(w, m), device, amp_dtype)
+    head = count(max(widths), 2) - count(max(widths), 1)
+    return {w: count(w, 1) - head for w in sorted(set(widths))}, head
+
+def batch_flops(batch: dict, per_width: dict[int, float], head: float) -> tuple[float, float]:
+    "FLOPs of a training step on `batch`: as run (padding included), and those of its real positions (prorated)."
+    b, w = batch['input_ids'].shape
+    masked = head * len(batch['masked_index'])
+    real = int(batch['attention_mask'].sum())  # [CLS], characters and [SEP] of every row
+    return b * per_width[w] + masked, per_width[w] * real / w + masked
 
 # %% ../nbs/15_bench.ipynb #bafee4c4
-def time_training(model: nn.Module, make_batch, loss_of, device, amp_dtype, warmup: int = 3, windows: int = 5,
-                  window_steps: int = 5, fused: bool | None = None, count_flops: bool = True) -> dict:
-    "Median domains/s and characters/s over timed windows of training steps, with peak memory and FLOPs per domain."
+def time_training(model: nn.Module, batches: list[dict], # built before timing: warmup + windows × window_steps
+                  loss_of, device, amp_dtype, warmup: int = 3, windows: int = 5, window_steps: int = 5,
+                  fused: bool | None = None) -> dict:
+    "Median domains/s and characters/s over timed windows of training steps on prebuilt batches, and peak memory."
+    if len(batches) < warmup + windows * window_steps: raise ValueError(f'{len(batches)} batches are too few')
     model.to(device).train()
     opt = make_optimizer(model, 1e-4, 0.01, device, fused)
+    batches = [pinned(b, device) for b in batches]
     def step(batch):
+        if device.type == 'cuda': torch.compiler.cudagraph_mark_step_begin()  # a new step for CUDA graphs (else a no-op)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loss = loss_of(model, batch)
         loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
-    counted = [make_batch(i) for i in range(3)]  # batches differ in width (bucketing): average a few
-    flops = statistics.mean(flops_per_domain(step, b, len(b['input_ids'])) for b in counted) if count_flops else None
-    rates, chars, i = [], [], len(counted)
+    seconds, timed = [], [batches[warmup + w * window_steps:][:window_steps] for w in range(windows)]
     with PeakMemory(device) as mem:
-        for _ in range(warmup): step(make_batch(i)); i += 1
-        for _ in range(windows):
-            _sync(device); t, n, c = time.perf_counter(), 0, 0
-            for _ in range(window_steps):
-                b = make_batch(i); i += 1; step(b)
-                n += len(b['input_ids']); c += int((b['attention_mask'].sum() - 2 * len(b['input_ids'])))
-            _sync(device); dt = time.perf_counter() - t
-            rates.append(n / dt); chars.append(c / dt)
-    return dict(domains_per_s=statistics.median(rates), chars_per_s=statistics.median(chars), peak_memory_mb=mem.mb,
-                flops_per_domain=flops)
+        for b in batches[:warmup]: step(b)
+        for window in timed:
+            _sync(device); t = time.perf_counter()
+            for b in window: step(b)
+            _sync(device); seconds.append(time.perf_counter() - t)
+    domains = [sum(len(b['input_ids']) for b in w) for w in timed]
+    chars = [sum(int(b['attention_mask'].sum()) - 2 * len(b['input_ids']) for b in w) for w in timed]
+    return dict(domains_per_s=statistics.median(n / s for n, s in zip(domains, seconds)),
+                chars_per_s=statistics.median(c / s for c, s in zip(chars, seconds)), peak_memory_mb=mem.mb,
+                timed_s=sum(seconds), timed=[b for w in timed for b in w])
 
 # %% ../nbs/15_bench.ipynb #8ab99079
-def _reference_figures(encoder, domains: list[str], batch_size: int, max_length: int, device, amp_dtype,
-                       warmup: int, windows: int, window_steps: int) -> dict:
-    "Throughput, memory, FLOPs and padding of the original design, from the same initial weights as `encoder`."
-    rng = np.random.default_rng(0)
-    ref_model = ReferenceMLM(CanineModel(encoder.config))
-    ref_model.encoder.load_state_dict(encoder.state_dict())
-    ref = time_training(ref_model, lambda i: reference_batch(domains[(i * batch_size) % len(domains):][:batch_size], max_length, rng),
-                        lambda m, b: m(**b), device, amp_dtype, warmup, windows, window_steps)
+def reference_figures(config: str, domains: list[str], batch_size: int, max_length: int, device, amp_dtype,
+                      warmup: int = 3, windows: int = 5, window_steps: int = 5) -> dict:
+    "Throughput, memory, FLOPs and padding of the original design, from the weights our mode starts from."
+    rng, n = np.random.default_rng(0), warmup + windows * window_steps
+    batches = [reference_batch(domains[i * batch_size:(i + 1) * batch_size], max_length, rng) for i in range(n)]
+    torch.manual_seed(0)  # as bench_training seeds ours
+    model = ReferenceMLM(CanineModel(canine_config(config))).to(device)
+    ref = time_training(model, batches, lambda m, b: m(**b), device, amp_dtype, warmup, windows, window_steps)
+    # every batch has this shape, and the head runs at every position: one count is every batch's
+    flops = training_flops(model, lambda m, b: m(**b), batches[-1], device, amp_dtype) / batch_size
     lens = np.array([len(d) for d in domains])
     return dict(reference_train_domains_per_s=ref['domains_per_s'], reference_peak_memory_mb=ref['peak_memory_mb'],
-                reference_flops_per_domain=ref['flops_per_domain'],
+                reference_flops_per_domain=flops,
                 reference_padding_fraction=1 - float(np.mean(np.minimum(lens + 2, max_length))) / max_length)
 
 # %% ../nbs/15_bench.ipynb #3c1a3a8a
@@ -131,33 +174,40 @@ def bench_training(config: str = 'small', batch_size: int = 256, max_length: int
     "Training throughput, memory and FLOPs of our path and (optionally) of the original design."
     device = device if isinstance(device, torch.device) else pick_device(device)
     amp_dtype, _ = pick_precision(precision, device)
-    vocab = CharVocab(); torch.manual_seed(0)
-    encoder = CanineModel(canine_config(config))
-    domains = _domains(batch_size * (warmup + windows * window_steps + 2))
+    vocab, n = CharVocab(), warmup + windows * window_steps
+    domains = _domains(batch_size * (n + 2))
     enc = EncodedDomains.from_strings(domains)
     ours = MaskedBatches(enc, vocab, batch_size, seed=0, bucket=bucket)
-    model = use_sdpa(DomainCanineMLM(encoder, vocab), attention == 'sdpa')
-    if compile: compile_encoder(model, cuda_graphs=cuda_graphs)
-    usable = [b for b in range(len(ours)) if fixed_width is None or padded_length(int(enc.lengths_of(ours.order[b * batch_size:(b + 1) * batch_size]).max())) <= fixed_width]
+    torch.manual_seed(0)  # the reference mode starts from these weights
+    model = use_sdpa(DomainCanineMLM(CanineModel(canine_config(config)), vocab), attention == 'sdpa').to(device)
+    longest = lambda b: int(enc.lengths_of(ours.order[b * batch_size:][:batch_size]).max())
+    usable = [b for b in range(len(ours)) if fixed_width is None or padded_length(longest(b)) <= fixed_width]
     widen = (lambda b: round_width(b, fixed_width)) if fixed_width else (lambda b: round_width(b, COMPILE_WIDTH)) if compile else (lambda b: b)
-    batch = lambda i: widen(ours[usable[i % len(usable)]])
-    fast = time_training(model, batch, lambda m, b: m(**b).loss, device, amp_dtype, warmup, windows, window_steps,
-                         fused, count_flops=not compile)  # FLOPs are those of the eager model
+    batches = [widen(ours[usable[i % len(usable)]]) for i in range(n)]
+    widths = {b['input_ids'].shape[1] for b in batches[warmup:]}
+    per_width, head = flops_by_width(model, widths, device, amp_dtype)  # the eager model's, before any compilation
+    if compile: compile_encoder(model, cuda_graphs=cuda_graphs)
+    fast = time_training(model, batches, lambda m, b: m(**b).loss, device, amp_dtype, warmup, windows, window_steps, fused)
+    padded, unpadded = map(sum, zip(*(batch_flops(b, per_width, head) for b in fast['timed'])))
+    timed = sum(len(b['input_ids']) for b in fast['timed'])
     out = dict(train_domains_per_s=fast['domains_per_s'], train_chars_per_s=fast['chars_per_s'],
-               peak_memory_mb=fast['peak_memory_mb'], flops_per_domain=fast['flops_per_domain'],
-               padding_fraction=padding_fraction(ours, 20))
+               peak_memory_mb=fast['peak_memory_mb'], flops_per_domain=padded / timed, unpadded_flops_per_domain=unpadded / timed,
+               achieved_tflops=padded / fast['timed_s'] / 1e12, achieved_unpadded_tflops=unpadded / fast['timed_s'] / 1e12,
+               padding_fraction=padding_fraction(fast['timed']))
     if reference:
-        out.update(_reference_figures(encoder, domains, batch_size, max_length, device, amp_dtype, warmup, windows, window_steps))
+        out.update(reference_figures(config, domains, batch_size, max_length, device, amp_dtype, warmup, windows, window_steps))
         out['speedup'] = fast['domains_per_s'] / out['reference_train_domains_per_s']
     return out
 
 # %% ../nbs/15_bench.ipynb #a753eebe
 def bench_ablations(variants: dict[str, dict], # name → bench_training settings that differ from the default path
                     config: str = 'small', batch_size: int = 256, device=None, precision: str = 'auto',
-                    rounds: int = 2, **steps) -> dict:
+                    rounds: int = 2,
+                    default_domains_per_s: float | None = None, # the default path's rate, measured already: not again
+                    **steps) -> dict:
     "Median domains/s of the default path and of each variant over `rounds` alternating rounds, with ratios to the default."
     device = device if isinstance(device, torch.device) else pick_device(device)
-    runs = {'default': {}, **variants}
+    runs = {**({} if default_domains_per_s else {'default': {}}), **variants}
     rates = {name: [] for name in runs}
     for _ in range(rounds):
         for name, kw in runs.items():
@@ -167,6 +217,7 @@ def bench_ablations(variants: dict[str, dict], # name → bench_training setting
             rates[name].append(bench_training(config, batch_size, 64, device, reference=False, **kw, **steps)['train_domains_per_s'])
     if device.type == 'cuda': torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     out = {f'{name}_domains_per_s': statistics.median(r) for name, r in rates.items()}
+    if default_domains_per_s: out['default_domains_per_s'] = default_domains_per_s
     out.update({f'{name}_vs_default': out[f'{name}_domains_per_s'] / out['default_domains_per_s'] for name in variants})
     return out
 
@@ -328,39 +379,66 @@ def bench_scale(sizes: tuple[int, ...] = (1_000_000, 10_000_000), # corpus sizes
 # %% ../nbs/15_bench.ipynb #639a406c
 PEAK_TFLOPS = {(8, 0): 312.0, (8, 6): 142.0, (8, 9): 165.0, (9, 0): 989.0, (10, 0): 2250.0}  # dense bf16, SXM parts
 
-def gpu_figures(flops_per_domain: float, domains_per_s: float, device: torch.device,
+def gpu_figures(achieved_tflops: float, achieved_unpadded_tflops: float, device: torch.device,
                 measured_peak: float | None = None, # TFLOP/s of `measured_matmul_tflops` on this GPU
                ) -> dict:
-    "Achieved TFLOP/s and model FLOPs utilisation, against the measured dense rate where given and against the data sheet."
-    if device.type != 'cuda': return {}
-    achieved = flops_per_domain * domains_per_s / 1e12
+    "Model FLOPs utilisation, against the measured dense rate where given and against the data sheet."
+    if device.type != 'cuda': return dict(mfu=None, mfu_unpadded=None)
     sheet = PEAK_TFLOPS.get(torch.cuda.get_device_capability(device))
-    return dict(gpu=torch.cuda.get_device_name(device), achieved_tflops=achieved, measured_peak_tflops=measured_peak,
-                mfu=achieved / measured_peak if measured_peak else None, mfu_of_data_sheet=achieved / sheet if sheet else None)
+    per_peak = lambda x, peak: x / peak if peak else None
+    return dict(gpu=torch.cuda.get_device_name(device), measured_peak_tflops=measured_peak,
+                mfu=per_peak(achieved_tflops, measured_peak), mfu_unpadded=per_peak(achieved_unpadded_tflops, measured_peak),
+                mfu_of_data_sheet=per_peak(achieved_tflops, sheet))
 
-def measured_matmul_tflops(device: torch.device, n: int = 8192, repeats: int = 20, dtype=torch.bfloat16) -> float | None:
-    "The dense bf16 matrix-multiply rate this GPU reaches (TFLOP/s): the denominator of an honest MFU."
-    if device.type != 'cuda': return None
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3): a @ b
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats): a @ b
-    end.record(); torch.cuda.synchronize()
-    return 2 * n**3 * repeats / (start.elapsed_time(end) / 1e3) / 1e12
+def measured_matmul_tflops(device: torch.device, n: int = 8192, warmup_s: float = 1.0, rounds: int = 10,
+                           repeats: int = 20, dtype=torch.bfloat16) -> dict:
+    "The dense bf16 matrix-multiply rate this GPU sustains (TFLOP/s, median and best of `rounds`), after `warmup_s` of it."
+    if device.type != 'cuda': return dict(measured_peak_tflops=None)
+    a, b, c = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(3))
+    t = time.perf_counter()
+    while time.perf_counter() - t < warmup_s:  # clocks and power settle under the same load
+        for _ in range(repeats): torch.matmul(a, b, out=c)
+        torch.cuda.synchronize()
+    start, end, rates = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True), []
+    for _ in range(rounds):
+        start.record()
+        for _ in range(repeats): torch.matmul(a, b, out=c)
+        end.record(); torch.cuda.synchronize()
+        rates.append(2 * n**3 * repeats / (start.elapsed_time(end) / 1e3) / 1e12)
+    return dict(measured_peak_tflops=statistics.median(rates), measured_peak_tflops_best=max(rates))
 
 def device_versions(device: torch.device) -> dict:
-    "What the figures were measured with: versions of the stack, the device, and the attention kernel it runs."
-    import platform, transformers
-    from domain_canine.model import sdpa_backend
+    "What the figures were measured with: versions of the stack and the device."
+    import platform, transformers, fastcore
     out = dict(python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
-               numpy=np.__version__, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version() if torch.cuda.is_available() else None)
+               numpy=np.__version__, fastcore=fastcore.__version__, cuda=torch.version.cuda,
+               cudnn=torch.backends.cudnn.version() if torch.cuda.is_available() else None)
     if device.type == 'cuda':
         p = torch.cuda.get_device_properties(device)
         out.update(gpu=p.name, compute_capability='.'.join(map(str, torch.cuda.get_device_capability(device))),
                    gpu_memory_gb=round(p.total_memory / 2**30, 1))
-    out['sdpa_backend'] = sdpa_backend(device, torch.bfloat16 if device.type == 'cuda' else torch.float32)
     return out
+
+# %% ../nbs/15_bench.ipynb #12b13274
+SDPA_OPS = {'_scaled_dot_product_efficient_attention': 'efficient_attention', '_scaled_dot_product_flash_attention':
+            'flash_attention', '_scaled_dot_product_cudnn_attention': 'cudnn_attention',
+            '_scaled_dot_product_attention_math': 'math', '_scaled_dot_product_flash_attention_for_cpu': 'flash_attention_cpu'}
+
+def sdpa_kernels(config: str, batch_size: int, device: torch.device, amp_dtype) -> dict:
+    "The SDPA kernels one training step of our model runs at its real shape, with dropout and a padding mask."
+    from torch.profiler import ProfilerActivity, profile
+    torch.manual_seed(0)
+    model = use_sdpa(DomainCanineMLM(CanineModel(canine_config(config)))).to(device).train()
+    batch = MaskedBatches(EncodedDomains.from_strings(_domains(batch_size)), CharVocab(), batch_size, seed=0)[0]
+    batch = {k: v.to(device) for k, v in batch.items()}
+    with profile(activities=[ProfilerActivity.CPU]) as prof:  # the CPU side records every operator, on any device
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss = model(**batch).loss
+        loss.backward()
+    ran = {e.name.removeprefix('aten::') for e in prof.events()}
+    return dict(sdpa_backend=', '.join(v for k, v in SDPA_OPS.items() if k in ran) or 'none',
+                sdpa_ops=sorted(n for n in ran if 'attention' in n), sdpa_batch_width=batch['input_ids'].shape[1],
+                sdpa_attention_dropout=model.encoder.config.attention_probs_dropout_prob)
 
 # %% ../nbs/15_bench.ipynb #178a7e17
 def run_bench(config: str = 'small', batch_size: int = 256, max_length: int = 64, device=None, precision: str = 'auto',
@@ -374,5 +452,263 @@ def run_bench(config: str = 'small', batch_size: int = 256, max_length: int = 64
                threads=torch.get_num_threads(), length_bucketing=bucket, dry_run=dry_run)
     out.update(bench_pipeline(pipeline_lines, batch_size))
     out.update(bench_training(config, batch_size, max_length, device, precision, bucket, windows=windows, window_steps=window_steps))
-    out.update(gpu_figures(out['flops_per_domain'], out['train_domains_per_s'], device))
+    out.update(gpu_figures(out['achieved_tflops'], out['achieved_unpadded_tflops'], device))
     return out
+
+# %% ../nbs/15_bench.ipynb #b6f0b25c
+def write_json(path, obj):
+    "Write `obj` to `path` as one JSON line, atomically: a reader finds the previous file or this one, whole."
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    tmp.write_text(json.dumps(obj) + '\n')
+    os.replace(tmp, path)
+
+# %% ../nbs/15_bench.ipynb #d9c72988
+@dataclass
+class Phase:
+    "One step of the device check: `run(results so far)` returns the figures it adds."
+    name: str
+    run: Callable[[dict], dict]
+    estimate_s: float = 0.0  # seconds on an H100-class GPU, by estimate (README lists them)
+    costly: bool = False  # skipped when it would end after the deadline, or on request
+
+def one_line(e: BaseException) -> str:
+    "An exception as one line: its type and the first line of its message."
+    lines = str(e).strip().splitlines()
+    return f'{type(e).__name__}: {lines[0] if lines else ""}'.strip(': ')
+
+# %% ../nbs/15_bench.ipynb #7487fc42
+def run_phases(phases: list[Phase], out: dict, path=None, # the JSON file, rewritten after every phase
+               started: float | None = None, # time.perf_counter() at the start of the check
+               deadline_s: float | None = None, # costly phases that would end later are skipped
+               skip: dict[str, str] | None = None, # phase name ('costly': all costly ones) → why it is skipped
+               log=lambda *a: print(*a, file=sys.stderr)) -> dict:
+    "Run `phases` in order, recording each one's figures and status in `out` and writing it after each."
+    started = time.perf_counter() if started is None else started
+    status, skip = out.setdefault('phases', {}), skip or {}
+    save = lambda: write_json(path, out) if path else None
+    for p in phases:
+        elapsed = time.perf_counter() - started
+        if p.name in skip or (p.costly and 'costly' in skip):
+            status[p.name] = dict(status='skipped', reason=skip.get(p.name) or skip['costly']); save(); continue
+        if p.costly and deadline_s is not None and elapsed + p.estimate_s > deadline_s:
+            reason = f'deadline: {elapsed:.0f} s + about {p.estimate_s:.0f} s > {deadline_s:.0f} s'
+            status[p.name] = dict(status='skipped', reason=reason); save(); continue
+        status[p.name] = dict(status='running'); save()
+        log(f'device check: {p.name} (at {elapsed:.0f} s)')
+        t = time.perf_counter()
+        try: out.update(p.run(out)); status[p.name] = dict(status='ok')
+        except Exception as e:
+            traceback.print_exc(file=sys.stderr)
+            status[p.name] = dict(status='error', error=one_line(e))
+        status[p.name]['seconds'] = round(time.perf_counter() - t, 2)
+        out['check_seconds'] = time.perf_counter() - started
+        save()
+    out['complete'] = True
+    save()
+    return out
+
+# %% ../nbs/15_bench.ipynb #099b9f70
+class DeviceCheck:
+    "Settings of the device check, on the GPU or (`dry_run`) on the CPU with the tiny model; one method per phase."
+    def __init__(self, dry_run: bool = False):
+        self.dry_run = dry_run
+        self.device = pick_device('cpu' if dry_run else 'cuda')
+        if dry_run: torch.set_num_threads(1)  # it checks the code, not the CPU; and on a shared CPU, 2 threads ran 10x slower
+        self.config, self.batch, self.precision, self.width = (
+            ('tiny', 32, 'fp32', 24) if dry_run else ('canine-c', 256, 'bf16', 32))
+        self.steps = (dict(warmup=1, windows=2, window_steps=2) if dry_run else
+                      dict(warmup=3, windows=5, window_steps=10))
+        self.amp_dtype = pick_precision(self.precision, self.device)[0]
+
+    def start(self) -> dict:
+        "The first lines of the result: what was measured, and how."
+        return dict(date=time.strftime('%Y-%m-%d'), config=self.config, batch_size=self.batch, precision=self.precision,
+                    device=str(self.device), dry_run=self.dry_run, fixed_width=self.width,
+                    peak_memory_measure='peak above the weights, the same for ours and the reference')
+
+# %% ../nbs/15_bench.ipynb #146fe537
+@patch
+def versions(self: DeviceCheck, out: dict) -> dict: return device_versions(self.device)
+
+@patch
+def sdpa(self: DeviceCheck, out: dict) -> dict: return sdpa_kernels(self.config, self.batch, self.device, self.amp_dtype)
+
+@patch
+def matmul_peak(self: DeviceCheck, out: dict) -> dict: return measured_matmul_tflops(self.device)
+
+# %% ../nbs/15_bench.ipynb #7e03d4f5
+@patch
+def eager(self: DeviceCheck, out: dict) -> dict:
+    "Our default training path: SDPA, fused AdamW, length-bucketed batches, no compilation."
+    r = bench_training(self.config, self.batch, 64, self.device, self.precision, reference=False, **self.steps)
+    return {**r, **gpu_figures(r['achieved_tflops'], r['achieved_unpadded_tflops'], self.device, out.get('measured_peak_tflops'))}
+
+@patch
+def reference(self: DeviceCheck, out: dict, max_length: int) -> dict:
+    "The original design padded to `max_length`, against our rate of the eager phase."
+    r = reference_figures(self.config, _domains(self.batch * 60), self.batch, max_length, self.device, self.amp_dtype,
+                          **self.steps)
+    ours = out['train_domains_per_s']  # KeyError when the eager phase failed: then there is no ratio to report
+    return {f'reference_{max_length}_domains_per_s': r['reference_train_domains_per_s'],
+            f'reference_{max_length}_peak_memory_mb': r['reference_peak_memory_mb'],
+            f'reference_{max_length}_flops_per_domain': r['reference_flops_per_domain'],
+            f'speedup_{max_length}': ours / r['reference_train_domains_per_s'],
+            f'memory_ratio_{max_length}': out['peak_memory_mb'] / max(r['reference_peak_memory_mb'], 1e-9)}
+
+# %% ../nbs/15_bench.ipynb #4a1f9528
+class SyncCounter(Callback):
+    "Counts the host syncs CUDA reports in each step span (one `on_step` to the next), from step `warmup` on."
+    def __init__(self, warmup: int): self.warmup, self.caught, self.per_step, self.sources = warmup, None, {}, []
+    def on_step(self, trainer):
+        if self.caught is None and trainer.state.step >= self.warmup and trainer.device.type == 'cuda':
+            self.catcher = warnings.catch_warnings(record=True)
+            self.caught = self.catcher.__enter__()
+            warnings.simplefilter('always')
+            torch.cuda.set_sync_debug_mode('warn')
+        if self.caught is not None:
+            syncs = [w for w in self.caught if 'synchroniz' in str(w.message)]
+            self.per_step[trainer.state.step] = len(syncs)
+            self.sources = sorted({f'{Path(w.filename).name}:{w.lineno}' for w in syncs})
+    def on_train_end(self, trainer):
+        if self.caught is None: return
+        torch.cuda.set_sync_debug_mode(0)
+        self.catcher.__exit__(None, None, None)
+
+# %% ../nbs/15_bench.ipynb #195fd530
+class PoisonStep(Callback):
+    "Makes the loss of optimizer step `step` + 1 NaN, through the head's output: the trainer must skip that step."
+    def __init__(self, step: int): self.step = step
+    def on_train_start(self, trainer):
+        self.hook = trainer.model.head.register_forward_hook(
+            lambda m, i, out: out * float('nan') if trainer.state.step == self.step and m.training else out)
+    def on_train_end(self, trainer): self.hook.remove()
+
+# %% ../nbs/15_bench.ipynb #f188a220
+def sync_spans(per_step: dict[int, int], plain) -> dict:
+    "Host syncs per step span, split into spans after plain steps (`plain(step)`) and after the others."
+    steps = sorted(per_step)
+    spans = {k: per_step[k + 1] - per_step[k] for k in steps[:-1] if k + 1 in per_step}
+    after_plain = [n for k, n in spans.items() if plain(k)]
+    after_other = [n for k, n in spans.items() if not plain(k)]
+    mean = lambda xs: sum(xs) / len(xs) if xs else None
+    return dict(sync_spans=len(spans), syncs_per_step=mean(list(spans.values())), syncs_per_plain_step=mean(after_plain),
+                syncs_per_other_step=mean(after_other), syncs_plain_steps_total=sum(after_plain))
+
+# %% ../nbs/15_bench.ipynb #875de94f
+@patch
+def trainer(self: DeviceCheck, out: dict) -> dict:
+    "A short real run through `Trainer`, then a resume from its checkpoint; host syncs per step on a GPU."
+    steps, extra, half = (20, 4, 10) if self.dry_run else (30, 6, 15)  # within the first epoch of the sample
+    work = Path(tempfile.mkdtemp(prefix='domain-canine-check-'))
+    cfg = lambda **kw: resolve_config(None, dataset='sample', cache_dir=str(work / 'cache'), model_name_or_path=None,
+                                      model_config=self.config, batch_size=self.batch, precision=self.precision,
+                                      device=self.device.type, learning_rate=1e-4, warmup_steps=5, logging_steps=5,
+                                      eval_steps=half, save_steps=half, num_workers=2 if self.dry_run else 4,
+                                      output_dir=str(work / 'run'), seed=0, **kw)
+    counter, logs, last = SyncCounter(warmup=5), [], str(work / 'run' / f'checkpoint-step-{steps}')
+    try:
+        t0 = time.perf_counter()
+        first = Trainer.from_config(cfg(max_steps=steps), [counter, PoisonStep(12)], log=logs.append)
+        first.fit()
+        t1 = time.perf_counter()
+        second = Trainer.from_config(cfg(max_steps=steps + extra, resume_from=last), log=logs.append)
+        resumed_at = second.state.step
+        second.fit()
+        t2 = time.perf_counter()
+    finally: shutdown_distributed()
+    rows = [json.loads(l) for l in (work / 'run' / 'metrics.jsonl').read_text().splitlines()]
+    shutil.rmtree(work, ignore_errors=True)
+    train, evals = [x for x in rows if x['type'] == 'train' and x['step'] > 5], [x for x in rows if x['type'] == 'eval']
+    loader = first.loader()
+    r = dict(trainer_steps=steps, trainer_workers=loader.num_workers, trainer_pin_memory=loader.pin_memory,
+             trainer_domains_per_s=statistics.median(x['domains_per_s'] for x in train),
+             trainer_val_loss=evals[-1]['val_loss'], trainer_eval_s=statistics.median(x['eval_s'] for x in evals),
+             trainer_skipped_steps=first.state.skipped_steps,
+             trainer_weights_finite=all(bool(torch.isfinite(p).all()) for p in first.model.parameters()),
+             trainer_run_s=t1 - t0, trainer_resumed_at=resumed_at, trainer_final_step=second.state.step,
+             trainer_resume_s=t2 - t1)
+    if self.device.type != 'cuda': return dict(r, syncs_per_step=None, syncs='not measurable on the CPU')
+    plain = lambda k: k % 5 and k % half and k != steps  # neither a logging, evaluation nor checkpoint step
+    return dict(r, **sync_spans(counter.per_step, plain), sync_sources=counter.sources[:8])
+
+# %% ../nbs/15_bench.ipynb #83a88a3b
+ABLATIONS = dict(eager_attention=dict(attention='eager'), unfused_adamw=dict(fused=False),
+                 no_length_bucketing=dict(bucket=False), fp32_tf32=dict(precision='fp32'),
+                 fp32_no_tf32=dict(precision='fp32', tf32=False))
+
+@patch
+def ablations(self: DeviceCheck, out: dict) -> dict:
+    r = bench_ablations(ABLATIONS, self.config, self.batch, self.device, self.precision, rounds=1,
+                        default_domains_per_s=out.get('train_domains_per_s'), **self.steps)
+    return {f'ablation_{k}': v for k, v in r.items()}
+
+@patch
+def pipeline(self: DeviceCheck, out: dict) -> dict: return bench_pipeline(20_000 if self.dry_run else 1_000_000, self.batch)
+
+# %% ../nbs/15_bench.ipynb #cfcec835
+@patch
+def at_fixed_width(self: DeviceCheck, out: dict, name: str, **kw) -> dict:
+    "Our path at the fixed width, as `name` (eager, compiled, cuda_graphs), with its ratio to eager at that width."
+    r = bench_training(self.config, self.batch, 64, self.device, self.precision, reference=False, fixed_width=self.width,
+                       **kw, **self.steps)
+    fig = {f'{name}_domains_per_s': r['train_domains_per_s'], f'{name}_peak_memory_mb': r['peak_memory_mb'],
+           f'{name}_padding_fraction': r['padding_fraction'],
+           **{f'{name}_{k}': v for k, v in gpu_figures(r['achieved_tflops'], r['achieved_unpadded_tflops'], self.device,
+                                                       out.get('measured_peak_tflops')).items() if k.startswith('mfu')}}
+    if name != 'fixed_width_eager' and out.get('fixed_width_eager_domains_per_s'):
+        fig[f'{name}_vs_fixed_width_eager'] = r['train_domains_per_s'] / out['fixed_width_eager_domains_per_s']
+    return fig
+
+# %% ../nbs/15_bench.ipynb #dba7298a
+TARGETS = {'H100': 50_000, 'H200': 50_000, 'A100': 25_000}  # domains/s of canine-c training, by card
+PATHS = dict(eager='train_domains_per_s', compiled='compiled_domains_per_s', cuda_graphs='cuda_graphs_domains_per_s')
+
+def judge(out: dict, gpu_name: str) -> dict:
+    "Each measured path (and the best of them) against the domains/s target of the card; memory is reported, not judged."
+    target = next((v for k, v in TARGETS.items() if k in gpu_name), None)
+    if target is None: return dict(target_domains_per_s=None)
+    rates = {p: out[k] for p, k in PATHS.items() if out.get(k)}
+    best = max(rates, key=rates.get) if rates else None
+    return dict(target_domains_per_s=target, **{f'target_met_{p}': r >= target for p, r in rates.items()},
+                best_path=best, best_domains_per_s=rates.get(best), target_met=bool(best) and rates[best] >= target)
+
+# %% ../nbs/15_bench.ipynb #cd67e622
+@patch
+def phases(self: DeviceCheck) -> list[Phase]:
+    "The phases in the order they run, cheap ones first, with their estimated seconds on an H100-class GPU."
+    ph = lambda name, run, estimate, costly=False: Phase(name, run, estimate, costly)
+    width = lambda name, **kw: (lambda out: self.at_fixed_width(out, name, **kw))
+    out = [ph('versions', self.versions, 1), ph('sdpa', self.sdpa, 10), ph('matmul_peak', self.matmul_peak, 5),
+           ph('eager', self.eager, 15), ph('reference_64', lambda out: self.reference(out, 64), 10),
+           ph('reference_128', lambda out: self.reference(out, 128), 15), ph('trainer', self.trainer, 75),
+           ph('pipeline', self.pipeline, 25), ph('ablations', self.ablations, 50),
+           ph('fixed_width_eager', width('fixed_width_eager'), 10),
+           ph('compiled', width('compiled', compile=True), 120, costly=True),
+           ph('cuda_graphs', width('cuda_graphs', compile=True, cuda_graphs=True), 130, costly=True)]
+    if self.device.type == 'cuda': out.append(ph('targets', lambda o: judge(o, torch.cuda.get_device_name(self.device)), 0))
+    return out
+
+# %% ../nbs/15_bench.ipynb #b0d3e946
+def device_check_main(argv: list[str] | None = None, started: float | None = None) -> int:
+    "The device check's command line (bench/device_check.sh): run the phases, print and write the JSON."
+    p = argparse.ArgumentParser(prog='bench/device_check.sh', description='The GPU device check (README).')
+    p.add_argument('--dry_run', action='store_true', help='the tiny model on the CPU, in about a minute')
+    p.add_argument('--deadline_s', type=float, default=480, help='skip costly phases that would end later (seconds)')
+    p.add_argument('--skip', default='', help="phases to skip, comma-separated ('costly': compiled,cuda_graphs)")
+    p.add_argument('--out', default=None, help='the JSON file (default: $OUT/device_check.json when OUT is set)')
+    a = p.parse_args(argv)
+    try: check = DeviceCheck(a.dry_run)
+    except ConfigError as e: print(f'device check: {e} (--dry_run runs on the CPU)', file=sys.stderr); return 2
+    skip = {s: 'asked for (--skip)' for s in a.skip.split(',') if s}
+    if unknown := set(skip) - {ph.name for ph in check.phases()} - {'costly'}:
+        p.error(f"unknown phase(s) to skip: {', '.join(sorted(unknown))}")
+    if a.dry_run:
+        skip.update(compiled='dry run: minutes of compiling on a CPU', cuda_graphs='dry run: no CUDA graphs on a CPU')
+    path = a.out or (Path(os.environ['OUT']) / 'device_check.json' if os.environ.get('OUT') else None)
+    with contextlib.redirect_stdout(sys.stderr):  # what a phase prints (a run's log) is not the result
+        out = run_phases(check.phases(), check.start(), path, started, a.deadline_s, skip)
+    print(json.dumps(out))
+    failed = [f"{k} ({v['error']})" for k, v in out['phases'].items() if v['status'] == 'error']
+    if failed: print(f"device check: {len(failed)} phase(s) failed: {'; '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
