@@ -17,7 +17,7 @@ from transformers.models.canine import modeling_canine
 from transformers.models.canine.modeling_canine import CanineSelfAttention
 from transformers.utils import logging as hf_logging
 from fastcore.basics import patch
-from .masking import CharVocab, EncodedDomains, pad_batch
+from .masking import CLS, MASK, SEP, CharVocab, EncodedDomains, pad_batch
 
 # %% auto #0
 __all__ = ['MODEL_CONFIGS', 'SDPA_BACKENDS', 'HEAD_WEIGHTS', 'HEAD_CONFIG', 'ORIGINAL_STATE', 'ORIGINAL_MASK', 'MASKS',
@@ -57,8 +57,6 @@ class MLMOutput:
     labels: torch.Tensor | None  # (masked characters,) class indices
 
 # %% ../nbs/04_model.ipynb #52a74e15
-from .masking import CLS, MASK, SEP
-
 class DomainCanineMLM(nn.Module):
     "A CANINE encoder with a masked-character head over `vocab`, queried with the mask it was trained with."
     def __init__(self, encoder: CanineModel, vocab: CharVocab | None = None,
