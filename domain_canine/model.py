@@ -128,6 +128,8 @@ def sdpa_backend(device: torch.device, dtype: torch.dtype = torch.bfloat16, head
 # CANINE builds its masks with `create_bidirectional_mask` from transformers 5.9 on, and that takes the switch from
 # 5.15 on: the floor in settings.ini, checked here so that an older transformers fails at import, in one line
 _create_bidirectional_mask = getattr(modeling_canine, 'create_bidirectional_mask', None)
+# a second import in one process (a chapter's cells beside the package) finds ours in place: take what it wraps
+_create_bidirectional_mask = getattr(_create_bidirectional_mask, 'wrapped', _create_bidirectional_mask)
 if 'allow_is_bidirectional_skip' not in inspect.signature(_create_bidirectional_mask or (lambda: None)).parameters:
     import transformers
     raise ImportError(f'domain-canine needs transformers>=5.15, found {transformers.__version__}: '
@@ -136,6 +138,7 @@ if 'allow_is_bidirectional_skip' not in inspect.signature(_create_bidirectional_
 def _mask_without_host_sync(*args, **kw):
     "transformers' bidirectional mask, always built (the all-ones check would make the host wait for the GPU)."
     return _create_bidirectional_mask(*args, **{**kw, 'allow_is_bidirectional_skip': False})
+_mask_without_host_sync.wrapped = _create_bidirectional_mask
 modeling_canine.create_bidirectional_mask = _mask_without_host_sync
 
 # %% ../nbs/04_model.ipynb #d010e5d1
