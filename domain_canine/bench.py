@@ -27,9 +27,9 @@ from fastcore.basics import patch
 __all__ = ['ORIGINAL_CLASSES', 'PEAK_TFLOPS', 'SDPA_OPS', 'ABLATIONS', 'TARGETS', 'PATHS', 'reference_batch', 'ReferenceMLM',
            'PeakMemory', 'pinned', 'training_flops', 'probe_batch', 'flops_by_width', 'batch_flops', 'time_training',
            'reference_figures', 'bench_training', 'bench_ablations', 'bench_pipeline', 'bench_masking',
-           'measure_preparation', 'measure_training', 'bench_scale', 'gpu_figures', 'measured_matmul_tflops',
-           'device_versions', 'sdpa_kernels', 'run_bench', 'write_json', 'Phase', 'one_line', 'run_phases',
-           'DeviceCheck', 'SyncCounter', 'PoisonStep', 'sync_spans', 'judge', 'device_check_main']
+           'measure_preparation', 'measure_opening', 'measure_training', 'bench_scale', 'gpu_figures',
+           'measured_matmul_tflops', 'device_versions', 'sdpa_kernels', 'run_bench', 'write_json', 'Phase', 'one_line',
+           'run_phases', 'DeviceCheck', 'SyncCounter', 'PoisonStep', 'sync_spans', 'judge', 'device_check_main']
 
 # %% ../nbs/15_bench.ipynb #3f2482df
 ORIGINAL_CLASSES = 16_384
@@ -180,7 +180,7 @@ def bench_training(config: str = 'small', batch_size: int = 256, max_length: int
     ours = MaskedBatches(enc, vocab, batch_size, seed=0, bucket=bucket)
     torch.manual_seed(0)  # the reference mode starts from these weights
     model = use_sdpa(DomainCanineMLM(CanineModel(canine_config(config)), vocab), attention == 'sdpa').to(device)
-    longest = lambda b: int(enc.lengths_of(ours.order[b * batch_size:][:batch_size]).max())
+    longest = lambda b: int(enc.lengths_of(ours.indices(b)).max())
     usable = [b for b in range(len(ours)) if fixed_width is None or padded_length(longest(b)) <= fixed_width]
     widen = (lambda b: round_width(b, fixed_width)) if fixed_width else (lambda b: round_width(b, COMPILE_WIDTH)) if compile else (lambda b: b)
     batches = [widen(ours[usable[i % len(usable)]]) for i in range(n)]
@@ -238,8 +238,7 @@ def bench_pipeline(lines: int = 1_000_000, batch_size: int = 256, workdir=None,
         t1 = time.perf_counter()
         n_lines = prepared.lines_read
         per_epoch = -(-len(prepared.train) // batch_size)
-        run = RunBatches(prepared.train, CharVocab(), resolve_config(batch_size=batch_size), per_epoch,
-                         Path(prepared.cache) / 'epoch-orders')
+        run = RunBatches(prepared.train, CharVocab(), resolve_config(batch_size=batch_size), per_epoch)
         loader = torch.utils.data.DataLoader(run, batch_size=None, sampler=range(-(-n_lines // batch_size)))
         produced = sum(len(b['input_ids']) for b in loader)
         t2 = time.perf_counter()
@@ -309,19 +308,43 @@ def _first_step_and_rows(cmd: list[str], metrics: Path) -> tuple[float, list[dic
     first = next(r for r in rows if r['type'] == 'train')
     return first['time'] - launched, rows, usage.ru_maxrss / 1024
 
-def _late_checkpoint(args: list[str], source: Path, step: int) -> Path:
-    "A copy of checkpoint `source` that claims to be at optimizer step `step` (what a long run would leave)."
-    code = ('from domain_canine.cli import build_parser; from domain_canine.config import resolve_config; from domain_canine.training import Trainer; '
-            f'a = vars(build_parser().parse_args(["train", *{args!r}, "--resume_from", {str(source)!r}, "--max_steps", "{step + 10}"])); '
-            'cfg = resolve_config(None, **{k: v for k, v in a.items() if k not in ("command", "func", "preset")}); '
-            f't = Trainer.from_config(cfg, log=lambda *a: None); t.state.step = {step}; '
-            f't.state.epoch, t.state.batch_in_epoch = divmod({step}, t.steps_per_epoch); print(t.save("checkpoint-step-{step}"))')
+def _train_config(args: list[str]):
+    "The `TrainConfig` of a `domain-canine train` command line."
+    from domain_canine.cli import build_parser
+    from domain_canine.config import resolve_config
+    a = vars(build_parser().parse_args(['train', *args]))
+    return resolve_config(None, **{k: v for k, v in a.items() if k not in ('command', 'func', 'preset')})
+
+def _late_checkpoint(args: list[str], source: Path, epoch: float) -> tuple[Path, int]:
+    "A copy of checkpoint `source` that claims to be `epoch` epochs in (what a long run would leave), and its step."
+    code = ('from domain_canine.bench import _train_config; from domain_canine.training import Trainer; '
+            f't = Trainer.from_config(_train_config({[*args, "--resume_from", str(source)]!r}), log=lambda *a: None); '
+            f's = t.state; s.step = round({epoch} * t.steps_per_epoch); s.epoch, s.batch_in_epoch = divmod(s.step, t.steps_per_epoch); '
+            'print(s.step, t.save(f"checkpoint-step-{s.step}"))')
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     if r.returncode: raise RuntimeError(r.stderr[-3000:])
-    return Path(r.stdout.strip().splitlines()[-1])
+    step, path = r.stdout.strip().splitlines()[-1].split(' ', 1)
+    return Path(path), int(step)
 
+# %% ../nbs/15_bench.ipynb #3aaa00a9
+def measure_opening(args: list[str], # a `domain-canine train` command line (its corpus prepared already)
+                    late_micro_batch: int, # the first micro-batch of a late resume
+                    started: float, # `time.perf_counter()` at the start of this process, before any import
+                   ) -> dict:
+    "Seconds to import, to open the prepared corpus (`load_run_data`), to the first micro-batch fresh and late."
+    from domain_canine.run_data import load_run_data
+    cfg, t0 = _train_config(args), time.perf_counter()
+    data = load_run_data(cfg, log=lambda *a: None)
+    t1 = time.perf_counter()
+    data.run_batches[0]
+    t2 = time.perf_counter()
+    data.run_batches[late_micro_batch]
+    return dict(import_s=t0 - started, open_s=t1 - t0, first_batch_s=t2 - t1, late_batch_s=time.perf_counter() - t2)
+
+# %% ../nbs/15_bench.ipynb #c4f61d98
 def measure_training(path: str, cache_dir: str, output_dir: str, steps: int = 60, evals: int = 3, batch_size: int = 256,
-                     late_step: int = 900_000, repeats: int = 3, # resumes from each checkpoint, alternating; medians reported
+                     late_epoch: float = 9.5, # where the late resume starts, in epochs
+                     repeats: int = 3, # resumes from each checkpoint, alternating; medians reported
                     ) -> dict:
     "The real `domain-canine train` on `path` (tiny model, CPU): time to the first step, rate, evaluation cost, resume cost."
     out = Path(output_dir)
@@ -337,12 +360,15 @@ def measure_training(path: str, cache_dir: str, output_dir: str, steps: int = 60
              eval_s=statistics.median(e['eval_s'] for e in ev), evals=len(ev), eval_domains=ev[0]['val_domains'],
              marginal_s=max(x['time'] for x in rows) - train[0]['time'], train_peak_rss_mb=rss)
     early = out / f'checkpoint-step-{steps // evals}'
-    late = _late_checkpoint(args, early, late_step)
+    late, late_step = _late_checkpoint(args, early, late_epoch)
+    code = ('import time; started = time.perf_counter(); import json; from domain_canine.bench import measure_opening; '
+            f'print(json.dumps(measure_opening({args!r}, {late_step}, started)))')
+    r.update(json.loads(subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.splitlines()[-1]))
+    r.update(late_step=late_step, after_open_s=first - r['import_s'] - r['open_s'])
     resumes = {'early': [], 'late': []}
     for _ in range(repeats):
         for name, ckpt, stop in (('early', early, steps // evals + 5), ('late', late, late_step + 5)):
             resumed = out.with_name(out.name + f'-resume-{name}')
-            for orders in Path(cache_dir).glob('corpora/*/epoch-orders'): shutil.rmtree(orders)  # as on a fresh machine
             shutil.rmtree(resumed, ignore_errors=True); shutil.copytree(ckpt.parent, resumed, ignore=shutil.ignore_patterns('metrics.jsonl'))
             a = [x if x != str(out) else str(resumed) for x in cmd]
             resumes[name].append(_first_step_and_rows(a + ['--max_steps', str(stop), '--resume_from', str(resumed / ckpt.name)],

@@ -4,16 +4,16 @@
 
 # %% ../nbs/03_masking.ipynb #c1edc9dd
 from __future__ import annotations
-import hashlib, os, re, zlib
-from pathlib import Path
+import math, zlib
 import numpy as np
 import torch
-from .data import EncodedDomains, file_lock  # a corpus as flat arrays (data chapter)
+from fastcore.basics import patch
+from .data import EncodedDomains  # a corpus as flat arrays (data chapter)
 
 # %% auto #0
 __all__ = ['PAD', 'CLS', 'SEP', 'MASK', 'DOWNSAMPLING_RATE', 'DOMAIN_CHARS', 'CharVocab', 'padded_length', 'pad_batch',
-           'mask_batch', 'batch_seed', 'bucket_by_length', 'epoch_order', 'MaskedBatches', 'SharedEpochOrders',
-           'evaluation_order', 'padding_fraction']
+           'mask_batch', 'batch_seed', 'Permutation', 'EpochOrder', 'MaskedBatches', 'evaluation_order',
+           'padding_fraction']
 
 # %% ../nbs/03_masking.ipynb #34b6190e
 PAD, CLS, SEP, MASK = 0, 0xE000, 0xE001, 0xE003  # padding, [CLS], [SEP], [MASK] as CanineTokenizer defines them
@@ -123,75 +123,102 @@ def batch_seed(*keys: int) -> int:
     "A 63-bit seed derived from integers (stable across processes and Python versions)."
     return zlib.crc32(np.array(keys, dtype=np.int64).tobytes()) * 2654435761 % (2**63)
 
-def bucket_by_length(order: np.ndarray, # a shuffled order of domains (its pools are sorted in place)
-                     lengths_of, # function: domain indices -> their lengths (`EncodedDomains.lengths_of`)
-                     batch_size: int, rng: np.random.Generator, pool: int = 64) -> np.ndarray:
-    "Reorder `order` so that each batch holds domains of similar length; the order of full batches is shuffled."
-    chunk = batch_size * pool  # sort within pools of 64 batches: similar lengths, yet every batch a random sample
-    for s in range(0, len(order), chunk):
-        part = order[s:s + chunk]
-        part[:] = part[np.argsort(lengths_of(part), kind='stable')]
-    full, out = len(order) // batch_size * batch_size, np.empty_like(order)  # one more array: 2 x 4 bytes a domain at most
-    np.take(order[:full].reshape(-1, batch_size), rng.permutation(full // batch_size), axis=0, out=out[:full].reshape(-1, batch_size))
-    out[full:] = order[full:]
-    return out
+# %% ../nbs/03_masking.ipynb #17e18e1f
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
-def epoch_order(enc: EncodedDomains, batch_size: int, seed: int = 0, epoch: int = 0, shuffle: bool = True,
-                bucket: bool = False) -> np.ndarray:
-    "The order of the domains of `enc` in one epoch: a shuffle seeded by (seed, epoch), optionally length-bucketed."
-    order = np.arange(len(enc), dtype=np.int32 if len(enc) < 2**31 else np.int64)  # 4 bytes a domain up to 2G domains
-    if not shuffle: return order
-    rng = np.random.default_rng(batch_seed(seed, epoch))
-    rng.shuffle(order)  # in place: the same permutation as rng.permutation(len(enc))
-    return bucket_by_length(order, enc.lengths_of, batch_size, rng) if bucket else order
+def _mix(z: np.ndarray) -> np.ndarray:
+    "SplitMix64's finaliser: every output bit depends on every input bit (uint64 arithmetic wraps)."
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+class Permutation:
+    "A seeded pseudo-random permutation of [0, n), evaluated at any positions without an n-sized array."
+    def __init__(self, n: int, seed: int, rounds: int = 6):
+        self.n, self.side = n, np.uint64(max(2, math.isqrt(max(n - 1, 0)) + 1))  # a² ≥ n
+        self.keys = np.random.default_rng(seed).integers(0, 2**63, rounds, dtype=np.uint64)
+
+    def _network(self, x: np.ndarray) -> np.ndarray:
+        "The Feistel network: a bijection of [0, a²)."
+        left, right = x // self.side, x % self.side
+        for k in self.keys: left, right = right, (left + _mix(right ^ k) % self.side) % self.side
+        return left * self.side + right
+
+    def __call__(self, positions) -> np.ndarray:
+        "The values at `positions` (each in [0, n))."
+        x = np.array(positions, dtype=np.uint64)
+        with np.errstate(over='ignore'):
+            x = self._network(x)
+            out = np.flatnonzero(x >= self.n)
+            while len(out):  # cycle walking: a value outside [0, n) goes through again
+                x[out] = self._network(x[out])
+                out = out[x[out] >= self.n]
+        return x.astype(np.int64)
+
+# %% ../nbs/03_masking.ipynb #44784a10
+class EpochOrder:
+    "One epoch's order of `n` domains, batch by batch: batch `b` costs one pool of work, and nothing epoch-sized is built."
+    def __init__(self, n: int, # domains in the epoch
+                 batch_size: int, seed: int = 0, epoch: int = 0,
+                 lengths_of=None, # function: domain indices -> lengths; given, batches are length-bucketed
+                 pool: int = 64): # batches per bucketing pool
+        self.n, self.bs, self.seed, self.epoch, self.lengths_of = n, batch_size, seed, epoch, lengths_of
+        self.pool_size, self.perm, self._last = batch_size * pool, Permutation(n, batch_seed(seed, epoch)), (-1, None)
+
+    def __len__(self): return self.n  # domains, as for an array of indices
+    def batches(self) -> int: return -(-self.n // self.bs)
+
+    def batch(self, b: int) -> np.ndarray:
+        "The domain indices of batch `b`."
+        if not 0 <= b < self.batches(): raise IndexError(f'batch {b} of {self.batches()}')
+        k, start = divmod(b * self.bs, self.pool_size)
+        return self.pool(k)[start:start + self.bs]
+
+# %% ../nbs/03_masking.ipynb #e6deb7e0
+@patch
+def pool(self: EpochOrder, k: int) -> np.ndarray:
+    "The domains of pool `k` in batch order (bucketed: sorted by length, then its full batches shuffled)."
+    if self._last[0] == k: return self._last[1]
+    idx = self.perm(np.arange(k * self.pool_size, min((k + 1) * self.pool_size, self.n)))
+    if self.lengths_of is not None:
+        idx = idx[np.argsort(self.lengths_of(idx), kind='stable')]
+        full = len(idx) // self.bs * self.bs  # a partial last batch of the epoch stays last
+        slots = np.random.default_rng(batch_seed(self.seed, self.epoch, k, -3)).permutation(full // self.bs)
+        idx[:full] = idx[:full].reshape(-1, self.bs)[slots].ravel()
+    self._last = (k, idx)
+    return idx
+
+# %% ../nbs/03_masking.ipynb #4d7a4721
+@patch
+def to_array(self: EpochOrder) -> np.ndarray:
+    "The whole epoch's order, for checks on small corpora (this one is epoch-sized)."
+    return np.concatenate([self.batch(b) for b in range(self.batches())] or [np.empty(0, np.int64)])
 
 # %% ../nbs/03_masking.ipynb #25ddbdc4
 class MaskedBatches(torch.utils.data.Dataset):
     "One epoch of masked batches; batch `b` depends only on (seed, epoch, b)."
     def __init__(self, enc: EncodedDomains, vocab: CharVocab, batch_size: int, seed: int = 0, epoch: int = 0,
-                 shuffle: bool = True, bucket: bool = False,
-                 order: np.ndarray | None = None, # the epoch's order, computed elsewhere (`SharedEpochOrders`); default: here
+                 bucket: bool = False, # length-bucketed batches (`EpochOrder`)
+                 order: np.ndarray | None = None, # a fixed order of domains (an evaluation's); default: the epoch's
                  **masking):  # masking: keyword arguments of `mask_batch`
         self.enc, self.vocab, self.bs, self.seed, self.epoch, self.masking = enc, vocab, batch_size, seed, epoch, masking
-        self.order = epoch_order(enc, batch_size, seed, epoch, shuffle, bucket) if order is None else order
+        self.order = (EpochOrder(len(enc), batch_size, seed, epoch, enc.lengths_of if bucket else None) if order is None
+                      else np.asarray(order))
 
     def __len__(self): return -(-len(self.order) // self.bs)  # the order may be a subset (evaluation)
 
+    def indices(self, b: int) -> np.ndarray:
+        "The domains of batch `b`."
+        if isinstance(self.order, EpochOrder): return self.order.batch(b)
+        return self.order[b * self.bs:(b + 1) * self.bs]
+
     def __getitem__(self, b: int) -> dict[str, torch.Tensor]:
         if not 0 <= b < len(self): raise IndexError(f'batch {b} of {len(self)}')
-        ids, lens = pad_batch(self.enc, self.order[b * self.bs:(b + 1) * self.bs])
+        ids, lens = pad_batch(self.enc, self.indices(b))
         g = torch.Generator().manual_seed(batch_seed(self.seed, self.epoch, b))
         input_ids, labels = mask_batch(ids, lens, self.vocab, generator=g, **self.masking)
         masked_index = (labels != -100).flatten().nonzero().squeeze(1)  # computed here, on the CPU: no GPU sync later
         return dict(input_ids=input_ids, attention_mask=(ids != PAD).long(), labels=labels, masked_index=masked_index)
-
-# %% ../nbs/03_masking.ipynb #f553f7e7
-class SharedEpochOrders:
-    "Each epoch's order, computed once by the first process that asks and shared with the others as a memory-mapped file."
-    def __init__(self, enc: EncodedDomains, batch_size: int, seed: int = 0, shuffle: bool = True, bucket: bool = False,
-                 folder: str | Path | None = None): # where the orders are kept (None: computed in each process, not kept)
-        self.enc, self.args, self.folder = enc, (batch_size, seed), Path(folder) if folder else None
-        self.shuffle, self.bucket = shuffle, bucket
-        self.key = hashlib.sha256(repr((len(enc), batch_size, seed, shuffle, bucket)).encode()).hexdigest()[:16]
-
-    def compute(self, epoch: int) -> np.ndarray:
-        return epoch_order(self.enc, *self.args, epoch, self.shuffle, self.bucket)
-
-    def __call__(self, epoch: int) -> np.ndarray:
-        if self.folder is None: return self.compute(epoch)
-        path = self.folder / f'{self.key}-epoch-{epoch}.npy'
-        with file_lock(self.folder / f'{self.key}.lock'):
-            if not path.exists():
-                tmp = path.with_name(f'{path.stem}.tmp-{os.getpid()}.npy')
-                np.save(tmp, self.compute(epoch)); os.replace(tmp, path)
-                self.forget_before(epoch - 1)
-        return np.load(path, mmap_mode='r')
-
-    def forget_before(self, epoch: int):
-        "Delete the files of epochs before `epoch`."
-        for p in self.folder.glob(f'{self.key}-epoch-*.npy'):
-            m = re.fullmatch(rf'{self.key}-epoch-(\d+)\.npy', p.name)
-            if m and int(m[1]) < epoch: p.unlink(missing_ok=True)
 
 # %% ../nbs/03_masking.ipynb #c54b1567
 def evaluation_order(valid: EncodedDomains, n: int | None, # how many (None: all)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_run_data.ipynb #b9263e6d
 from __future__ import annotations
-import time
+import shutil, time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from .core import ConfigError
 from .data import DataError, EncodedDomains, count_summary, open_source, prepare_corpus, stream_domains, first_error_line
-from .masking import CharVocab, MaskedBatches, SharedEpochOrders, evaluation_order, pad_batch, mask_batch, batch_seed, PAD
+from .masking import CharVocab, MaskedBatches, evaluation_order, pad_batch, mask_batch, batch_seed, PAD
 from .config import TrainConfig
 
 # %% auto #0
@@ -28,21 +28,18 @@ def masking_options(c: TrainConfig) -> dict:
 # %% ../nbs/08_run_data.ipynb #28062bfe
 class RunBatches(torch.utils.data.Dataset):
     "Micro-batch `g` of a run is batch `g % per_epoch` of epoch `g // per_epoch`."
-    def __init__(self, enc: EncodedDomains, vocab: CharVocab, cfg: TrainConfig, per_epoch: int,
-                 orders_folder: str | Path | None = None): # where epoch orders are shared between processes (None: not shared)
+    def __init__(self, enc: EncodedDomains, vocab: CharVocab, cfg: TrainConfig, per_epoch: int):
         self.enc, self.vocab, self.cfg, self.per_epoch, self._epoch = enc, vocab, cfg, per_epoch, None
-        self.orders = SharedEpochOrders(enc, cfg.batch_size, cfg.seed, True, cfg.length_bucketing, orders_folder)
 
     def epoch_batches(self, epoch: int) -> MaskedBatches:
-        if self._epoch is None or self._epoch.epoch != epoch:  # one order per epoch, computed once for all processes
+        if self._epoch is None or self._epoch.epoch != epoch:  # costs nothing until a batch is asked for
             c = self.cfg
-            self._epoch = MaskedBatches(self.enc, self.vocab, c.batch_size, c.seed, epoch, order=self.orders(epoch),
+            self._epoch = MaskedBatches(self.enc, self.vocab, c.batch_size, c.seed, epoch, c.length_bucketing,
                                         **masking_options(c))
         return self._epoch
 
     def __len__(self): return 2**62  # the run decides how many it takes
     def __getitem__(self, g: int): return self.epoch_batches(g // self.per_epoch)[g % self.per_epoch]
-    def __getstate__(self): return {**self.__dict__, '_epoch': None}  # a worker maps the shared order itself
 
 # %% ../nbs/08_run_data.ipynb #46276be2
 STREAM_RETRY_PAUSE = 1.0  # seconds, doubled at each retry (tests set it to 0)
@@ -155,10 +152,10 @@ def load_run_data(c: TrainConfig, world_size: int = 1, # processes of the job: e
     if steps_per_epoch == 0:
         raise DataError(f"{len(corpus.train)} training domains are fewer than one optimizer step (batch_size × "
                         f"gradient_accumulation_steps × processes = {c.batch_size * per_step})")
-    orders = Path(corpus.cache) / 'epoch-orders' if corpus.cache else None  # shared by workers and processes
+    if corpus.cache: shutil.rmtree(Path(corpus.cache) / 'epoch-orders', ignore_errors=True)  # earlier versions' order files
     return RunData(vocab, corpus, corpus.valid, evaluation_order(corpus.valid, None if c.full_eval else c.eval_samples, c.seed),
                    c.max_steps or c.epochs * steps_per_epoch, steps_per_epoch, corpus.train,
-                   RunBatches(corpus.train, vocab, c, steps_per_epoch * per_step, orders))
+                   RunBatches(corpus.train, vocab, c, steps_per_epoch * per_step))
 
 def _stream_run_data(c: TrainConfig, vocab: CharVocab) -> RunData:
     if not c.max_steps: raise ConfigError('--streaming needs --max_steps: the length of a stream is not known in advance')

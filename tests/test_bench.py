@@ -57,4 +57,6 @@ def test_bench_scale_runs_the_training_command_at_two_sizes(tmp_path):
         assert 0 < row['first_step_s'] < 120 and 0 < row['marginal_s'] and 0 < row['eval_s'] < row['marginal_s']
     assert large['marginal_vs_smallest'] == large['marginal_s'] / small['marginal_s']
     late = json.loads((tmp_path / 'run-60000-resume-late' / 'metrics.jsonl').read_text().splitlines()[0])
-    assert late['step'] == 900_001  # the late resume really continued at step 900,000
+    assert late['step'] == large['late_step'] + 1 and 9.5 <= late['epoch'] < 9.6  # the late resume really was in epoch 10
+    for row in (small, large):  # the first micro-batch of a fresh run and of a late resume: no epoch-sized work
+        assert row['first_batch_s'] < 5 and row['late_batch_s'] < 5 and row['after_open_s'] < row['first_step_s']

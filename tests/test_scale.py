@@ -1,14 +1,15 @@
-"Costs that must not grow with the corpus: what a training step and an evaluation touch, epoch orders shared by workers, bounded evaluation."
+"Costs that must not grow with the corpus: what a training step, an epoch's first batch and an evaluation touch; nothing written beside the corpus; bounded evaluation."
 import json
 from pathlib import Path
 import numpy as np
 import pytest
+import torch
+from domain_canine.callbacks import Callback
 from domain_canine.data import EncodedDomains
-from domain_canine.masking import SharedEpochOrders
+from domain_canine.masking import EpochOrder, Permutation, evaluation_order
 from domain_canine.synthetic import make_corpus
 from domain_canine.config import TrainConfig, resolve_config
 from domain_canine.training import Trainer
-from domain_canine.masking import evaluation_order
 
 QUIET = dict(log=lambda *a: None)
 
@@ -49,29 +50,83 @@ def test_training_steps_and_evaluations_never_touch_the_whole_corpus(corpus60k, 
     t = Trainer.from_config(cfg, **QUIET)
     assert len(t.train_enc) > 50_000 and len(t.valid_enc) > 5_000
     # no single operation may read more than 20,000 elements: less than either split, more than a bucketing pool (64 x 256)
-    t.train_enc = t.run_batches.enc = t.run_batches.orders.enc = guarded(t.train_enc, 20_000)
+    t.train_enc = t.run_batches.enc = guarded(t.train_enc, 20_000)
     t.valid_enc = guarded(t.valid_enc, 20_000)
-    t.total_steps = t.steps_per_epoch + 3  # into the second epoch: its order is computed under the guard too
+    t.total_steps = t.steps_per_epoch + 3  # into the second epoch: its first batch is drawn under the guard too
     t.fit()
     rows = [json.loads(l) for l in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
     evals = [r for r in rows if r['type'] == 'eval']
     assert t.state.step == t.steps_per_epoch + 3 and t.state.epoch == 1 and len(evals) >= 3
     assert {r['val_domains'] for r in evals} == {2_000}
-
-def test_epoch_orders_are_computed_once_per_epoch_whatever_the_workers(tmp_path, monkeypatch):
-    computed = tmp_path / 'computed.txt'
-    original = SharedEpochOrders.compute
-    def counting(self, epoch):
-        with open(computed, 'a') as f: f.write(f'{epoch}\n')
-        return original(self, epoch)
-    monkeypatch.setattr(SharedEpochOrders, 'compute', counting)  # forked workers inherit the patch
-    t = Trainer.from_config(resolve_config('tiny', output_dir=str(tmp_path / 'run'), num_workers=2, max_steps=1, eval_steps=1_000,
-                               save_steps=1_000, cache_dir=str(tmp_path / 'cache')), **QUIET)  # no order computed before
-    t.total_steps = t.steps_per_epoch + 3
+    t.state.step = 7 * t.steps_per_epoch + 5  # as if resumed in epoch 7
+    t.state.epoch, t.state.batch_in_epoch = 7, 5
+    t.total_steps = t.state.step + 2
     t.fit()
-    assert t.state.epoch == 1
-    assert sorted(computed.read_text().split()) == ['0', '1']  # two workers and the main process, one computation each
-    assert len(list(Path(t.corpus.cache, 'epoch-orders').glob('*.npy'))) == 2
+    assert t.state.step == 7 * t.steps_per_epoch + 7
+
+class GuardedLengths:
+    "The lengths of a corpus of any size (3 to 39 characters), refusing to give more than `limit` at once."
+    def __init__(self, limit: int): self.limit, self.calls = limit, 0
+    def __call__(self, idx):
+        if len(idx) > self.limit: raise WholeCorpusTouched(f'{len(idx):,} lengths asked for at once')
+        self.calls += 1
+        return np.asarray(idx) % 37 + 3
+
+def test_the_first_batch_of_any_epoch_costs_one_pool_whatever_the_corpus(monkeypatch):
+    def guarded_call(self, positions, original=Permutation.__call__):
+        if len(positions) > 20_000: raise WholeCorpusTouched(f'{len(positions):,} positions permuted at once')
+        return original(self, positions)
+    monkeypatch.setattr(Permutation, '__call__', guarded_call)
+    n = 2_000_000_000  # far beyond the real corpus: an epoch-sized order would need 8 GB here
+    for epoch, b in ((0, 0), (7, 3_000_000), (9, -(-n // 256) - 1)):  # a fresh run, a late resume, an epoch's last batch
+        lengths = GuardedLengths(20_000)
+        order = EpochOrder(n, 256, seed=1, epoch=epoch, lengths_of=lengths)
+        batch = order.batch(b)
+        assert len(batch) == 256 and batch.min() >= 0 and batch.max() < n and len(set(batch.tolist())) == 256
+        assert lengths.calls == 1  # one pool
+        order.batch(b - 1 if b % 64 else b + 1)  # another batch of the same pool: no new work
+        assert lengths.calls == 1
+
+@pytest.mark.parametrize('n, batch_size, pool', [(1, 4, 2), (7, 4, 2), (1_000, 16, 4), (1_003, 16, 4), (5_000, 256, 64)])
+def test_every_domain_exactly_once_per_epoch_and_batches_bucketed(n, batch_size, pool):
+    lengths = lambda idx: np.asarray(idx) % 37 + 3
+    for bucket in (lengths, None):
+        epochs = [EpochOrder(n, batch_size, seed=0, epoch=e, lengths_of=bucket, pool=pool) for e in (0, 1)]
+        whole = [o.to_array() for o in epochs]
+        assert all(np.array_equal(np.sort(w), np.arange(n)) for w in whole)
+        assert n < 8 or not np.array_equal(whole[0], whole[1])  # each epoch has its own order
+    if n >= 1_000:  # bucketed: a batch spans few lengths; not bucketed: most of them
+        spread = lambda o: np.mean([np.ptp(lengths(o.batch(b))) for b in range(o.batches())])
+        assert spread(EpochOrder(n, batch_size, lengths_of=lengths, pool=pool)) < 0.3 * spread(EpochOrder(n, batch_size))
+
+def _files(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob('*') if p.is_file()}
+
+class Crash(Callback):
+    "Fails the run at step `at`, as a crash would."
+    def __init__(self, at: int): self.at = at
+    def on_step(self, trainer):
+        if trainer.state.step == self.at: raise RuntimeError('simulated crash')
+
+def test_workers_share_the_order_without_files_and_a_crash_leaves_nothing(tmp_path):
+    cfg = resolve_config('tiny', output_dir=str(tmp_path / 'run'), num_workers=2, max_steps=1, eval_steps=1_000,
+                         save_steps=1_000, cache_dir=str(tmp_path / 'cache'))
+    cache = Path(Trainer.from_config(cfg, **QUIET).corpus.cache)
+    stale = cache / 'epoch-orders' / '0123456789abcdef-epoch-3.tmp-4242.npy'  # what an earlier version left after a crash
+    stale.parent.mkdir(); stale.write_bytes(bytes(1_000))
+    t = Trainer.from_config(cfg, [], **QUIET)
+    assert not stale.parent.exists()  # swept when the corpus is opened
+    before = _files(tmp_path / 'cache')
+    rb, per = t.run_batches, t.run_batches.per_epoch
+    micro = range(per - 3, per + 3)  # across the epoch boundary
+    loaded = list(torch.utils.data.DataLoader(rb, batch_size=None, sampler=micro, num_workers=2))
+    for g, batch in zip(micro, loaded):
+        for k in batch: assert torch.equal(batch[k], rb[g][k])  # what two workers computed, each for itself
+    t.callbacks.append(Crash(t.steps_per_epoch + 2))
+    t.state.step = t.state.batch_in_epoch = t.steps_per_epoch - 2  # as if resumed near the end of epoch 0
+    t.total_steps = t.steps_per_epoch + 5
+    with pytest.raises(RuntimeError, match='simulated crash'): t.fit()
+    assert _files(tmp_path / 'cache') == before  # no order file, no temporary file: nothing to sweep after a crash
 
 def test_periodic_evaluation_is_bounded_and_the_same_every_time(corpus60k, tmp_path):
     defaults = TrainConfig()
