@@ -165,6 +165,14 @@ def _domains(n_min: int) -> list[str]:
     train = load_corpus('sample').train
     return (train * (n_min // len(train) + 1))[:max(n_min, len(train))]
 
+def _bench_batches(ours: MaskedBatches, enc: EncodedDomains, n: int, fixed_width: int | None, compile: bool) -> list[dict]:
+    "`n` batches of `ours`, those of at most `fixed_width` positions padded to it; widened as `--compile` does."
+    longest = lambda b: int(enc.lengths_of(ours.indices(b)).max())
+    usable = [b for b in range(len(ours)) if fixed_width is None or padded_length(longest(b)) <= fixed_width]
+    width = fixed_width or (COMPILE_WIDTH if compile else None)
+    return [ours[usable[i % len(usable)]] if width is None else round_width(ours[usable[i % len(usable)]], width)
+            for i in range(n)]
+
 def bench_training(config: str = 'small', batch_size: int = 256, max_length: int = 64, device=None,
                    precision: str = 'auto', bucket: bool = True, warmup: int = 3, windows: int = 5, window_steps: int = 5,
                    reference: bool = True, attention: str = 'sdpa', compile: bool = False, fused: bool | None = None,
@@ -180,10 +188,7 @@ def bench_training(config: str = 'small', batch_size: int = 256, max_length: int
     ours = MaskedBatches(enc, vocab, batch_size, seed=0, bucket=bucket)
     torch.manual_seed(0)  # the reference mode starts from these weights
     model = use_sdpa(DomainCanineMLM(CanineModel(canine_config(config)), vocab), attention == 'sdpa').to(device)
-    longest = lambda b: int(enc.lengths_of(ours.indices(b)).max())
-    usable = [b for b in range(len(ours)) if fixed_width is None or padded_length(longest(b)) <= fixed_width]
-    widen = (lambda b: round_width(b, fixed_width)) if fixed_width else (lambda b: round_width(b, COMPILE_WIDTH)) if compile else (lambda b: b)
-    batches = [widen(ours[usable[i % len(usable)]]) for i in range(n)]
+    batches = _bench_batches(ours, enc, n, fixed_width, compile)
     widths = {b['input_ids'].shape[1] for b in batches[warmup:]}
     per_width, head = flops_by_width(model, widths, device, amp_dtype)  # the eager model's, before any compilation
     if compile: compile_encoder(model, cuda_graphs=cuda_graphs)
@@ -308,12 +313,17 @@ def _first_step_and_rows(cmd: list[str], metrics: Path) -> tuple[float, list[dic
     first = next(r for r in rows if r['type'] == 'train')
     return first['time'] - launched, rows, usage.ru_maxrss / 1024
 
+def _number(v: str):
+    "A flag's value as the number it spells, else the string."
+    for kind in (int, float):
+        try: return kind(v)
+        except ValueError: pass
+    return v
+
 def _train_config(args: list[str]):
-    "The `TrainConfig` of a `domain-canine train` command line."
-    from domain_canine.cli import build_parser
+    "The `TrainConfig` of the `--flag value` pairs this benchmark writes (the command line's own parser is in the CLI chapter)."
     from domain_canine.config import resolve_config
-    a = vars(build_parser().parse_args(['train', *args]))
-    return resolve_config(None, **{k: v for k, v in a.items() if k not in ('command', 'func', 'preset')})
+    return resolve_config(None, **{k.removeprefix('--'): _number(v) for k, v in zip(args[::2], args[1::2])})
 
 def _late_checkpoint(args: list[str], source: Path, epoch: float) -> tuple[Path, int]:
     "A copy of checkpoint `source` that claims to be `epoch` epochs in (what a long run would leave), and its step."
@@ -365,16 +375,21 @@ def measure_training(path: str, cache_dir: str, output_dir: str, steps: int = 60
             f'print(json.dumps(measure_opening({args!r}, {late_step}, started)))')
     r.update(json.loads(subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.splitlines()[-1]))
     r.update(late_step=late_step, after_open_s=first - r['import_s'] - r['open_s'])
-    resumes = {'early': [], 'late': []}
+    points = (('early', early, steps // evals + 5), ('late', late, late_step + 5))
+    return dict(r, **_resume_seconds(cmd, out, points, repeats))
+
+def _resume_seconds(cmd: list[str], out: Path, points, repeats: int) -> dict:
+    "Median seconds to the first step of runs resumed from each (name, checkpoint, stop step), alternating."
+    resumes = {name: [] for name, _, _ in points}
     for _ in range(repeats):
-        for name, ckpt, stop in (('early', early, steps // evals + 5), ('late', late, late_step + 5)):
+        for name, ckpt, stop in points:
             resumed = out.with_name(out.name + f'-resume-{name}')
-            shutil.rmtree(resumed, ignore_errors=True); shutil.copytree(ckpt.parent, resumed, ignore=shutil.ignore_patterns('metrics.jsonl'))
+            shutil.rmtree(resumed, ignore_errors=True)
+            shutil.copytree(ckpt.parent, resumed, ignore=shutil.ignore_patterns('metrics.jsonl'))
             a = [x if x != str(out) else str(resumed) for x in cmd]
-            resumes[name].append(_first_step_and_rows(a + ['--max_steps', str(stop), '--resume_from', str(resumed / ckpt.name)],
-                                                      resumed / 'metrics.jsonl')[0])
-    r.update({f'resume_{name}_s': statistics.median(v) for name, v in resumes.items()})
-    return r
+            a += ['--max_steps', str(stop), '--resume_from', str(resumed / ckpt.name)]
+            resumes[name].append(_first_step_and_rows(a, resumed / 'metrics.jsonl')[0])
+    return {f'resume_{name}_s': statistics.median(v) for name, v in resumes.items()}
 
 # %% ../nbs/15_bench.ipynb #5351f50f
 def bench_scale(sizes: tuple[int, ...] = (1_000_000, 10_000_000), # corpus sizes in lines
@@ -623,15 +638,20 @@ def sync_spans(per_step: dict[int, int], plain) -> dict:
 
 # %% ../nbs/15_bench.ipynb #875de94f
 @patch
+def trainer_config(self: DeviceCheck, work: Path, every: int, **kw):
+    "The settings of the check's training run: the sample, this check's shape, evaluations and checkpoints `every` steps."
+    return resolve_config(None, dataset='sample', cache_dir=str(work / 'cache'), model_name_or_path=None,
+                          model_config=self.config, batch_size=self.batch, precision=self.precision,
+                          device=self.device.type, learning_rate=1e-4, warmup_steps=5, logging_steps=5,
+                          eval_steps=every, save_steps=every, num_workers=2 if self.dry_run else 4,
+                          output_dir=str(work / 'run'), seed=0, **kw)
+
+@patch
 def trainer(self: DeviceCheck, out: dict) -> dict:
     "A short real run through `Trainer`, then a resume from its checkpoint; host syncs per step on a GPU."
     steps, extra, half = (20, 4, 10) if self.dry_run else (30, 6, 15)  # within the first epoch of the sample
     work = Path(tempfile.mkdtemp(prefix='domain-canine-check-'))
-    cfg = lambda **kw: resolve_config(None, dataset='sample', cache_dir=str(work / 'cache'), model_name_or_path=None,
-                                      model_config=self.config, batch_size=self.batch, precision=self.precision,
-                                      device=self.device.type, learning_rate=1e-4, warmup_steps=5, logging_steps=5,
-                                      eval_steps=half, save_steps=half, num_workers=2 if self.dry_run else 4,
-                                      output_dir=str(work / 'run'), seed=0, **kw)
+    cfg = lambda **kw: self.trainer_config(work, half, **kw)
     counter, logs, last = SyncCounter(warmup=5), [], str(work / 'run' / f'checkpoint-step-{steps}')
     try:
         t0 = time.perf_counter()
