@@ -10,7 +10,7 @@ script and fails when the stored notebooks differ from what it wrote: outputs dr
 
     python tests/refresh_outputs.py [NOTEBOOK ...]   # default: every notebook under nbs/
 """
-import json, os, sys, time
+import json, os, sys, tempfile, time
 from pathlib import Path
 from execnb.shell import CaptureShell
 from fastcore.parallel import parallel
@@ -39,6 +39,8 @@ def kept(cell) -> list:
 def refresh(path: Path, flags: set, root: Path) -> tuple[bool, float]:
     "Execute the notebook at `path` and write its kept outputs into it; (succeeded, seconds)."
     os.environ['IN_TEST'] = '1'
+    # each notebook prepares its corpora in its own fresh cache: what it prints cannot depend on which notebook ran first
+    os.environ['DOMAIN_CANINE_CACHE'] = tempfile.mkdtemp(prefix=f'{path.stem}-cache-')
     sys.path.insert(0, str(root))
     start, nb = time.time(), NBProcessor(path, rm_directives=False).nb
     shell = CaptureShell(path)
