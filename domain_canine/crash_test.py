@@ -10,7 +10,7 @@ import numpy as np
 from safetensors.torch import load_file
 
 # %% auto #0
-__all__ = ['training_command', 'final_state', 'crash_test']
+__all__ = ['training_command', 'final_state', 'CrashTestFailed', 'crash_test']
 
 # %% ../nbs/16_crash_test.ipynb #0666e6a0
 def training_command(output_dir, steps: int = 120) -> list[str]:
@@ -34,27 +34,46 @@ def _last_logged_step(run) -> int | None:
     steps = [json.loads(l)['step'] for l in lines if l.endswith('}')]
     return steps[-1] if steps else None
 
+# %% ../nbs/16_crash_test.ipynb #f9a12cb6
+class CrashTestFailed(RuntimeError):
+    "A run of the crash test that ended with an error of its own (not the kill), quoting its last words."
+
+def _start(cmd: list[str], log_file: Path) -> subprocess.Popen:
+    "Start a training run whose stderr goes to `log_file`, to be quoted if the run fails."
+    with open(log_file, 'w') as err: return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+
+def _check_exit(p: subprocess.Popen, log_file: Path, what: str):
+    "Wait for `p`; raise `CrashTestFailed` with the last line it wrote if it failed (a kill is not a failure)."
+    if p.wait() == 0 or p.returncode == -signal.SIGKILL: return
+    last = ([l.strip() for l in Path(log_file).read_text().splitlines() if l.strip()] or ['(nothing on stderr)'])[-1]
+    raise CrashTestFailed(f"{what} exited with code {p.returncode}: {last} (whole log: {log_file})")
+
+def _finish(cmd: list[str], log_file: Path, what: str):
+    "Run a training run to its end, or raise `CrashTestFailed`."
+    _check_exit(_start(cmd, log_file), log_file, what)
+
+# %% ../nbs/16_crash_test.ipynb #4c996d0a
 def crash_test(moments: int = 5, # how many times to kill the run
                seed: int = 0, # seeds the kill delays
                steps: int = 120, workdir=None, log=print) -> dict:
     "Kill a run `moments` times with SIGKILL at random moments, resume it each time, compare with an uninterrupted run."
     work = Path(workdir or tempfile.mkdtemp(prefix='domain-canine-crash-'))
-    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    t0 = time.perf_counter()
-    subprocess.run(training_command(work / 'uninterrupted', steps), check=True, **quiet)
+    t0, logs = time.perf_counter(), work / 'logs'
+    logs.mkdir(parents=True, exist_ok=True)
+    _finish(training_command(work / 'uninterrupted', steps), logs / 'uninterrupted.txt', 'the uninterrupted run')
     rng, kills, run = np.random.default_rng(seed), [], work / 'killed'
     targets = np.sort(rng.integers(1, steps, size=moments))  # kill points spread over the whole run
     for i, target in enumerate(targets):
         extra = rng.uniform(0, 0.25)  # past the target step: mid-step, mid-evaluation or mid-checkpoint, as it falls
-        p = subprocess.Popen(training_command(run, steps), **quiet)
+        p = _start(training_command(run, steps), logs / f'moment-{i + 1}.txt')
         while p.poll() is None and (_last_logged_step(run) or 0) < target: time.sleep(0.01)
         time.sleep(extra)
         killed = p.poll() is None
         if killed: p.send_signal(signal.SIGKILL)
-        p.wait()
+        _check_exit(p, logs / f'moment-{i + 1}.txt', f'the run of moment {i + 1}')
         kills.append(dict(target_step=int(target), killed=killed, logged_step=_last_logged_step(run)))
         log(f"moment {i + 1}/{moments}: {'killed' if killed else 'finished'} at logged step {kills[-1]['logged_step']}")
-    subprocess.run(training_command(run, steps), check=True, **quiet)  # let it finish
+    _finish(training_command(run, steps), logs / 'last.txt', f'the run resumed after {moments} moments')
     (a, la), (b, lb) = final_state(work / 'uninterrupted'), final_state(run)
     identical = a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a) and la == lb
     return dict(moments=moments, kills=sum(k['killed'] for k in kills), identical=identical, seed=seed, steps=steps,
