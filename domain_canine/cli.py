@@ -295,6 +295,12 @@ def _write_run_probes(paths: list[str], reports: list[dict]) -> list[Path]:
         written.append(run / 'probes.jsonl')
     return written
 
+def _show_probes(reports: list[dict], as_json: bool):
+    "One JSON line per model, or each model's tables and, for several, the series across them."
+    from domain_canine.probes import format_probe_report, format_probe_series
+    if as_json: print('\n'.join(json.dumps(r) for r in reports))
+    else: print('\n\n'.join([*map(format_probe_report, reports), *([format_probe_series(reports)] if len(reports) > 1 else [])]))
+
 # %% ../nbs/17_cli.ipynb #c82f4d01
 def probe_command(*, model_path: list[str], # model or checkpoint directories, and/or run directories (a run: each step checkpoint, and its final model if saved later)
                   dataset: str = SAMPLE_NAME, # the measured domains and the baselines' training: 'sample', a text file (one domain per line) or a hub dataset id
@@ -316,16 +322,14 @@ def probe_command(*, model_path: list[str], # model or checkpoint directories, a
     pseudo-log-likelihood, and probes its embeddings linearly (TLD; real or look-alike), beside a character n-gram
     model and a TF-IDF classifier. A run directory gives every checkpoint, and gets the results as probes.jsonl.
     E.g. domain-canine probe --model_path runs/demo"""
-    from domain_canine.probes import (InputError, format_probe_report, format_probe_series, model_dirs,
-                                      probe_checkpoints, probe_set)
+    from domain_canine.probes import InputError, model_dirs, probe_checkpoints, probe_set
     if unknown := sorted(set(tasks) - set(TASKS)): raise InputError(f"unknown --tasks {', '.join(unknown)}; choose from {', '.join(TASKS)}")
     model_dirs(model_path)  # a wrong path fails before the look-alikes are made
     probes = probe_set(dataset, split, validation_fraction, ngram_order, num_domains=num_domains, per_domain=per_domain,
                        tld_domains=tld_domains, top_tlds=top_tlds, seed=seed)
     reports = probe_checkpoints(model_path, probes, tuple(tasks), batch_size, device, not no_progress)
     written = _write_run_probes(model_path, reports)
-    if json_: print('\n'.join(json.dumps(r) for r in reports))
-    else: print('\n\n'.join([*map(format_probe_report, reports), *([format_probe_series(reports)] if len(reports) > 1 else [])]))
+    _show_probes(reports, json_)
     for path in written: print(f'probe results written to {path}', file=sys.stderr)
     return 0
 

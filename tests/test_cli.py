@@ -64,7 +64,7 @@ def bad_files(tmp_path_factory):
     (['train', '--batch_size', 'many'], "--batch_size: must be an integer >= 1, got 'many'"),
     (['probe', '--model_path', '{d}/missing'], 'neither a model directory nor a run directory'),
     (['probe', '--model_path', '{d}/bare-encoder'], 'has no MLM head'),
-    (['probe', '--model_path', '{d}/bare-encoder', '--tasks', 'guessing'], 'unknown --tasks guessing'),
+    (['probe', '--model_path', '{d}/bare-encoder', '--tasks', 'guessing'], 'must be one of ranking, linear_probes'),
     (['probe', '--model_path', '{d}/bare-encoder', '--dataset', '{d}/only-junk.txt'], 'no usable domains'),
 ])
 def test_bad_input_is_one_line_on_stderr(bad_files, args, expected):
