@@ -99,7 +99,8 @@ def _shown(default) -> str:
 def _help(doc: str, default=None, switch_off: bool = False) -> str:
     "A flag's help: its comment, and its default unless the comment says it or there is none to show."
     help = f'turn off (on by default): {doc}' if switch_off else doc
-    if default not in (None, (), False, True) and '(default:' not in doc: help += f' (default: {_shown(default)})'
+    shown = default is not None and not isinstance(default, bool) and default != ()  # 0 and 1 are shown
+    if shown and '(default:' not in doc: help += f' (default: {_shown(default)})'
     return help.replace('%', '%%')  # argparse formats help with %
 
 def add_flags(p: argparse.ArgumentParser, func):

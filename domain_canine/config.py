@@ -151,7 +151,7 @@ ACCEPTS = {  # every setting of `TrainConfig`: what it accepts (None is also acc
     'dropout': Accepts(float, 0, 1, open_high=True), 'attention': Accepts(choices=('sdpa', 'eager')),
     'compile': _SWITCH, 'cuda_graphs': _SWITCH,
     'epochs': _COUNT, 'max_steps': _COUNT, 'batch_size': _COUNT, 'gradient_accumulation_steps': _COUNT,
-    'learning_rate': Accepts(float, 0, open_low=True), 'warmup_steps': _ZERO_OR_MORE,
+    'learning_rate': Accepts(float, 0), 'warmup_steps': _ZERO_OR_MORE,
     'weight_decay': Accepts(float, 0), 'gradient_clip_val': Accepts(float, 0), 'early_stopping_patience': _COUNT,
     'max_bad_steps': _ZERO_OR_MORE, 'stream_retries': _ZERO_OR_MORE,
     'precision': Accepts(choices=('auto', 'bf16', 'fp16', 'fp32')), 'device': Accepts(choices=DEVICES),

@@ -47,14 +47,14 @@ def test_resolve_config_refuses_the_same_values_from_python(setting):
 
 @pytest.mark.parametrize('argv, expected', [  # the holes the issue names, each with its own value
     (['--max_steps', '0'], 'an integer >= 1'), (['--max_steps', '-5'], 'an integer >= 1'),
-    (['--learning_rate', '-1'], 'a number > 0'), (['--num_workers', '-1'], 'an integer >= 0'),
+    (['--learning_rate', '-1'], 'a number >= 0'), (['--num_workers', '-1'], 'an integer >= 0'),
     (['--mask_replace_prob', '2'], 'a number in [0, 1]'), (['--validation_fraction', '1'], 'in [0, 1)'),
     (['--max_length', '3'], 'an integer in [5, 16,384]'), (['--warmup_steps', '-1'], '>= 0'),
     (['--weight_decay', '-0.1'], '>= 0'), (['--gradient_clip_val', '-1'], '>= 0'), (['--save_total_limit', '0'], '>= 1'),
     (['--eval_samples', '0'], '>= 1'), (['--ddp_timeout', '0'], '>= 1'), (['--stream_retries', '-1'], '>= 0'),
     (['--max_bad_steps', '-1'], '>= 0'), (['--early_stopping_patience', '0'], '>= 1'), (['--num_samples', '0'], '>= 1'),
     (['--dropout', '1'], 'in [0, 1)'), (['--seed', '-1'], 'in [0, 4,294,967,295]'), (['--seed', str(2**32)], '4,294,967,295'),
-    (['--device', 'tpu'], 'one of cpu, cuda, mps'), (['--learning_rate', 'nan'], 'a number > 0'),
+    (['--device', 'tpu'], 'one of cpu, cuda, mps'), (['--learning_rate', 'nan'], 'a number >= 0'),
     (['--batch_size', '1.5'], 'an integer'), (['--precision', 'fp8'], 'one of auto, bf16'),
 ])
 def test_the_known_holes_are_closed(argv, expected, tmp_path, capsys):
@@ -138,6 +138,8 @@ def test_help_says_each_default_once_and_switches_say_they_turn_off():
             assert (action.help or '').count('(default:') <= 1, (name, action.option_strings, action.help)
             if isinstance(action, argparse._StoreFalseAction):
                 assert action.help.startswith('turn off (on by default)'), (name, action.help)
+    probe = ' '.join(dict(_subparsers())['probe'].format_help().split())
+    assert '--seed SEED decides the samples' in probe and '(default: 0)' in probe  # 0 is a default, not False
 
 def test_help_of_every_command_answers(capsys):
     for name, _ in [('', None), *_subparsers()]:
