@@ -4,51 +4,91 @@
 
 # %% ../nbs/17_cli.ipynb #eb8db722
 from __future__ import annotations
-import argparse, inspect, json, sys, typing
+import argparse, difflib, inspect, json, re, sys, typing
 from collections import Counter
 from dataclasses import fields
 from pathlib import Path
 from fastcore.docments import docments
-from .core import ConfigError, pick_device
-from .data import DataError, SAMPLE_NAME, count_summary, load_corpus
-from .model import DomainCanineMLM, ModelError, MODEL_CONFIGS, ORIGINAL_MASK, import_original
-from .checkpoint import CheckpointError
-from .distributed import DistributedError
-from .config import TrainConfig, PRESETS, resolve_config
-from .training import TrainingDiverged, train
-from .inference import InputError, Predictor
-from .evaluation import (SPLITS, CharNgramLM, eval_domains, evaluate, format_report, read_domains,
-                                      pseudo_log_likelihood, embed_domains, write_embeddings)
-from .probes import TASKS, format_probe_report, format_probe_series, model_dirs, probe_checkpoints, probe_set
-from .synthetic import make_corpus
-from .bench import run_bench, bench_scale
-from .crash_test import crash_test
+from .core import ConfigError, MODEL_CONFIGS
+from .data import DataError, SAMPLE_NAME, count_summary
+from .config import ACCEPTS, Accepts, TrainConfig, PRESETS, resolve_config
+
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'COMMANDS', 'OneLineParser', 'add_flags', 'add_train_flags', 'train_command', 'predict_command',
-           'import_original_command', 'evaluate_command', 'score_command', 'embed_command', 'probe_command',
-           'bench_command', 'bench_scale_command', 'make_corpus_command', 'crash_test_command', 'build_parser', 'main']
+__all__ = ['SPLITS', 'TASKS', 'USER_ERRORS', 'ARGUMENTS', 'COMMANDS', 'user_errors', 'OneLineParser', 'add_flags',
+           'add_train_flags', 'train_command', 'predict_command', 'import_original_command', 'evaluate_command',
+           'score_command', 'embed_command', 'probe_command', 'bench_command', 'bench_scale_command',
+           'make_corpus_command', 'crash_test_command', 'build_parser', 'parse_args', 'main']
 
 # %% ../nbs/17_cli.ipynb #41ec757a
-USER_ERRORS = (DataError, ModelError, CheckpointError, ConfigError, InputError, TrainingDiverged, DistributedError, FileNotFoundError)
+SPLITS = ('all', 'train', 'valid')  # the evaluation chapter's, named here without loading it (checked below)
+TASKS = ('ranking', 'linear_probes')  # the probes chapter's, likewise
+USER_ERRORS = ('domain_canine.data.DataError', 'domain_canine.model.ModelError', 'domain_canine.checkpoint.CheckpointError',
+               'domain_canine.core.ConfigError', 'domain_canine.inference.InputError',
+               'domain_canine.training.TrainingDiverged', 'domain_canine.distributed.DistributedError',
+               'builtins.FileNotFoundError')  # by name: a chapter is loaded only when a command needs it
 
+def user_errors() -> tuple[type, ...]:
+    "The classes of `USER_ERRORS` whose chapters are loaded (one never loaded cannot have raised anything)."
+    split = [e.rpartition('.') for e in USER_ERRORS]
+    return tuple(getattr(sys.modules[m], name) for m, _, name in split if m in sys.modules)
+
+# %% ../nbs/17_cli.ipynb #595aee03
+def _guess(message: str, options: list[str], unknown: list[str] = ()) -> str:
+    "'; did you mean X?' for the misspelt words of an argparse error: an invalid choice, or `unknown` flags."
+    if m := re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message):
+        words, options = [m[1]], [o.strip(" '") for o in m[2].split(',')]
+    elif message.startswith('unrecognized arguments: '):
+        words = [w.split('=')[0] for w in message.split(': ', 1)[1].split() if w.startswith('-')]
+    else: words = [w.split('=')[0] for w in unknown]  # e.g. a required flag misspelt: it is reported missing
+    close = [c for w in words for c in difflib.get_close_matches(w, options, 1)]
+    return f"; did you mean {' '.join(close)}?" if close else ''
+
+# %% ../nbs/17_cli.ipynb #cb4cd13c
 class OneLineParser(argparse.ArgumentParser):
-    "An ArgumentParser whose errors are a single line."
+    "An ArgumentParser whose errors are a single line, with a guess at what a misspelt command or flag meant."
+    def parse_known_args(self, args=None, namespace=None):
+        self.given = list(sys.argv[1:] if args is None else args)  # the words to guess from, if an error follows
+        return super().parse_known_args(args, namespace)
+
     def error(self, message):
-        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+        options = list(self._option_string_actions)
+        unknown = [w for w in getattr(self, 'given', []) if w.startswith('--') and w.split('=')[0] not in options]
+        self.exit(2, f'{self.prog}: error: {message}{_guess(message, options, unknown)} (see --help)\n')
 
 def _flag_type(annotation: str):
     a = annotation.replace(' ', '')
     return bool if a.startswith('bool') else int if a.startswith('int') else float if a.startswith('float') else str
 
 # %% ../nbs/17_cli.ipynb #599facb9
-def _arg_options(anno) -> dict:
-    "argparse `type`, `nargs` or `choices` of an annotation: int, float, str, `X | None`, `list[X]`, `Literal[...]`."
+ARGUMENTS = {  # what the other commands' numbers and named values accept, by parameter name (train's: ACCEPTS)
+    'top_k': Accepts(int, 1), 'batch_size': Accepts(int, 1), 'validation_fraction': ACCEPTS['validation_fraction'],
+    'num_samples': Accepts(int, 1), 'seed': ACCEPTS['seed'], 'mlm_probability': ACCEPTS['mlm_probability'],
+    'ngram_order': Accepts(int, 0), 'top_tlds': Accepts(int, 1), 'num_domains': Accepts(int, 1),
+    'per_domain': Accepts(int, 1), 'tld_domains': Accepts(int, 1), 'tasks': Accepts(choices=TASKS),
+    'device': ACCEPTS['device'], 'precision': ACCEPTS['precision'], 'config': Accepts(choices=tuple(MODEL_CONFIGS)),
+    'max_length': ACCEPTS['max_length'], 'pipeline_lines': Accepts(int, 1), 'windows': Accepts(int, 1),
+    'window_steps': Accepts(int, 1), 'sizes': Accepts(int, 1), 'steps': Accepts(int, 1), 'evals': Accepts(int, 1),
+    'repeats': Accepts(int, 1), 'n': Accepts(int, 1), 'moments': Accepts(int, 1),
+}
+
+def _checked(accepts: Accepts):
+    "An argparse `type`: the accepted value of a text, or an error that says what the flag accepts."
+    def parse(text: str):
+        try: return accepts.parse(text)
+        except ValueError as e: raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
+
+# %% ../nbs/17_cli.ipynb #b460b3a4
+def _arg_options(name: str, anno) -> dict:
+    "argparse `type`, `nargs` or `choices` of a parameter: int, float, str, `X | None`, `list[X]`, `Literal[...]`."
     args = typing.get_args(anno)
     if type(None) in args: anno = next(a for a in args if a is not type(None))  # X | None: an optional X
     if typing.get_origin(anno) is typing.Literal: return dict(choices=list(typing.get_args(anno)))
-    if typing.get_origin(anno) is list: return dict(type=typing.get_args(anno)[0], nargs='+')
-    return dict(type=anno if anno in (int, float) else str)
+    many = typing.get_origin(anno) is list
+    kind = typing.get_args(anno)[0] if many else anno
+    accepts = ARGUMENTS[name] if kind in (int, float) else ARGUMENTS.get(name, Accepts())  # a number must declare
+    return dict(type=_checked(accepts), **(dict(nargs='+') if many else {}))
 
 def _shown(default) -> str:
     "A default as `--help` shows it."
@@ -56,22 +96,29 @@ def _shown(default) -> str:
     return f'{default:,}' if isinstance(default, int) and default >= 10_000 else str(default)
 
 # %% ../nbs/17_cli.ipynb #220d2c88
+def _help(doc: str, default=None, switch_off: bool = False) -> str:
+    "A flag's help: its comment, and its default unless the comment says it or there is none to show."
+    help = f'turn off (on by default): {doc}' if switch_off else doc
+    shown = default is not None and not isinstance(default, bool) and default != ()  # 0 and 1 are shown
+    if shown and '(default:' not in doc: help += f' (default: {_shown(default)})'
+    return help.replace('%', '%%')  # argparse formats help with %
+
 def add_flags(p: argparse.ArgumentParser, func):
     "One argument of `p` per parameter of `func`, from its annotation, default and comment."
     docs, params = docments(func, full=True, returns=False, eval_str=True), inspect.signature(func).parameters
     for name, d in docs.items():
-        param, help, opts = params[name], (d.docment or '').replace('%', '%%'), _arg_options(d.anno)
+        param, doc, opts = params[name], d.docment or '', _arg_options(name, d.anno)
         if param.kind is param.POSITIONAL_OR_KEYWORD:  # before `*`: positional (a list takes any number)
             if 'nargs' in opts: opts.update(nargs='*', default=param.default)
-            p.add_argument(name, help=help, **opts); continue
+            p.add_argument(name, help=_help(doc), **opts); continue
         flag, required = '--' + name.rstrip('_'), param.default is param.empty  # json_ is --json
         if d.anno is bool and param.default:
-            p.add_argument(f'--no_{name}', dest=name, action='store_false', help=help)
-        elif d.anno is bool: p.add_argument(flag, dest=name, action='store_true', help=help)
+            p.add_argument(f'--no_{name}', dest=name, action='store_false', help=_help(doc, switch_off=True))
+        elif d.anno is bool: p.add_argument(flag, dest=name, action='store_true', help=_help(doc))
         else:
-            if not required and param.default not in (None, ()): help += f' (default: {_shown(param.default)})'
+            default = None if required else param.default
             if 'choices' not in opts: opts['metavar'] = name.rstrip('_').upper()  # choices show themselves
-            p.add_argument(flag, dest=name, required=required, default=None if required else param.default, help=help, **opts)
+            p.add_argument(flag, dest=name, required=required, default=default, help=_help(doc, default), **opts)
 
 # %% ../nbs/17_cli.ipynb #22b735ce
 def add_train_flags(p: argparse.ArgumentParser):
@@ -80,13 +127,14 @@ def add_train_flags(p: argparse.ArgumentParser):
     p.add_argument('--preset', help=f'start from a named set of settings, overridden by any flag given. {presets}')
     docs = docments(TrainConfig)
     for f in fields(TrainConfig):
-        kind, help = _flag_type(f.type), f"{docs[f.name]} (default: {f.default})".replace('%', '%%')  # argparse formats help with %
+        kind, help = _flag_type(f.type), _help(docs[f.name], f.default, switch_off=f.default is True)
         if f.name == 'model_config': help += f" [{', '.join(MODEL_CONFIGS)}]"
         names = [f'--{f.name}', *(['--config'] if f.name == 'model_config' else [])]  # --config: the short spelling
         if kind is bool and f.default:  # on by default: the flag turns it off
             p.add_argument(f'--no_{f.name}', dest=f.name, action='store_false', default=argparse.SUPPRESS, help=help)
         elif kind is bool: p.add_argument(*names, action='store_true', default=argparse.SUPPRESS, help=help)
-        else: p.add_argument(*names, type=kind, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help)
+        else: p.add_argument(*names, type=_checked(ACCEPTS[f.name]), default=argparse.SUPPRESS,
+                             metavar=f.name.upper(), help=help)
     for flag, value in (('--bf16', 'bf16'), ('--fp16', 'fp16'), ('--no_mixed_precision', 'fp32')):
         p.add_argument(flag, dest='precision', action='store_const', const=value, default=argparse.SUPPRESS,
                        help=f'same as --precision {value}')
@@ -94,7 +142,9 @@ def add_train_flags(p: argparse.ArgumentParser):
 # %% ../nbs/17_cli.ipynb #32a4eeb3
 def train_command(preset: str | None = None, **settings) -> int:
     "Train with masked-character prediction. Quick start: domain-canine train --preset demo"
-    train(resolve_config(preset, **settings))
+    cfg = resolve_config(preset, **settings)  # every setting checked before anything is loaded, prepared or built
+    from domain_canine.training import train
+    train(cfg)
     return 0
 
 # %% ../nbs/17_cli.ipynb #88720581
@@ -109,8 +159,8 @@ def _interactive(predictor: Predictor, top_k: int, as_json: bool):
         try: line = input('domain> ')
         except EOFError: return
         if not line.strip(): return
-        try: _show(predictor.predict([line], top_k), as_json)
-        except InputError as e: print(f'error: {e}', file=sys.stderr)
+        try: _show(predictor.predict([line], top_k), as_json)  # a bad line: the predictor's `InputError`
+        except ValueError as e: print(f'error: {e}', file=sys.stderr)
 
 # %% ../nbs/17_cli.ipynb #5a96c52b
 def predict_command(domains: list[str] = (), # domains with ? or [MASK] for each hidden character
@@ -121,6 +171,7 @@ def predict_command(domains: list[str] = (), # domains with ? or [MASK] for each
                     device: str | None = None, # cpu, cuda or mps (default: the best available)
                    ) -> int:
     'Fill the characters marked ? or [MASK], e.g. domain-canine predict --model_path runs/demo/final-model "goo?le.com"'
+    from domain_canine.inference import InputError, Predictor
     if not domains and not interactive: raise InputError('give domains to predict, or --interactive')
     if top_k < 1: raise InputError('--top_k must be at least 1')
     predictor = Predictor.from_dir(model_path, device)
@@ -134,12 +185,16 @@ def import_original_command(source: str, # the original checkpoint directory
     """Convert a directory written by the original project (encoder + training_state.bin) into a domain-canine model
     directory, which records the original's mask ([CLS]). Such directories also load directly wherever a model
     directory is expected."""
+    from domain_canine.model import ORIGINAL_MASK, import_original
     dst = import_original(source, output)
     print(f"wrote {dst}; it is queried with U+{ORIGINAL_MASK:04X} ([CLS]), the mask the original was trained with")
     return 0
 
 # %% ../nbs/17_cli.ipynb #0aa95cfa
 def _load_model(model_path: str, batch_size: int, device: str | None) -> tuple[DomainCanineMLM, object]:
+    from domain_canine.core import pick_device
+    from domain_canine.inference import InputError
+    from domain_canine.model import DomainCanineMLM
     if batch_size < 1: raise InputError('--batch_size must be at least 1')
     dev = pick_device(device)
     return DomainCanineMLM.load(model_path, dev), dev
@@ -151,6 +206,8 @@ def _note_skipped(skipped: Counter):
 # %% ../nbs/17_cli.ipynb #89ac094a
 def _ngram_baseline(train_dataset: str, validation_fraction: float, order: int) -> tuple[CharNgramLM | None, set[str]]:
     "The n-gram baseline trained on the train split of `train_dataset`, and the domains it saw (none for order 0)."
+    from domain_canine.data import load_corpus
+    from domain_canine.evaluation import CharNgramLM
     if not order: return None, set()
     train = load_corpus(train_dataset, None, validation_fraction).train
     return CharNgramLM(order).fit(train), set(train)
@@ -174,6 +231,7 @@ def evaluate_command(*, model_path: str, # a model or checkpoint directory writt
     """Masked-character accuracy and top-5 (masked as in training), one-character cloze top-1/top-5, loss and
     perplexity, by part of the name, length and TLD; and the cloze top-1 of a character n-gram model trained on the
     train split of --train_dataset. E.g. domain-canine evaluate --model_path runs/demo/final-model --dataset sample --split valid"""
+    from domain_canine.evaluation import InputError, eval_domains, evaluate, format_report
     if not 0 < mlm_probability < 1: raise InputError('--mlm_probability must be between 0 and 1')
     if ngram_order < 0: raise InputError('--ngram_order must be 0 (no baseline) or more')
     domains = eval_domains(dataset, split, validation_fraction, num_samples)
@@ -196,6 +254,7 @@ def score_command(domains: list[str] = (), # domains to score
                  ) -> int:
     """Hide each character in turn and add the log-probabilities of the right ones. Prints "pll per_char domain" per
     line, or JSON lines with --json."""
+    from domain_canine.evaluation import pseudo_log_likelihood, read_domains
     domains, skipped = read_domains(domains, file)
     model, dev = _load_model(model_path, batch_size, device)
     _note_skipped(skipped)
@@ -215,6 +274,7 @@ def embed_command(domains: list[str] = (), # domains to embed
                  ) -> int:
     """Write each domain's mean last hidden state over its characters to a .npy array (rows in input order) or a
     Parquet table (domain, embedding)."""
+    from domain_canine.evaluation import InputError, embed_domains, read_domains, write_embeddings
     if Path(output).suffix not in ('.npy', '.parquet'):
         raise InputError(f'--output must end in .npy or .parquet, got {Path(output).name}')
     domains, skipped = read_domains(domains, file)
@@ -235,6 +295,12 @@ def _write_run_probes(paths: list[str], reports: list[dict]) -> list[Path]:
         tmp.write_text(''.join(json.dumps(r) + '\n' for r in mine)); tmp.replace(run / 'probes.jsonl')
         written.append(run / 'probes.jsonl')
     return written
+
+def _show_probes(reports: list[dict], as_json: bool):
+    "One JSON line per model, or each model's tables and, for several, the series across them."
+    from domain_canine.probes import format_probe_report, format_probe_series
+    if as_json: print('\n'.join(json.dumps(r) for r in reports))
+    else: print('\n\n'.join([*map(format_probe_report, reports), *([format_probe_series(reports)] if len(reports) > 1 else [])]))
 
 # %% ../nbs/17_cli.ipynb #c82f4d01
 def probe_command(*, model_path: list[str], # model or checkpoint directories, and/or run directories (a run: each step checkpoint, and its final model if saved later)
@@ -257,14 +323,14 @@ def probe_command(*, model_path: list[str], # model or checkpoint directories, a
     pseudo-log-likelihood, and probes its embeddings linearly (TLD; real or look-alike), beside a character n-gram
     model and a TF-IDF classifier. A run directory gives every checkpoint, and gets the results as probes.jsonl.
     E.g. domain-canine probe --model_path runs/demo"""
+    from domain_canine.probes import InputError, model_dirs, probe_checkpoints, probe_set
     if unknown := sorted(set(tasks) - set(TASKS)): raise InputError(f"unknown --tasks {', '.join(unknown)}; choose from {', '.join(TASKS)}")
     model_dirs(model_path)  # a wrong path fails before the look-alikes are made
     probes = probe_set(dataset, split, validation_fraction, ngram_order, num_domains=num_domains, per_domain=per_domain,
                        tld_domains=tld_domains, top_tlds=top_tlds, seed=seed)
     reports = probe_checkpoints(model_path, probes, tuple(tasks), batch_size, device, not no_progress)
     written = _write_run_probes(model_path, reports)
-    if json_: print('\n'.join(json.dumps(r) for r in reports))
-    else: print('\n\n'.join([*map(format_probe_report, reports), *([format_probe_series(reports)] if len(reports) > 1 else [])]))
+    _show_probes(reports, json_)
     for path in written: print(f'probe results written to {path}', file=sys.stderr)
     return 0
 
@@ -283,6 +349,7 @@ def bench_command(*, config: str = 'small', # model shape: tiny, demo, small or 
                  ) -> int:
     """Measure the input pipeline and training steps, ours against a reference mode that reproduces the original
     design, in one run. Example: domain-canine bench --config small --batch_size 256 --max_length 64 --device cpu --json"""
+    from domain_canine.bench import run_bench
     r = run_bench(config, batch_size, max_length, device, precision, length_bucketing, pipeline_lines, windows, window_steps, dry_run)
     if json_: print(json.dumps(r))
     else:
@@ -304,6 +371,7 @@ def bench_scale_command(*, sizes: list[int] = (1_000_000, 10_000_000), # corpus 
     Example: domain-canine bench-scale --sizes 1000000 30000000 --train --workdir runs/scale"""
     if min(sizes) < 1: raise DataError('--sizes must be positive')
     if steps < evals or evals < 1: raise DataError('--steps must be at least --evals, and --evals at least 1')
+    from domain_canine.bench import bench_scale
     for r in bench_scale(tuple(sizes), workdir, train=train, steps=steps, evals=evals, repeats=repeats):
         print(json.dumps(r) if json_ else '  '.join(f'{k} {v:,.2f}' if isinstance(v, float) else f'{k} {v:,}' for k, v in r.items()))
     return 0
@@ -313,6 +381,7 @@ def make_corpus_command(*, n: int, # number of domains
                         seed: int = 0, # random seed
                        ) -> int:
     "Write N realistic synthetic domains (length and TLD distribution of the bundled sample)."
+    from domain_canine.synthetic import make_corpus
     if n < 1: raise DataError('--n must be at least 1')
     print(f'wrote {make_corpus(n, output, seed)}')
     return 0
@@ -325,6 +394,7 @@ def crash_test_command(*, moments: int = 20, # how many kills
                       ) -> int:
     """Kill a small CPU training run with SIGKILL at random moments, resume it with --resume_from latest each time, and
     compare its final weights and logged losses with an uninterrupted run. Exit status 0 only if they are identical."""
+    from domain_canine.crash_test import crash_test
     r = crash_test(moments, seed, steps, log=(lambda *x: None) if json_ else print)
     print(json.dumps(r) if json_ else f"{r['kills']} kills in {r['moments']} moments, {r['seconds']} s: "
           f"{'bit-for-bit identical' if r['identical'] else 'DIFFERENT'} to the uninterrupted run")
@@ -359,14 +429,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 # %% ../nbs/17_cli.ipynb #02221589
+def parse_args(argv: list[str] | None = None) -> dict:
+    "The command's settings; a mistake ends the program with one line and exit status 2, as argparse does."
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the command's own parser says so: it knows the flags to suggest
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return vars(args)
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of `domain-canine` and `python -m domain_canine`."
-    args = vars(build_parser().parse_args(argv))
+    args = parse_args(argv)
     func, _ = args.pop('func'), args.pop('command')
     try: return func(**args)
-    except USER_ERRORS as e:
-        print(f'domain-canine: error: {e}', file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print('domain-canine: interrupted', file=sys.stderr)
         return 130
+    except Exception as e:
+        if not isinstance(e, user_errors()): raise
+        print(f'domain-canine: error: {e}', file=sys.stderr)
+        return 1

@@ -4,12 +4,15 @@
 
 # %% ../nbs/07_config.ipynb #d044d6da
 from __future__ import annotations
+import json, math
+from pathlib import Path
 from dataclasses import dataclass, fields
-from .core import ConfigError
-from .model import MODEL_CONFIGS
+from fastcore.basics import patch
+from .core import ConfigError, MODEL_CONFIGS, CANINE_MAX_POSITIONS, max_positions
+
 
 # %% auto #0
-__all__ = ['PRESETS', 'TrainConfig', 'resolve_config', 'lr_at']
+__all__ = ['SEED_MAX', 'DEVICES', 'ACCEPTS', 'PRESETS', 'TrainConfig', 'Accepts', 'check_config', 'resolve_config', 'lr_at']
 
 # %% ../nbs/07_config.ipynb #f7f445fc
 @dataclass
@@ -69,6 +72,95 @@ class TrainConfig:
     wandb_run_name: str | None = None  # W&B run name (default: the output directory's name)
     tensorboard: bool = False  # write TensorBoard event files to <output_dir>/tensorboard
 
+# %% ../nbs/07_config.ipynb #01790dc7
+def _number(x) -> str:
+    return f'{x:,}' if isinstance(x, int) else f'{x:g}'
+
+@dataclass(frozen=True)
+class Accepts:
+    "What a setting accepts: a number within bounds, one of some choices, any non-empty text, or a switch."
+    kind: type = str           # int, float, str, or bool (a switch)
+    low: float | None = None   # the smallest number accepted (None: no bound)
+    high: float | None = None  # the largest number accepted (None: no bound)
+    open_low: bool = False     # `low` itself is refused
+    open_high: bool = False    # `high` itself is refused
+    choices: tuple = ()        # the texts accepted (empty: any non-empty text)
+
+    def __str__(self) -> str:
+        "What is accepted, in the words of an error message."
+        if self.kind is bool: return 'a switch, given without a value'
+        if self.choices: return 'one of ' + ', '.join(self.choices)
+        if self.kind is str: return 'a non-empty text'
+        noun = 'an integer' if self.kind is int else 'a number'
+        if self.low is not None and self.high is not None:
+            left, right = '(' if self.open_low else '[', ')' if self.open_high else ']'
+            return f'{noun} in {left}{_number(self.low)}, {_number(self.high)}{right}'
+        if self.low is not None: return f"{noun} {'>' if self.open_low else '>='} {_number(self.low)}"
+        return f"{noun} {'<' if self.open_high else '<='} {_number(self.high)}"
+
+# %% ../nbs/07_config.ipynb #68d29963
+@patch
+def accepts(self: Accepts, value) -> bool:
+    "Whether the Python value `value` is accepted (a bool is never a number)."
+    if self.kind is bool or isinstance(value, bool): return self.kind is bool and isinstance(value, bool)
+    if self.kind is str:
+        return isinstance(value, str) and (value in self.choices if self.choices else bool(value.strip()))
+    if not isinstance(value, int if self.kind is int else (int, float)) or not math.isfinite(value): return False
+    above = self.low is None or (value > self.low if self.open_low else value >= self.low)
+    below = self.high is None or (value < self.high if self.open_high else value <= self.high)
+    return above and below
+
+# %% ../nbs/07_config.ipynb #97be16de
+@patch
+def check(self: Accepts, name: str, value):
+    "Raise `ConfigError` naming `--name` and what it accepts, unless `value` is accepted."
+    if not self.accepts(value): raise ConfigError(f'--{name} must be {self}, got {value!r}')
+
+# %% ../nbs/07_config.ipynb #7c7c9f0e
+@patch
+def parse(self: Accepts, text: str):
+    "The accepted value of a command-line text; `ValueError` saying what is accepted otherwise."
+    try: value = self.kind(text)
+    except ValueError: value = text
+    if not self.accepts(value): raise ValueError(f'must be {self}, got {value!r}')
+    return value
+
+# %% ../nbs/07_config.ipynb #d78bfd0d
+@patch
+def refused(self: Accepts):
+    "A value this declaration refuses (the tests that walk every setting use it)."
+    if self.kind is bool: return 'yes'
+    if self.choices: return 'none-of-these'
+    if self.kind is str: return ''
+    if self.low is not None: return self.low if self.open_low else self.low - 1
+    return self.high if self.open_high else self.high + 1
+
+# %% ../nbs/07_config.ipynb #3c9aa3f3
+_TEXT, _SWITCH, _COUNT, _ZERO_OR_MORE = Accepts(), Accepts(bool), Accepts(int, 1), Accepts(int, 0)
+_SHARE, _OPEN_SHARE = Accepts(float, 0, 1), Accepts(float, 0, 1, open_low=True, open_high=True)
+SEED_MAX = 2**32 - 1  # numpy's generators take seeds up to this
+DEVICES = ('cpu', 'cuda', 'mps')
+
+ACCEPTS = {  # every setting of `TrainConfig`: what it accepts (None is also accepted where the default is None)
+    'dataset': _TEXT, 'dataset_config': _TEXT, 'dataset_split': _TEXT, 'text_column': _TEXT, 'streaming': _SWITCH,
+    'cache_dir': _TEXT, 'num_samples': _COUNT, 'validation_fraction': Accepts(float, 0, 1, open_high=True),
+    'max_length': Accepts(int, 5, CANINE_MAX_POSITIONS),  # [CLS] a.b [SEP]: the shortest domain
+    'mlm_probability': _OPEN_SHARE, 'mask_replace_prob': _SHARE, 'random_replace_prob': _SHARE,
+    'exclude_tld': _SWITCH, 'span_masking': _SWITCH, 'length_bucketing': _SWITCH, 'eval_samples': _COUNT,
+    'full_eval': _SWITCH, 'model_name_or_path': _TEXT, 'model_config': Accepts(choices=tuple(MODEL_CONFIGS)),
+    'dropout': Accepts(float, 0, 1, open_high=True), 'attention': Accepts(choices=('sdpa', 'eager')),
+    'compile': _SWITCH, 'cuda_graphs': _SWITCH,
+    'epochs': _COUNT, 'max_steps': _COUNT, 'batch_size': _COUNT, 'gradient_accumulation_steps': _COUNT,
+    'learning_rate': Accepts(float, 0), 'warmup_steps': _ZERO_OR_MORE,
+    'weight_decay': Accepts(float, 0), 'gradient_clip_val': Accepts(float, 0), 'early_stopping_patience': _COUNT,
+    'max_bad_steps': _ZERO_OR_MORE, 'stream_retries': _ZERO_OR_MORE,
+    'precision': Accepts(choices=('auto', 'bf16', 'fp16', 'fp32')), 'device': Accepts(choices=DEVICES),
+    'output_dir': _TEXT, 'save_steps': _COUNT, 'save_total_limit': _COUNT, 'eval_steps': _COUNT,
+    'logging_steps': _COUNT, 'resume_from': _TEXT, 'seed': Accepts(int, 0, SEED_MAX), 'ddp_timeout': _COUNT,
+    'num_workers': _ZERO_OR_MORE, 'use_wandb': _SWITCH, 'wandb_project': _TEXT, 'wandb_run_name': _TEXT,
+    'tensorboard': _SWITCH,
+}
+
 # %% ../nbs/07_config.ipynb #b7ff3ce1
 PRESETS = {
     'demo': dict(  # the quick start: a small CANINE from scratch on the bundled sample, under 3 minutes on 2 CPU cores
@@ -88,9 +180,50 @@ PRESETS = {
     'canine-c': dict(),  # the defaults: google/canine-c on the 255M-domain hub corpus
 }
 
+# %% ../nbs/07_config.ipynb #18cf7c79
+def _positions_of(c: TrainConfig) -> int:
+    "The longest input the run's model takes: its shape's, a local model's own, else CANINE-c's."
+    if c.model_config in MODEL_CONFIGS: return max_positions(c.model_config)
+    local = Path(c.model_name_or_path or '') / 'config.json'
+    try: return int(json.loads(local.read_text()).get('max_position_embeddings', CANINE_MAX_POSITIONS))
+    except (OSError, ValueError, AttributeError): return CANINE_MAX_POSITIONS
+
+# %% ../nbs/07_config.ipynb #0f3c4152
+def _contradictions(c: TrainConfig) -> list[tuple[bool, str]]:
+    "(broken, why) of every rule that ties settings together."
+    positions, shares = _positions_of(c), c.mask_replace_prob + c.random_replace_prob
+    return [
+        (bool(c.model_config and c.model_name_or_path), 'give either --model_name_or_path (continue a model) '
+         'or --model_config (train from scratch), not both'),
+        (shares > 1 + 1e-9, '--mask_replace_prob + --random_replace_prob must be at most 1 (shares of the '
+         f'chosen characters), got {shares:g}'),
+        (c.max_length > positions, f'--max_length must be at most {positions:,}, the longest input of the model, '
+         f'got {c.max_length:,}'),
+        (c.cuda_graphs and not c.compile, '--cuda_graphs needs --compile (the graphs are captured by torch.compile)'),
+        (c.cuda_graphs and c.gradient_accumulation_steps > 1,  # pytorch/pytorch#169545, open
+         "--cuda_graphs needs --gradient_accumulation_steps 1: the next micro-batch's graph replay overwrites the "
+         "gradients the previous one left in the graphs' memory"),
+        (c.full_eval and c.streaming, '--full_eval needs a prepared corpus: a stream has no end to evaluate to '
+         '(use --eval_samples)'),
+        (c.streaming and c.max_steps is None, '--streaming needs --max_steps: the length of a stream is not known '
+         'in advance'),
+        (c.early_stopping_patience is not None and c.validation_fraction == 0, '--early_stopping_patience needs a '
+         'validation split (--validation_fraction above 0)'),
+    ]
+
+# %% ../nbs/07_config.ipynb #2dc38565
+def check_config(cfg: TrainConfig) -> TrainConfig:
+    "`cfg` if each setting is one its declaration accepts and none contradicts another; `ConfigError` otherwise."
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if value is not None or 'None' not in str(f.type): ACCEPTS[f.name].check(f.name, value)
+    for broken, why in _contradictions(cfg):
+        if broken: raise ConfigError(why)
+    return cfg
+
 # %% ../nbs/07_config.ipynb #234f3cb8
 def resolve_config(preset: str | None = None, **overrides) -> TrainConfig:
-    "A `TrainConfig` from a preset plus explicit overrides; unknown keys and contradictions fail loudly."
+    "A `TrainConfig` from a preset plus explicit overrides, checked; unknown keys and contradictions fail loudly."
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     known = {f.name for f in fields(TrainConfig)}
@@ -99,23 +232,7 @@ def resolve_config(preset: str | None = None, **overrides) -> TrainConfig:
     # an explicit model source replaces the preset's: --model_config trains from scratch, --model_name_or_path continues
     if overrides.get('model_config') and 'model_name_or_path' not in overrides: values['model_name_or_path'] = None
     if overrides.get('model_name_or_path') and 'model_config' not in overrides: values['model_config'] = None
-    cfg = TrainConfig(**values)
-    if cfg.model_config and cfg.model_name_or_path:
-        raise ConfigError('give either --model_name_or_path (continue a model) or --model_config (train from scratch), not both')
-    if cfg.model_config and cfg.model_config not in MODEL_CONFIGS:
-        raise ConfigError(f"unknown model config {cfg.model_config!r}; choose one of {', '.join(MODEL_CONFIGS)}")
-    if cfg.precision not in ('auto', 'bf16', 'fp16', 'fp32'): raise ConfigError(f"unknown precision {cfg.precision!r}")
-    if cfg.attention not in ('sdpa', 'eager'): raise ConfigError(f"unknown attention {cfg.attention!r}; use sdpa or eager")
-    for name in ('batch_size', 'gradient_accumulation_steps', 'save_steps', 'eval_steps', 'logging_steps', 'epochs'):
-        if getattr(cfg, name) < 1: raise ConfigError(f"--{name} must be at least 1")
-    if not 0 < cfg.mlm_probability < 1: raise ConfigError('--mlm_probability must be between 0 and 1')
-    if cfg.cuda_graphs and not cfg.compile: raise ConfigError('--cuda_graphs needs --compile (the graphs are captured by torch.compile)')
-    if cfg.cuda_graphs and cfg.gradient_accumulation_steps > 1:  # pytorch/pytorch#169545, open
-        raise ConfigError('--cuda_graphs needs --gradient_accumulation_steps 1: the next micro-batch\'s graph replay '
-                          'overwrites the gradients the previous one left in the graphs\' memory')
-    if cfg.eval_samples < 1: raise ConfigError('--eval_samples must be at least 1 (--full_eval evaluates the whole validation split)')
-    if cfg.full_eval and cfg.streaming: raise ConfigError('--full_eval needs a prepared corpus: a stream has no end to evaluate to (use --eval_samples)')
-    return cfg
+    return check_config(TrainConfig(**values))
 
 # %% ../nbs/07_config.ipynb #447e23d7
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:

@@ -109,7 +109,7 @@ def _text_column(ds, dataset: str, text_column: str | None) -> str:
     columns = list(ds.column_names or next(iter(ds)).keys())
     column = text_column or next((c for c in TEXT_COLUMNS if c in columns), None)
     if column not in columns:
-        wanted = f'column {text_column!r}' if text_column else f"a text column ({', '.join(TEXT_COLUMNS)})"
+        wanted = f'column {text_column!r}' if text_column else f"text column ({', '.join(TEXT_COLUMNS)})"
         raise DataError(f"dataset {dataset!r} has no {wanted}; its columns: {', '.join(map(str, columns))} (choose with --text_column)")
     return column
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
-from .data import EncodedDomains, clean_domain, load_corpus, source_lines
+from .data import EncodedDomains, clean_domain, count_summary, load_corpus, source_lines
 from .masking import DOMAIN_CHARS, MASK, PAD, CharVocab, MaskedBatches, evaluation_order, pad_batch
 from .model import DomainCanineMLM
 from .inference import InputError, to_device
@@ -378,5 +378,8 @@ def read_domains(domains: list[str], # domains given on the command line
             d, reason = clean_domain(line)
             if reason: skipped[reason] += 1
             else: out.append(d)
+    if not out and skipped:  # every line of the file refused: say how many, and why
+        raise InputError(f'no usable domains in {file}: all {sum(skipped.values()):,} lines skipped '
+                         f'({count_summary(skipped).replace("_", " ")})')
     if not out: raise InputError('no domains to process: give domains as arguments or --file FILE')
     return out, skipped

@@ -11,6 +11,7 @@ from fastcore.basics import patch
 from .masking import MASK, PAD, EncodedDomains, pad_batch
 from .model import DomainCanineMLM
 from .core import pick_device
+from .data import clean_domain
 
 # %% auto #0
 __all__ = ['MAX_DOMAIN_LENGTH', 'InputError', 'parse_masked', 'mask_index', 'to_device', 'MaskPrediction', 'Prediction',
@@ -23,6 +24,12 @@ _MARKERS = re.compile(r'\[mask\]|\?', re.IGNORECASE)
 class InputError(ValueError):
     "A query the predictor cannot use, with the reason."
 
+def _refused(text: str) -> str | None:
+    "Why training would not take `text` (a query with its masks read as letters); None if it would."
+    if not text.isascii(): return 'not ASCII: ask with its punycode form, xn--…, as training reads it'
+    _, reason = clean_domain(text if '.' in text else text + '.com')  # without a dot, a mask may be the dot
+    return reason and reason.replace('_', ' ')
+
 def parse_masked(text: str, mask_id: int = MASK) -> str:
     "The query with each `?` or `[MASK]` replaced by the code point `mask_id` (the model's mask)."
     q = _MARKERS.sub(chr(mask_id), text.strip().lower())
@@ -31,6 +38,8 @@ def parse_masked(text: str, mask_id: int = MASK) -> str:
     if len(q) > MAX_DOMAIN_LENGTH: raise InputError(f'query too long: {len(q)} characters, a domain has at most {MAX_DOMAIN_LENGTH}')
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in q): raise InputError(f'{text!r} contains whitespace or control characters')
     if chr(mask_id) not in q: raise InputError(f'{text!r} has nothing to predict: mark hidden characters with ? or [MASK]')
+    if reason := _refused(q.replace(chr(mask_id), 'a')):
+        raise InputError(f'{text!r} is not a usable domain ({reason}): training would reject it')
     return q
 
 # %% ../nbs/11_inference.ipynb #3750baae

@@ -17,25 +17,16 @@ from transformers.models.canine import modeling_canine
 from transformers.models.canine.modeling_canine import CanineSelfAttention
 from transformers.utils import logging as hf_logging
 from fastcore.basics import patch
+from .core import MODEL_CONFIGS, CANINE_MAX_POSITIONS
 from .masking import CLS, MASK, SEP, CharVocab, EncodedDomains, pad_batch
 
 # %% auto #0
-__all__ = ['MODEL_CONFIGS', 'SDPA_BACKENDS', 'HEAD_WEIGHTS', 'HEAD_CONFIG', 'ORIGINAL_STATE', 'ORIGINAL_MASK', 'MASKS',
-           'ModelError', 'canine_config', 'mlm_head', 'MLMOutput', 'DomainCanineMLM', 'logits_at_widths',
-           'SdpaCanineSelfAttention', 'use_sdpa', 'sdpa_backend', 'is_original_dir', 'is_model_dir',
-           'read_original_state', 'head_from_original', 'load_original', 'import_original', 'write_original_checkpoint',
-           'build_model']
+__all__ = ['SDPA_BACKENDS', 'HEAD_WEIGHTS', 'HEAD_CONFIG', 'ORIGINAL_STATE', 'ORIGINAL_MASK', 'MASKS', 'ModelError',
+           'canine_config', 'mlm_head', 'MLMOutput', 'DomainCanineMLM', 'logits_at_widths', 'SdpaCanineSelfAttention',
+           'use_sdpa', 'sdpa_backend', 'is_original_dir', 'is_model_dir', 'read_original_state', 'head_from_original',
+           'load_original', 'import_original', 'write_original_checkpoint', 'build_model']
 
 # %% ../nbs/04_model.ipynb #daca46bb
-MODEL_CONFIGS = {
-    'tiny':     dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                     num_hash_buckets=1024, max_position_embeddings=512),   # tests: a few seconds per run
-    'demo':     dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512,
-                     num_hash_buckets=4096, max_position_embeddings=512),   # the CPU demo: minutes on 2 cores
-    'small':    dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),  # benchmarks
-    'canine-c': dict(),                                                     # the full google/canine-c shape
-}
-
 class ModelError(ValueError):
     "A model or checkpoint that cannot be built or loaded, with the reason."
 

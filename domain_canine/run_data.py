@@ -140,6 +140,13 @@ class RunData:
     train_enc: EncodedDomains | None = None  # None for a stream
     run_batches: RunBatches | None = None
 
+# %% ../nbs/08_run_data.ipynb #f4d87ba5
+def _no_validation(c: TrainConfig, n_train: int, log):
+    "An empty validation split: a warning, or an error where early stopping needs one."
+    why = f'the validation split is empty ({n_train:,} training domains, --validation_fraction {c.validation_fraction:g})'
+    if c.early_stopping_patience: raise DataError(f'{why}: --early_stopping_patience has nothing to compare')
+    log(f'warning: {why}: no periodic evaluation and no best-model; give a larger corpus or --validation_fraction')
+
 # %% ../nbs/08_run_data.ipynb #4623ea40
 def load_run_data(c: TrainConfig, world_size: int = 1, # processes of the job: each step takes accumulation × this micro-batches
                   log=print) -> RunData:
@@ -152,6 +159,7 @@ def load_run_data(c: TrainConfig, world_size: int = 1, # processes of the job: e
     if steps_per_epoch == 0:
         raise DataError(f"{len(corpus.train)} training domains are fewer than one optimizer step (batch_size × "
                         f"gradient_accumulation_steps × processes = {c.batch_size * per_step})")
+    if len(corpus.valid) == 0: _no_validation(c, len(corpus.train), log)
     if corpus.cache: shutil.rmtree(Path(corpus.cache) / 'epoch-orders', ignore_errors=True)  # earlier versions' order files
     return RunData(vocab, corpus, corpus.valid, evaluation_order(corpus.valid, None if c.full_eval else c.eval_samples, c.seed),
                    c.max_steps or c.epochs * steps_per_epoch, steps_per_epoch, corpus.train,

@@ -368,11 +368,29 @@ _DATA_ORDER_KEYS = ('dataset', 'dataset_config', 'dataset_split', 'streaming', '
                     'max_length', 'batch_size', 'seed', 'mlm_probability',
                     'mask_replace_prob', 'random_replace_prob', 'exclude_tld', 'span_masking', 'length_bucketing')
 
+_SHAPE_KEYS = ('hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size', 'num_hash_buckets',
+               'max_position_embeddings')
+
+def _other_shape(path: Path, model: DomainCanineMLM, cfg: TrainConfig) -> str | None:
+    "What differs between the shape a checkpoint was trained with and this run's model (None: nothing)."
+    try: saved, trained = (json.loads((path / f).read_text()) for f in ('config.json', 'training_config.json'))
+    except (OSError, ValueError): return None  # loading the checkpoint reports what is wrong with it
+    mine = model.encoder.config.to_dict()
+    if not (diff := [k for k in _SHAPE_KEYS if k in saved and saved[k] != mine.get(k)]): return None
+    source = lambda c: f"--model_config {c['model_config']}" if c.get('model_config') else c.get('model_name_or_path')
+    shape = lambda d: ', '.join(f"{k.replace('_', ' ')} {d.get(k)}" for k in diff)
+    return (f"{path.name} was trained with {source(trained)} ({shape(saved)}); this run asks for {source(asdict(cfg))} "
+            f"({shape(mine)}): resume with the model settings it was trained with")
+
 @patch
 def resume(self: Trainer, ref: str):
     path = latest_checkpoint(self.cfg.output_dir, self.log) if ref == 'latest' else Path(ref)
     if path is None: self.log(f"no complete checkpoint in {self.cfg.output_dir}: starting from step 0"); return
+    if problem := _other_shape(path, self.model, self.cfg): raise ConfigError(problem)
     self.state = load_checkpoint(path, self.model, self.optimizer, self.scaler, rank=self.topo.rank)
+    if self.state.step > self.total_steps:  # it would end at once and write its weights as this run's final model
+        raise ConfigError(f"{path.name} is at step {self.state.step:,}, past this run's last step {self.total_steps:,}: "
+                          "give a larger --max_steps (or --epochs) to continue it")
     saved = json.loads((path / 'training_config.json').read_text())
     changed = [k for k in _DATA_ORDER_KEYS if saved.get(k) != getattr(self.cfg, k)]
     # micro-batches per step: accumulation × processes; trading one for the other keeps the data order
