@@ -65,7 +65,8 @@ def remove_path(path):
 @contextmanager
 def writing(path, # what the block writes, as the message should name it
             *temporaries, # files or folders to delete if the block fails in any way
-            error: type = WriteError): # the error class to raise
+            error: type = WriteError, # the error class to raise
+            what: str = ''): # what `path` is, for the message: 'checkpoint'...
     "Turn a failed write of `path` into one `error` naming the path and the reason; any failure removes `temporaries`."
     try: yield
     except BaseException as e:
@@ -73,7 +74,7 @@ def writing(path, # what the block writes, as the message should name it
         reason = None if ours or not isinstance(e, (OSError, RuntimeError, SafetensorError)) else write_reason(e, path)
         for t in temporaries: remove_path(t)
         if reason is None: raise
-        raise error(f'could not write {path}: {reason}') from None
+        raise error(f"could not write {f'{what} ' if what else ''}{path}: {reason}") from None
 
 # %% ../nbs/00_core.ipynb #08a5f9f3
 def write_atomic(path, text: str) -> Path:
