@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import fields
 from pathlib import Path
 from fastcore.docments import docments
-from .core import ConfigError, pick_device
+from .core import ConfigError, WriteError, pick_device, write_atomic
 from .data import DataError, SAMPLE_NAME, count_summary, load_corpus
 from .model import DomainCanineMLM, ModelError, MODEL_CONFIGS, ORIGINAL_MASK, import_original
 from .checkpoint import CheckpointError
@@ -30,7 +30,8 @@ __all__ = ['USER_ERRORS', 'COMMANDS', 'OneLineParser', 'add_flags', 'add_train_f
            'bench_command', 'bench_scale_command', 'make_corpus_command', 'crash_test_command', 'build_parser', 'main']
 
 # %% ../nbs/17_cli.ipynb #41ec757a
-USER_ERRORS = (DataError, ModelError, CheckpointError, ConfigError, InputError, TrainingDiverged, DistributedError, FileNotFoundError)
+USER_ERRORS = (DataError, ModelError, CheckpointError, ConfigError, InputError, TrainingDiverged, DistributedError, FileNotFoundError,
+               WriteError)
 
 class OneLineParser(argparse.ArgumentParser):
     "An ArgumentParser whose errors are a single line."
@@ -231,9 +232,7 @@ def _write_run_probes(paths: list[str], reports: list[dict]) -> list[Path]:
     for run in map(Path, paths):
         if (run / 'config.json').is_file(): continue  # a model directory, not a run
         mine = [r for r in reports if Path(r['model_path']).parent == run]
-        tmp = run / 'probes.jsonl.tmp'
-        tmp.write_text(''.join(json.dumps(r) + '\n' for r in mine)); tmp.replace(run / 'probes.jsonl')
-        written.append(run / 'probes.jsonl')
+        written.append(write_atomic(run / 'probes.jsonl', ''.join(json.dumps(r) + '\n' for r in mine)))
     return written
 
 # %% ../nbs/17_cli.ipynb #c82f4d01
