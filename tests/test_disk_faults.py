@@ -107,10 +107,20 @@ def embeddings_case(tmp_path, monkeypatch, code, suffix):
     if suffix == '.npy': assert np.load(tmp_path / 'e.npy').shape == (3, 2)
     return str(e.value), tmp_path
 
-PATHS = ['corpus-files', 'corpus-arrays', 'run.json', 'metrics.jsonl-rewrite', 'metrics.jsonl-append', 'probes.jsonl',
+def make_corpus_case(tmp_path, monkeypatch, code):
+    from domain_canine.synthetic import make_corpus
+    make_corpus(20, tmp_path / 'c.txt')
+    monkeypatch.setattr(os, 'replace', raiser(os_error(code)))
+    with pytest.raises(WriteError) as e: make_corpus(30, tmp_path / 'c.txt')
+    monkeypatch.undo()
+    assert len((tmp_path / 'c.txt').read_text().splitlines()) == 20
+    return str(e.value), tmp_path
+
+PATHS = ['make-corpus', 'corpus-files', 'corpus-arrays', 'run.json', 'metrics.jsonl-rewrite', 'metrics.jsonl-append', 'probes.jsonl',
          'embeddings.npy', 'embeddings.parquet', 'checkpoint']
 
 def run_case(path, code, tmp_path, monkeypatch, model):
+    if path == 'make-corpus': return make_corpus_case(tmp_path, monkeypatch, code)
     if path.startswith('corpus'): return corpus_case(tmp_path, monkeypatch, code, path.split('-')[1])
     if path == 'checkpoint': return checkpoint_case(tmp_path, monkeypatch, model, os_error(code))
     if path == 'metrics.jsonl-append': return metrics_append_case(tmp_path, monkeypatch, code)
