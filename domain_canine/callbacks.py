@@ -7,7 +7,7 @@ from __future__ import annotations
 import json, math, os, secrets
 from dataclasses import asdict
 from pathlib import Path
-from .core import ConfigError
+from .core import ConfigError, write_atomic, writing
 
 # %% auto #0
 __all__ = ['Callback', 'MetricsFile', 'ProgressBar', 'WandbLogger', 'TensorBoardLogger']
@@ -34,9 +34,9 @@ class MetricsFile(Callback):
         self.path = Path(trainer.cfg.output_dir) / 'metrics.jsonl'
         if self.path.exists():  # a resumed run drops what the interrupted run logged after its checkpoint
             kept = [l for l in self.path.read_text().splitlines() if _step_of(l) is not None and _step_of(l) <= trainer.state.step]
-            self.path.write_text(''.join(l + '\n' for l in kept))
+            write_atomic(self.path, ''.join(l + '\n' for l in kept))  # a failed write leaves the file as it was
     def _write(self, metrics):
-        with open(self.path, 'a') as f: f.write(json.dumps(metrics) + '\n')
+        with writing(self.path), open(self.path, 'a') as f: f.write(json.dumps(metrics) + '\n')
     def on_log(self, trainer, metrics): self._write(metrics)
     def on_eval(self, trainer, metrics): self._write(metrics)
 

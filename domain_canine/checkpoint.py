@@ -9,11 +9,12 @@ from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import numpy as np
 import torch
+from .core import remove_path, sweep_temporaries, writing
 from .model import DomainCanineMLM, ModelError
 
 # %% auto #0
 __all__ = ['MARKER', 'TrainState', 'CheckpointError', 'rng_states', 'set_rng_states', 'save_checkpoint', 'verify_checkpoint',
-           'load_checkpoint', 'step_checkpoints', 'prune_checkpoints', 'latest_checkpoint']
+           'load_checkpoint', 'step_checkpoints', 'prune_checkpoints', 'latest_checkpoint', 'sweep_checkpoints']
 
 # %% ../nbs/05_checkpoint.ipynb #43711bda
 @dataclass
@@ -77,16 +78,26 @@ def set_rng_states(rng: dict):
         for device, state in enumerate(rng['cuda'][:torch.cuda.device_count()]): torch.cuda.set_rng_state(state, device)
 
 # %% ../nbs/05_checkpoint.ipynb #6d77436c
+def _swap(tmp: Path, path: Path):
+    "Rename `tmp` to `path`; an earlier `path` is set aside first and deleted after, or put back if the rename fails."
+    old = path.with_name(f'.old-{path.name}')
+    if path.exists(): path.rename(old)
+    try: tmp.rename(path)
+    except BaseException:
+        if old.exists(): old.rename(path)
+        raise
+    remove_path(old)
+
 def save_checkpoint(path, # directory to create (replaced if it exists)
                     model: DomainCanineMLM, optimizer: torch.optim.Optimizer | None, state: TrainState,
                     config: dict, # resolved run configuration (JSON-serialisable)
                     scaler: torch.amp.GradScaler | None = None,
                     rank_rng: list[dict] | None = None, # every process's `rng_states()` in rank order (default: this process's)
                    ) -> Path:
-    "Write a complete checkpoint atomically; raise `CheckpointError` if anything fails."
+    "Write a complete checkpoint atomically; raise `CheckpointError` (the path and the reason) if anything fails."
     path = Path(path); tmp = path.with_name(f'.tmp-{path.name}')
-    try:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with writing(path, tmp, error=CheckpointError, what='checkpoint'):
+        remove_path(tmp)
         model.save(tmp)
         (tmp/'training_config.json').write_text(json.dumps(config, indent=2, default=str))
         (tmp/'trainer_state.json').write_text(json.dumps(asdict(state), indent=2))
@@ -97,13 +108,7 @@ def save_checkpoint(path, # directory to create (replaced if it exists)
         files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
         (tmp/MARKER).write_text(json.dumps(dict(step=state.step, files=files), indent=2))
         _fsync_tree(tmp)
-        old = path.with_name(f'.old-{path.name}')
-        if path.exists(): path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}") from None
+        _swap(tmp, path)
     return path
 
 # %% ../nbs/05_checkpoint.ipynb #d4483aa3
@@ -168,3 +173,15 @@ def latest_checkpoint(output_dir, report=print) -> Path | None:
         step = (json.loads((p/MARKER).read_text())['step'], p.name != 'best-model')
         if step > best_step: best, best_step = p, step
     return best
+
+# %% ../nbs/05_checkpoint.ipynb #3645d81a
+def sweep_checkpoints(output_dir) -> list[Path]:
+    "Undo what killed saves left in `output_dir`: temporaries removed, an earlier checkpoint set aside put back."
+    out, gone = Path(output_dir), []
+    for old in sorted(out.glob('.old-*')):
+        dest = out / old.name[len('.old-'):]
+        if not dest.exists() and verify_checkpoint(old) is None: old.rename(dest)
+        else: remove_path(old); gone.append(old)
+    for tmp in sorted(p for p in out.glob('.tmp-*') if p.is_dir()):
+        remove_path(tmp); gone.append(tmp)
+    return gone + sweep_temporaries(out)

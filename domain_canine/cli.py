@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import fields
 from pathlib import Path
 from fastcore.docments import docments
-from .core import ConfigError, MODEL_CONFIGS
+from .core import ConfigError, MODEL_CONFIGS, write_atomic
 from .data import DataError, SAMPLE_NAME, count_summary
 from .config import ACCEPTS, Accepts, TrainConfig, PRESETS, resolve_config
 
@@ -26,7 +26,7 @@ TASKS = ('ranking', 'linear_probes')  # the probes chapter's, likewise
 USER_ERRORS = ('domain_canine.data.DataError', 'domain_canine.model.ModelError', 'domain_canine.checkpoint.CheckpointError',
                'domain_canine.core.ConfigError', 'domain_canine.inference.InputError',
                'domain_canine.training.TrainingDiverged', 'domain_canine.distributed.DistributedError',
-               'builtins.FileNotFoundError')  # by name: a chapter is loaded only when a command needs it
+               'builtins.FileNotFoundError', 'domain_canine.core.WriteError')  # by name: a chapter is loaded only when a command needs it
 
 def user_errors() -> tuple[type, ...]:
     "The classes of `USER_ERRORS` whose chapters are loaded (one never loaded cannot have raised anything)."
@@ -291,9 +291,7 @@ def _write_run_probes(paths: list[str], reports: list[dict]) -> list[Path]:
     for run in map(Path, paths):
         if (run / 'config.json').is_file(): continue  # a model directory, not a run
         mine = [r for r in reports if Path(r['model_path']).parent == run]
-        tmp = run / 'probes.jsonl.tmp'
-        tmp.write_text(''.join(json.dumps(r) + '\n' for r in mine)); tmp.replace(run / 'probes.jsonl')
-        written.append(run / 'probes.jsonl')
+        written.append(write_atomic(run / 'probes.jsonl', ''.join(json.dumps(r) + '\n' for r in mine)))
     return written
 
 def _show_probes(reports: list[dict], as_json: bool):

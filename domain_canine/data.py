@@ -12,13 +12,15 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 import numpy as np
+from .core import remove_path, writing
 
 # %% auto #0
-__all__ = ['SAMPLE_CORPUS', 'SAMPLE_NAME', 'TEXT_COLUMNS', 'CLEANING_VERSION', 'DataError', 'normalise_domain', 'clean_domain',
-           'is_validation', 'read_text_lines', 'count_summary', 'first_error_line', 'DomainSource', 'open_source',
-           'source_lines', 'clean_batch', 'EncodedDomains', 'byte_hashes', 'CleanChunk', 'clean_chunk',
-           'read_text_chunks', 'duplicate_indices', 'default_cache_dir', 'PreparedCorpus', 'file_lock',
-           'prepare_corpus', 'Corpus', 'clean_domains', 'load_corpus', 'stream_domains']
+__all__ = ['SAMPLE_CORPUS', 'SAMPLE_NAME', 'TEXT_COLUMNS', 'CLEANING_VERSION', 'PREPARATION_BYTES_PER_LINE', 'DataError',
+           'normalise_domain', 'clean_domain', 'is_validation', 'read_text_lines', 'count_summary', 'first_error_line',
+           'DomainSource', 'open_source', 'source_lines', 'clean_batch', 'EncodedDomains', 'byte_hashes', 'CleanChunk',
+           'clean_chunk', 'read_text_chunks', 'duplicate_indices', 'default_cache_dir', 'PreparedCorpus', 'file_lock',
+           'sweep_corpora', 'corpus_folder', 'prepare_corpus', 'estimate_lines', 'preparation_need', 'Corpus',
+           'clean_domains', 'load_corpus', 'stream_domains']
 
 # %% ../nbs/01_data.ipynb #2828fee5
 SAMPLE_CORPUS = Path(str(files('domain_canine') / 'sample_corpus' / 'domains-sample.txt'))
@@ -345,10 +347,18 @@ def clean_chunk(data: bytes, # whole lines, e.g. from `read_text_chunks`
 # %% ../nbs/01_data.ipynb #6042f803
 _LONE_CR = re.compile(rb'\r(?=[^\n])')  # a '\r' ends a line in text mode too (a '\r' at a chunk's end waits for the next byte)
 
+@contextmanager
+def _reading(path: Path):
+    "A file that cannot be read to its end (a truncated or damaged gzip, an I/O error) is a `DataError` naming it."
+    try: yield
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise DataError(f"{path} is truncated or damaged ({first_error_line(e)})") from None
+    except OSError as e: raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+
 def read_text_chunks(path: str | Path, chunk_bytes: int = 1 << 22) -> Iterator[bytes]:
     "Whole lines of a (possibly gzip-compressed) text file as bytes, about `chunk_bytes` at a time, split where `read_text_lines` splits."
     path, rest = Path(path), b''
-    with (gzip.open if path.suffix == '.gz' else open)(path, 'rb') as f:
+    with _reading(path), (gzip.open if path.suffix == '.gz' else open)(path, 'rb') as f:
         while block := f.read(chunk_bytes):
             data = rest + block
             if b'\r' in data: data = _LONE_CR.sub(b'\n', data)
@@ -413,14 +423,21 @@ _CHUNK = 1 << 18  # lines per chunk of the passes over per-line arrays (~60 MB o
 
 def _chunks(n: int): return ((s, min(s + _CHUNK, n)) for s in range(0, n, _CHUNK))
 
+def _new_array(path: Path, dtype, shape: tuple) -> np.memmap:
+    """A new memory-mapped .npy file, given all its disk blocks first: a full device fails here with ENOSPC, where
+    writing into the mapping would kill the process with SIGBUS."""
+    out = np.lib.format.open_memmap(path, mode='w+', dtype=dtype, shape=shape)
+    with open(path, 'r+b') as f: os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    return out
+
 def _save_split(folder: Path, name: str, enc: EncodedDomains, keep: np.ndarray, valid: np.ndarray, side: bool):
     "Write the kept domains of one side of the split as `<name>_codepoints.npy` and `<name>_offsets.npy`, chunk by chunk."
     n_lines, counts, chars = len(enc), 0, 0
     for s, e in _chunks(n_lines):  # first pass: the sizes, so both files can be created at their final size
         sel = np.nonzero(keep[s:e] & (valid[s:e] == side))[0] + s
         counts += len(sel); chars += int((enc.offsets[sel + 1] - enc.offsets[sel]).sum())
-    offsets = np.lib.format.open_memmap(folder / f'{name}_offsets.npy', mode='w+', dtype=np.int64, shape=(counts + 1,))
-    out = np.lib.format.open_memmap(folder / f'{name}_codepoints.npy', mode='w+', dtype=np.uint8, shape=(chars,))
+    offsets = _new_array(folder / f'{name}_offsets.npy', np.int64, (counts + 1,))
+    out = _new_array(folder / f'{name}_codepoints.npy', np.uint8, (chars,))
     offsets[0], i, o = 0, 0, 0
     for s, e in _chunks(n_lines):
         sel = np.nonzero(keep[s:e] & (valid[s:e] == side))[0] + s
@@ -481,7 +498,7 @@ def _read_clean(source: DomainSource, work: Path, validation_fraction: float, ma
 def _line_offsets(work: Path, n: int) -> np.ndarray:
     "Offsets of the `n` clean lines in `bytes.bin`, computed chunk by chunk into a memory-mapped file."
     lengths = np.memmap(work / 'lengths.bin', dtype=np.uint8, mode='r', shape=(n,))
-    offsets = np.lib.format.open_memmap(work / 'offsets.npy', mode='w+', dtype=np.int64, shape=(n + 1,))
+    offsets = _new_array(work / 'offsets.npy', np.int64, (n + 1,))
     offsets[0] = 0
     for s, e in _chunks(n): offsets[s + 1:e + 1] = offsets[s] + np.cumsum(lengths[s:e], dtype=np.int64)
     return offsets
@@ -501,13 +518,35 @@ def _mark_duplicates(work: Path, enc: EncodedDomains, keep: np.ndarray) -> int:
 @contextmanager
 def file_lock(path: str | Path):
     "Hold an exclusive lock on `path` (created if needed) for the duration of the block."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, 'a') as f:
+    path = Path(path)
+    with writing(path):  # a cache folder that cannot be written fails here, in one line
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, 'a')
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
+# %% ../nbs/01_data.ipynb #7bae716a
+def sweep_corpora(cache_dir: str | Path | None = None) -> list[Path]:
+    "Remove the temporary folders of preparations that were killed (those of corpora nobody is building now)."
+    corpora, gone = Path(cache_dir or default_cache_dir()) / 'corpora', []
+    for work in sorted(corpora.glob('*.tmp-*')) if corpora.is_dir() else []:
+        try:
+            with open(corpora / (work.name.split('.tmp-')[0] + '.lock'), 'a') as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a build in progress holds it: skip
+                remove_path(work)
+                gone.append(work)
+        except OSError: continue
+    return gone
+
 # %% ../nbs/01_data.ipynb #0cfae290
+def corpus_folder(source: DomainSource, num_samples: int | None, validation_fraction: float, max_length: int | None,
+                  cache_dir: str | Path | None = None) -> tuple[Path, str]:
+    "Where the prepared corpus of `source` with these settings is cached, and the key that names it."
+    key_text = json.dumps([source.identity, CLEANING_VERSION, num_samples, validation_fraction, max_length])
+    return Path(cache_dir or default_cache_dir()) / 'corpora' / hashlib.sha256(key_text.encode()).hexdigest()[:20], key_text
+
 def prepare_corpus(dataset: str = SAMPLE_NAME, # see `open_source`
                    num_samples: int | None = None, # keep the first N unique clean domains
                    validation_fraction: float = 0.1, # held-out share, by a stable hash of the domain
@@ -518,8 +557,8 @@ def prepare_corpus(dataset: str = SAMPLE_NAME, # see `open_source`
     "Clean, deduplicate, split and encode a corpus into cached memory-mapped arrays."
     if not 0 <= validation_fraction < 1: raise DataError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     source = open_source(dataset, split, text_column, config)
-    key_text = json.dumps([source.identity, CLEANING_VERSION, num_samples, validation_fraction, max_length])
-    folder = Path(cache_dir or default_cache_dir()) / 'corpora' / hashlib.sha256(key_text.encode()).hexdigest()[:20]
+    folder, key_text = corpus_folder(source, num_samples, validation_fraction, max_length, cache_dir)
+    sweep_corpora(cache_dir)
     with file_lock(folder.with_name(folder.name + '.lock')):  # one process builds, the others wait and read
         if (folder / 'stats.json').is_file():
             stats = json.loads((folder / 'stats.json').read_text())
@@ -531,12 +570,13 @@ def prepare_corpus(dataset: str = SAMPLE_NAME, # see `open_source`
 def _build_corpus(source, folder, key_text, num_samples, validation_fraction, max_length, log) -> PreparedCorpus:
     start = time.perf_counter()
     work = folder.with_name(folder.name + f'.tmp-{os.getpid()}')
-    shutil.rmtree(work, ignore_errors=True); work.mkdir(parents=True)
-    try:
+    with writing(folder, work):  # a failed write: one line, and nothing of it is left
+        remove_path(work)
+        work.mkdir(parents=True)
         n, rejected, lines_read = _read_clean(source, work, validation_fraction, max_length, num_samples)
         if n == 0: raise DataError(f"no usable domains in {source.name!r} after cleaning (rejected: {dict(rejected) or 'nothing'})")
         enc = EncodedDomains(np.memmap(work / 'bytes.bin', dtype=np.uint8, mode='r'), _line_offsets(work, n))
-        keep = np.lib.format.open_memmap(work / 'keep.npy', mode='w+', dtype=bool, shape=(n,)); keep[:] = True
+        keep = _new_array(work / 'keep.npy', bool, (n,)); keep[:] = True
         if n_dup := _mark_duplicates(work, enc, keep): rejected['duplicate'] += n_dup
         if num_samples is not None:  # the first N unique ones
             total = 0
@@ -549,11 +589,34 @@ def _build_corpus(source, folder, key_text, num_samples, validation_fraction, ma
         for name in ('bytes.bin', 'lengths.bin', 'valid.bin', 'offsets.npy', 'keep.npy'): (work / name).unlink()
         seconds = time.perf_counter() - start
         (work / 'stats.json').write_text(json.dumps(dict(key=key_text, rejected=rejected, lines_read=lines_read, seconds=seconds)))
-        shutil.rmtree(folder, ignore_errors=True); work.rename(folder)
-    finally: shutil.rmtree(work, ignore_errors=True)
+        remove_path(folder)  # an incomplete one (no stats.json)
+        work.rename(folder)
     c = PreparedCorpus(_load_split(folder, 'train'), _load_split(folder, 'valid'), rejected, source.name, lines_read, seconds, str(folder))
     log(f"prepared {c.summary()} in {seconds:.1f} s (cached in {folder})")
     return c
+
+# %% ../nbs/01_data.ipynb #e26b5c62
+PREPARATION_BYTES_PER_LINE = 42
+
+def estimate_lines(path: str | Path, sample: int = 1 << 20) -> int:
+    "About how many lines a (possibly gzip-compressed) text file holds, from the bytes per line of its first `sample` bytes."
+    path = Path(path)
+    with _reading(path), (gzip.open if path.suffix == '.gz' else open)(path, 'rb') as f:
+        head = f.read(sample)
+        used = f.fileobj.tell() if path.suffix == '.gz' else len(head)  # compressed bytes behind `head`
+    lines = head.count(b'\n') + (bool(head) and not head.endswith(b'\n'))
+    return round(lines * path.stat().st_size / max(used, 1))
+
+def preparation_need(dataset: str = SAMPLE_NAME, num_samples: int | None = None, validation_fraction: float = 0.1,
+                     max_length: int | None = None, cache_dir: str | Path | None = None) -> int:
+    "Bytes of disk a preparation will use at its peak: 0 if the corpus is cached; for a hub dataset, from `num_samples`."
+    path = SAMPLE_CORPUS if dataset == SAMPLE_NAME else Path(dataset).expanduser()
+    if not (path.is_file() and path.suffix not in _TABULAR):  # opening a hub dataset to count it would cost minutes
+        return PREPARATION_BYTES_PER_LINE * (num_samples or 0)
+    folder, _ = corpus_folder(open_source(dataset), num_samples, validation_fraction, max_length, cache_dir)
+    if (folder / 'stats.json').is_file(): return 0
+    lines = estimate_lines(path)
+    return PREPARATION_BYTES_PER_LINE * (min(lines, num_samples) if num_samples else lines)
 
 # %% ../nbs/01_data.ipynb #27edcacf
 @dataclass

@@ -4,13 +4,14 @@
 
 # %% ../nbs/13_evaluation.ipynb #d7ee4d24
 from __future__ import annotations
-import math, sys
+import math, os, sys
 from collections import Counter
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
+from .core import writing
 from .data import EncodedDomains, clean_domain, count_summary, load_corpus, source_lines
 from .masking import DOMAIN_CHARS, MASK, PAD, CharVocab, MaskedBatches, evaluation_order, pad_batch
 from .model import DomainCanineMLM
@@ -350,16 +351,23 @@ def embed_domains(model: DomainCanineMLM, # the model (only its encoder is used)
     return out
 
 # %% ../nbs/13_evaluation.ipynb #c91425c8
+def _write_parquet(path: Path, domains: list[str], vectors: np.ndarray):
+    import pyarrow as pa, pyarrow.parquet as pq
+    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), vectors.shape[1])
+    pq.write_table(pa.table({'domain': pa.array(domains, pa.string()), 'embedding': column}), str(path))
+
 def write_embeddings(path, # .npy or .parquet
                      domains: list[str], vectors: np.ndarray) -> Path:
     "Write `vectors` as .npy (rows in the order of `domains`) or as Parquet (columns domain, embedding)."
     path = Path(path)
     if path.suffix not in ('.npy', '.parquet'): raise InputError(f'the output must end in .npy or .parquet, got {path.name}')
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == '.npy': np.save(path, vectors); return path
-    import pyarrow as pa, pyarrow.parquet as pq
-    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), vectors.shape[1])
-    pq.write_table(pa.table({'domain': pa.array(domains, pa.string()), 'embedding': column}), path)
+    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')  # written beside it, renamed when complete
+    with writing(path, tmp):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == '.npy':
+            with open(tmp, 'wb') as f: np.save(f, vectors)
+        else: _write_parquet(tmp, domains, vectors)
+        os.replace(tmp, path)
     return path
 
 # %% ../nbs/13_evaluation.ipynb #fe5a9856

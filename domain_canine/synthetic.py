@@ -4,10 +4,12 @@
 
 # %% ../nbs/02_synthetic.ipynb #b45dd3df
 from __future__ import annotations
+import os
 from collections import Counter
 from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
+from .core import writing
 from .data import SAMPLE_CORPUS
 
 # %% auto #0
@@ -68,6 +70,9 @@ def make_corpus(n: int, # number of domains to write
                 seed: int = 0, chunk: int = 1_000_000) -> Path:
     "Write `n` synthetic domains to `output`, in chunks (memory does not grow with `n`)."
     gen, rng, output = DomainGenerator(SAMPLE_CORPUS.read_text().split()), np.random.default_rng(seed), Path(output)
-    with open(output, 'w') as f:
-        for start in range(0, n, chunk): f.write('\n'.join(gen.sample(min(chunk, n - start), rng)) + '\n')
+    tmp = output.with_name(f'.{output.name}.tmp-{os.getpid()}')  # renamed when complete: never half a corpus
+    with writing(output, tmp):
+        with open(tmp, 'w') as f:
+            for start in range(0, n, chunk): f.write('\n'.join(gen.sample(min(chunk, n - start), rng)) + '\n')
+        os.replace(tmp, output)
     return output

@@ -13,21 +13,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
-from .core import ConfigError, pick_device, pick_precision
+from transformers import CanineConfig, CanineModel
+from .core import ConfigError, check_folder, format_bytes, pick_device, pick_precision, write_atomic, writing
 from .config import TrainConfig, lr_at
 from .run_data import masking_options, RunData, StreamBatches, load_run_data
 from .callbacks import Callback, MetricsFile, ProgressBar, WandbLogger, TensorBoardLogger
-from .data import DataError
-from .masking import MaskedBatches, padding_fraction as batches_padding_fraction, PAD
-from .model import DomainCanineMLM, build_model, use_sdpa
+from .data import DataError, default_cache_dir, preparation_need, sweep_corpora
+from .masking import CharVocab, MaskedBatches, padding_fraction as batches_padding_fraction, PAD
+from .model import DomainCanineMLM, build_model, use_sdpa, canine_config
 from .checkpoint import (TrainState, CheckpointError, save_checkpoint, load_checkpoint,
-                                      latest_checkpoint, prune_checkpoints, rng_states)
+                                      latest_checkpoint, prune_checkpoints, rng_states, step_checkpoints, sweep_checkpoints)
 from .distributed import (Topology, topology_from_env, init_distributed, shutdown_distributed, all_reduce_sum,
                                        gather_objects, rank_micro_batches)
 
 # %% auto #0
 __all__ = ['COMPILE_WIDTH', 'make_optimizer', 'set_dropout', 'compile_encoder', 'round_width', 'compiled_graphs', 'Trainer',
-           'TrainingDiverged', 'stop_on_signals', 'train']
+           'checkpoint_bytes', 'check_disk', 'TrainingDiverged', 'stop_on_signals', 'train']
 
 # %% ../nbs/10_training.ipynb #b6be2c04
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device,
@@ -109,6 +110,39 @@ class Trainer:
         if cfg.resume_from: self.resume(cfg.resume_from)
         self.start_counters()
 
+# %% ../nbs/10_training.ipynb #4c267b65
+def checkpoint_bytes(cfg: TrainConfig) -> int | None:
+    "About the size of one checkpoint of `cfg`'s model (weights and AdamW's two moments); None if its shape is unknown."
+    try:
+        config = canine_config(cfg.model_config or 'demo') if cfg.model_name_or_path is None else \
+            CanineConfig.from_pretrained(cfg.model_name_or_path)
+        with torch.device('meta'): model = DomainCanineMLM(CanineModel(config), CharVocab())
+    except Exception: return None  # a hub model not in the cache: the model chapter says so, in one line
+    return 12 * sum(p.numel() for p in model.parameters()) + (64 << 10)  # + configs, RNG states, trainer state
+
+# %% ../nbs/10_training.ipynb #c3173989
+def _checkpoints_kept(cfg: TrainConfig, out: Path) -> int:
+    "Checkpoints the run will add to `out` at its peak: step checkpoints kept, best-model, the next one, less those there."
+    kept = cfg.save_total_limit if cfg.save_total_limit > 0 else max(1, (cfg.max_steps or 0) // cfg.save_steps)
+    there = len(step_checkpoints(out)[-kept:]) + sum((out / n).is_dir() for n in ('best-model', 'final-model'))
+    return max(1, kept + 2 - there)
+
+def check_disk(cfg: TrainConfig):
+    "`--output_dir` and the cache writable, stale temporaries swept, and room for the corpus and the checkpoints."
+    out, cache = Path(cfg.output_dir), Path(cfg.cache_dir or default_cache_dir())
+    cache_name = '--cache_dir' if cfg.cache_dir else 'the corpus cache'
+    check_folder(out, '--output_dir'); sweep_checkpoints(out)
+    check_folder(cache, cache_name); sweep_corpora(cache)
+    prep = 0 if cfg.streaming else preparation_need(cfg.dataset, cfg.num_samples, cfg.validation_fraction,
+                                                    cfg.max_length, cache)
+    size, n = checkpoint_bytes(cfg) or 0, _checkpoints_kept(cfg, out)
+    ckpts = f'{n} checkpoint{"s" * (n > 1)} of {format_bytes(size)} (weights and optimizer state)'
+    if out.stat().st_dev == cache.stat().st_dev:  # one device: the needs add up
+        both = f'preparing the corpus and {ckpts}' if prep else ckpts
+        return check_folder(out, '--output_dir', prep + n * size, both)
+    check_folder(cache, cache_name, prep, 'preparing the corpus')
+    check_folder(out, '--output_dir', n * size, ckpts)
+
 # %% ../nbs/10_training.ipynb #bf0cef7f
 @patch(cls_method=True)
 def from_config(cls: Trainer, cfg: TrainConfig, callbacks: list[Callback] | None = None, log=print) -> Trainer:
@@ -116,6 +150,7 @@ def from_config(cls: Trainer, cfg: TrainConfig, callbacks: list[Callback] | None
     topo = topology_from_env()
     device = pick_device(cfg.device, topo.local_rank if topo.enabled else None)
     topo = init_distributed(device.type, cfg.ddp_timeout)
+    if topo.is_main: check_disk(cfg)  # before hours of preparation: the folders, and room for what the run writes
     random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
     data = load_run_data(cfg, topo.world_size, log if topo.is_main else (lambda *a, **k: None))
     model = build_model(cfg.model_name_or_path, cfg.model_config or 'demo', data.vocab).to(device)
@@ -456,9 +491,10 @@ def next_group(self: Trainer, micro) -> list[dict]:
 def announce(self: Trainer):
     "Create the output folder, write `run.json` and print what the run will do."
     c, W = self.cfg, self.topo.world_size
-    out = Path(c.output_dir); out.mkdir(parents=True, exist_ok=True)
+    out = Path(c.output_dir)
+    with writing(out): out.mkdir(parents=True, exist_ok=True)
     info = self.describe()
-    (out / 'run.json').write_text(json.dumps(info, indent=2))
+    write_atomic(out / 'run.json', json.dumps(info, indent=2))
     self.log(info['corpus'])
     self.log(f"padding: {info['padding_fraction']:.1%} of the positions of the next training batches")
     self.log(f"model: {info['parameters'] / 1e6:.1f}M parameters on {info['device']} ({info['precision']}); effective batch "

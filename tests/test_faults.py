@@ -32,7 +32,7 @@ def test_disk_full_during_checkpoint_stops_cleanly_and_keeps_earlier_ones(tmp_pa
         if len(calls) == 5: raise OSError(errno.ENOSPC, 'No space left on device')
         return real_save(obj, path, *a, **kw)
     monkeypatch.setattr(checkpoint_module.torch, 'save', failing_save)
-    with pytest.raises(CheckpointError, match='could not write checkpoint .*: No space left on device'):
+    with pytest.raises(CheckpointError, match='could not write checkpoint .*: no space left on the device'):
         Trainer.from_config(tiny(tmp_path), **QUIET).fit()
     monkeypatch.undo()
     for name in ('checkpoint-step-4', 'checkpoint-step-8'):

@@ -56,11 +56,16 @@ def test_early_stopping(tmp_path):
 
 def test_failed_checkpoint_save_stops_the_run_with_one_line(tmp_path):
     out = tmp_path / 'run'; out.mkdir()
-    (out / '.tmp-checkpoint-step-10').write_text('in the way')  # the writer cannot create its temporary directory
-    r = cli('train', '--preset', 'tiny', '--num_samples', 300, '--output_dir', out)
+    (out / '.tmp-checkpoint-step-10').write_text('left by a killed run')  # swept at start: it is in nobody's way
+    full = ("import errno, sys, torch\nfrom domain_canine.cli import main\n"  # the first checkpoint meets a full disk
+            "def full(*a, **k): raise OSError(errno.ENOSPC, 'No space left on device')\n"
+            "torch.save = full\nsys.exit(main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, '-c', full, 'train', '--preset', 'tiny', '--num_samples', '300', '--output_dir', str(out)],
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 1 and 'Traceback' not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith('domain-canine: error: could not write checkpoint')
     assert not (out / 'final-model').exists() and not (out / 'checkpoint-step-20').exists()
+    assert not list(out.glob('.*'))  # the stale temporary swept, the failed one removed
 
 def test_wandb_offline_and_tensorboard_write_real_files(tmp_path, monkeypatch):
     monkeypatch.setenv('WANDB_MODE', 'offline'); monkeypatch.setenv('WANDB_SILENT', 'true')
