@@ -407,13 +407,16 @@ def format_probe_report(report: dict, # from `probe_model`, `probe` or `probe_ch
     return '\n'.join(lines)
 
 # %% ../nbs/13a_probes.ipynb #5e9ee691
+def _bare_encoder(p: Path) -> bool:
+    "Whether `p` holds a CANINE encoder alone, as transformers saves one (a checkpoint that lost its head is not)."
+    ours = is_model_dir(p) or is_original_dir(p) or (p / HEAD_CONFIG).exists() or (p / MARKER).exists()
+    return (p / 'config.json').is_file() and not ours
+
 def load_probe_model(path, # a model, checkpoint or bare CANINE encoder directory
                      device: str | torch.device = 'cpu') -> tuple[DomainCanineMLM, bool]:
     "The model in `path`, and whether it has its MLM head (a bare encoder is wrapped with an untrained one, never used)."
     p = Path(path)
-    if is_model_dir(p) or is_original_dir(p) or not (p / 'config.json').is_file() or (p / HEAD_CONFIG).exists() \
-            or (p / MARKER).exists():  # a checkpoint that lost its head file: named by the load's checksums
-        return DomainCanineMLM.load(p, device), True  # the model chapter's one-line errors for anything else
+    if not _bare_encoder(p): return DomainCanineMLM.load(p, device), True  # its checksums and one-line errors
     note_unverified(p)  # a bare encoder saved by transformers has no checkpoint.json
     hf_logging.disable_progress_bar()  # as the model chapter loads: no bar on stderr
     try: encoder = CanineModel.from_pretrained(p)
@@ -441,10 +444,10 @@ def probe(model_path, # a model, checkpoint or bare CANINE encoder directory
          ) -> dict:
     "The report of the model in `model_path`, with the directory and the training step (JSON-able)."
     _check_tasks(tasks)
-    dev, start = pick_device(device), time.perf_counter()
-    model, has_head = load_probe_model(model_path, dev)
-    if 'ranking' in tasks and not has_head:
+    if 'ranking' in tasks and _bare_encoder(Path(model_path)):  # said before loading: no other line before it
         raise ModelError(f"{model_path} has no MLM head: the look-alike ranking needs one to score domains; ask for tasks=('linear_probes',)")
+    dev, start = pick_device(device), time.perf_counter()
+    model = load_probe_model(model_path, dev)[0]
     loaded = time.perf_counter() - start
     report = probe_model(model, probes or probe_set(), tasks, batch_size, dev, progress)
     report['timings']['load_s'] = loaded
