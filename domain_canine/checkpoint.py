@@ -13,7 +13,7 @@ from .core import remove_path, sweep_temporaries, writing
 from .model import DomainCanineMLM, ModelError
 
 # %% auto #0
-__all__ = ['MARKER', 'TrainState', 'CheckpointError', 'rng_states', 'set_rng_states', 'save_checkpoint', 'verify_checkpoint',
+__all__ = ['TrainState', 'CheckpointError', 'rng_states', 'set_rng_states', 'save_checkpoint', 'verify_checkpoint',
            'load_checkpoint', 'step_checkpoints', 'prune_checkpoints', 'latest_checkpoint', 'sweep_checkpoints']
 
 # %% ../nbs/05_checkpoint.ipynb #43711bda
@@ -38,13 +38,8 @@ class CheckpointError(RuntimeError):
     "A checkpoint that cannot be written or read, with the reason."
 
 # %% ../nbs/05_checkpoint.ipynb #f138f509
-MARKER = 'checkpoint.json'
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
-    return h.hexdigest()
+# the marker's one definition is in the model chapter, whose every load checks it; here it is written
+from .model import MARKER, checksum_problem, file_sha256 as _sha256
 
 def _fsync_tree(path: Path):
     "Flush every file under `path` (and the directory entries) to disk."
@@ -117,12 +112,7 @@ def verify_checkpoint(path) -> str | None:
     path = Path(path)
     if not path.is_dir(): return f"{path} does not exist"
     if not (path/MARKER).is_file(): return f"{path} is incomplete or not a checkpoint (no {MARKER})"
-    try: files = json.loads((path/MARKER).read_text())['files']
-    except (ValueError, KeyError, OSError): return f"{path}/{MARKER} is unreadable"
-    for name, digest in files.items():
-        if not (path/name).is_file(): return f"{path} is missing {name}"
-        if _sha256(path/name) != digest: return f"{path}/{name} is corrupt (checksum mismatch)"
-    return None
+    return checksum_problem(path)  # what every model load checks (the model chapter)
 
 # %% ../nbs/05_checkpoint.ipynb #c02a8eae
 def load_checkpoint(path, model: DomainCanineMLM, optimizer: torch.optim.Optimizer | None = None,
@@ -134,7 +124,7 @@ def load_checkpoint(path, model: DomainCanineMLM, optimizer: torch.optim.Optimiz
     if problem := verify_checkpoint(path): raise CheckpointError(problem)
     own = rng_states()  # building the model below draws random numbers
     try:
-        loaded = DomainCanineMLM.load(path)
+        loaded = DomainCanineMLM.load(path, verify=False)  # verified just above
         if loaded.vocab.chars != model.vocab.chars: raise CheckpointError(f"{path} was trained with another output vocabulary")
         model.load_state_dict(loaded.state_dict())
         if optimizer is not None and (path/'optimizer.pt').is_file():

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_model.ipynb #55fd837d
 from __future__ import annotations
-import inspect, json
+import hashlib, inspect, json, sys
 from dataclasses import dataclass
 from pathlib import Path
 import torch
@@ -21,10 +21,11 @@ from .core import MODEL_CONFIGS, CANINE_MAX_POSITIONS
 from .masking import CLS, MASK, SEP, CharVocab, EncodedDomains, pad_batch
 
 # %% auto #0
-__all__ = ['SDPA_BACKENDS', 'HEAD_WEIGHTS', 'HEAD_CONFIG', 'ORIGINAL_STATE', 'ORIGINAL_MASK', 'MASKS', 'ModelError',
+__all__ = ['SDPA_BACKENDS', 'HEAD_WEIGHTS', 'HEAD_CONFIG', 'ORIGINAL_STATE', 'ORIGINAL_MASK', 'MASKS', 'MARKER', 'ModelError',
            'canine_config', 'mlm_head', 'MLMOutput', 'DomainCanineMLM', 'logits_at_widths', 'SdpaCanineSelfAttention',
-           'use_sdpa', 'sdpa_backend', 'is_original_dir', 'is_model_dir', 'read_original_state', 'head_from_original',
-           'load_original', 'import_original', 'write_original_checkpoint', 'build_model']
+           'use_sdpa', 'sdpa_backend', 'is_original_dir', 'is_model_dir', 'file_sha256', 'checksum_problem',
+           'verify_model_dir', 'note_unverified', 'read_original_state', 'head_from_original', 'load_original',
+           'import_original', 'write_original_checkpoint', 'build_model']
 
 # %% ../nbs/04_model.ipynb #daca46bb
 class ModelError(ValueError):
@@ -158,15 +159,70 @@ def save(self: DomainCanineMLM, path) -> Path:
     (path / HEAD_CONFIG).write_text(json.dumps(dict(vocab=self.vocab.chars, mask=self.mask_id, format=1), indent=2))
     return path
 
+# %% ../nbs/04_model.ipynb #2978e86d
+MARKER = 'checkpoint.json'  # written last into a checkpoint: the SHA-256 of every file beside it
+
+def file_sha256(path) -> str:
+    "The SHA-256 of a file, read in 1 MiB chunks."
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
+    return h.hexdigest()
+
+def _listed(path: Path) -> dict | None:
+    "The {file name: SHA-256} that `path`'s marker lists; None when it cannot be read as one."
+    try: files = json.loads((path / MARKER).read_text())['files']
+    except (OSError, ValueError, KeyError, TypeError): return None
+    ok = isinstance(files, dict) and all(isinstance(v, str) and Path(k).name == k for k, v in files.items())
+    return files if ok else None
+
+def _model_file(name: str) -> bool:
+    "Whether a loader reads the file `name`: the encoder's weights and configuration, the head's."
+    return name in ('config.json', HEAD_CONFIG) or name.endswith(('.safetensors', '.safetensors.index.json'))
+
+# %% ../nbs/04_model.ipynb #1e0541b2
+def checksum_problem(path) -> str | None:
+    "None when every file that `path`'s marker lists is intact and every model file is listed; else the first problem."
+    path = Path(path)
+    files = _listed(path)
+    if files is None: return f"{path / MARKER} is unreadable (not the list of files and checksums it should be)"
+    for name, digest in files.items():
+        f = path / name
+        if not f.is_file(): return f"{path} is missing {name}, which its {MARKER} lists"
+        try: intact = file_sha256(f) == digest
+        except OSError as e: return f"cannot read {f}: {e.strerror or e}"
+        if not intact: return f"{f} is corrupt (checksum mismatch): {MARKER} lists another SHA-256"
+    if extra := [p.name for p in sorted(path.iterdir()) if p.name not in files and _model_file(p.name)]:
+        return f"{path / extra[0]} is not listed in {MARKER}: it was written after the checkpoint"
+    return None
+
+def verify_model_dir(path) -> bool:
+    "True when `path`'s files match its marker, False when it has none (nothing to check); else a `ModelError`."
+    path = Path(path)
+    if not (path / MARKER).exists(): return False
+    if problem := checksum_problem(path): raise ModelError(problem)
+    return True
+
+def note_unverified(path, note=None):
+    "Say in one line (on stderr, or to `note`) that the files of `path` cannot be verified."
+    msg = f"note: {path} has no {MARKER}; its files cannot be verified"
+    if note is None: print(msg, file=sys.stderr)
+    else: note(msg)
+
 # %% ../nbs/04_model.ipynb #e754cdf9
 @patch(cls_method=True)
-def load(cls: DomainCanineMLM, path, device='cpu') -> DomainCanineMLM:
-    "Load a model written by `save`; a clear `ModelError` if `path` is not one."
+def load(cls: DomainCanineMLM, path, device='cpu',
+         verify: bool = True, # check the files against checkpoint.json first (False: the caller just did)
+         note=None, # where the line about a directory without checkpoint.json goes (default: stderr)
+        ) -> DomainCanineMLM:
+    "Load a model written by `save`, its checksums verified first; a clear `ModelError` if `path` is not one."
     path = Path(path)
     if not path.is_dir(): raise ModelError(f"model directory not found: {path}")
-    if is_original_dir(path): return load_original(path).to(device)
-    if not is_model_dir(path):
+    verified = not verify or verify_model_dir(path)  # a file that differs stops here, before anything reads it
+    if not (is_original_dir(path) or is_model_dir(path)):
         raise ModelError(f"{path} is not a domain-canine model directory (expected config.json, {HEAD_WEIGHTS}, {HEAD_CONFIG})")
+    if not verified: note_unverified(path, note)
+    if is_original_dir(path): return load_original(path).to(device)
     hf_logging.disable_progress_bar()
     try:
         head_cfg = json.loads((path / HEAD_CONFIG).read_text())
@@ -216,6 +272,7 @@ def import_original(src, dst) -> Path:
     "Convert an original-project checkpoint `src` into a model directory `dst`."
     if not is_original_dir(src):
         raise ModelError(f"{src} is not a checkpoint of the original project (expected config.json and {ORIGINAL_STATE})")
+    note_unverified(src)  # the original wrote no checksums
     model = load_original(src)
     model.save(dst)
     (Path(dst) / 'imported_from.json').write_text(json.dumps(dict(source=str(src), **model.original_info), indent=2, default=str))
@@ -257,13 +314,14 @@ def build_model(model_name_or_path: str | None = None, # our model dir, a hub id
                ) -> DomainCanineMLM:
     "A model to train with [MASK]: loaded from `model_name_or_path`, or fresh from a named shape."
     if model_name_or_path is None: return DomainCanineMLM(CanineModel(canine_config(model_config)), vocab)
-    if is_model_dir(model_name_or_path) or is_original_dir(model_name_or_path):
-        model = DomainCanineMLM.load(model_name_or_path)
+    p = Path(model_name_or_path).expanduser()
+    if is_model_dir(p) or is_original_dir(p) or (p / MARKER).exists():  # a checkpoint missing a file: named on load
+        model = DomainCanineMLM.load(p)
         model.mask_id = MASK  # what training masks with, from the first step: what its checkpoints record
         return model
-    p = Path(model_name_or_path).expanduser()
     if p.exists() and not (p / 'config.json').is_file():
         raise ModelError(f"{model_name_or_path} holds no CANINE model (no config.json)")
+    if p.exists(): note_unverified(p)  # a plain CANINE directory has no checkpoint.json
     try: encoder = CanineModel.from_pretrained(str(p) if p.exists() else model_name_or_path)
     except Exception as e:  # offline, not found, not a CANINE config, damaged weights: all one line for the user
         raise ModelError(f"could not load CANINE from {model_name_or_path!r} ({str(e).strip().splitlines()[0]}); "

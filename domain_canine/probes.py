@@ -16,6 +16,7 @@ from transformers.utils import logging as hf_logging
 from .core import pick_device
 from .data import SAMPLE_NAME, clean_domain, count_summary, first_error_line, load_corpus
 from .model import HEAD_CONFIG, DomainCanineMLM, ModelError, is_model_dir, is_original_dir, read_original_state
+from .model import note_unverified, verify_model_dir
 from .checkpoint import MARKER, step_checkpoints
 from .evaluation import SPLITS, CharNgramLM, embed_domains, pseudo_log_likelihood, tld_of
 from .inference import InputError
@@ -406,12 +407,17 @@ def format_probe_report(report: dict, # from `probe_model`, `probe` or `probe_ch
     return '\n'.join(lines)
 
 # %% ../nbs/13a_probes.ipynb #5e9ee691
+def _bare_encoder(p: Path) -> bool:
+    "Whether `p` holds a CANINE encoder alone, as transformers saves one (a checkpoint that lost its head is not)."
+    ours = is_model_dir(p) or is_original_dir(p) or (p / HEAD_CONFIG).exists() or (p / MARKER).exists()
+    return (p / 'config.json').is_file() and not ours
+
 def load_probe_model(path, # a model, checkpoint or bare CANINE encoder directory
                      device: str | torch.device = 'cpu') -> tuple[DomainCanineMLM, bool]:
     "The model in `path`, and whether it has its MLM head (a bare encoder is wrapped with an untrained one, never used)."
     p = Path(path)
-    if is_model_dir(p) or is_original_dir(p) or not (p / 'config.json').is_file() or (p / HEAD_CONFIG).exists():
-        return DomainCanineMLM.load(p, device), True  # the model chapter's one-line errors for anything else
+    if not _bare_encoder(p): return DomainCanineMLM.load(p, device), True  # its checksums and one-line errors
+    note_unverified(p)  # a bare encoder saved by transformers has no checkpoint.json
     hf_logging.disable_progress_bar()  # as the model chapter loads: no bar on stderr
     try: encoder = CanineModel.from_pretrained(p)
     except Exception as e:  # transformers raises many types for a missing or damaged file
@@ -438,30 +444,35 @@ def probe(model_path, # a model, checkpoint or bare CANINE encoder directory
          ) -> dict:
     "The report of the model in `model_path`, with the directory and the training step (JSON-able)."
     _check_tasks(tasks)
-    dev, start = pick_device(device), time.perf_counter()
-    model, has_head = load_probe_model(model_path, dev)
-    if 'ranking' in tasks and not has_head:
+    if 'ranking' in tasks and _bare_encoder(Path(model_path)):  # said before loading: no other line before it
         raise ModelError(f"{model_path} has no MLM head: the look-alike ranking needs one to score domains; ask for tasks=('linear_probes',)")
+    dev, start = pick_device(device), time.perf_counter()
+    model = load_probe_model(model_path, dev)[0]
     loaded = time.perf_counter() - start
     report = probe_model(model, probes or probe_set(), tasks, batch_size, dev, progress)
     report['timings']['load_s'] = loaded
     return dict(model_path=str(model_path), step=checkpoint_step(model_path), **report)
 
 # %% ../nbs/13a_probes.ipynb #882f455e
+def _holds_model(p: Path) -> bool: return (p / 'config.json').is_file() or (p / MARKER).is_file()
+
 def model_dirs(paths: list, # model directories and/or run directories
+               verify: bool = True, # check each one's checksums here, before anything is measured
               ) -> list[Path]:
     "The model directories of `paths`: a run directory gives its step checkpoints, and its final model at a new step."
     out = []
     for p in map(Path, paths):
-        if (p / 'config.json').is_file(): out.append(p); continue
+        if _holds_model(p): out.append(p); continue
         steps, final = step_checkpoints(p) if p.is_dir() else [], p / 'final-model'
-        has_final = (final / 'config.json').is_file()
+        has_final = _holds_model(final)
         if not steps and not has_final:
             raise ModelError(f'{p} is neither a model directory nor a run directory with checkpoints')
         out += steps
         if has_final and checkpoint_step(final) not in set(map(checkpoint_step, steps)): out.append(final)
     if not out: raise InputError('no model or run directories given')
-    return list(dict.fromkeys(out))
+    out = list(dict.fromkeys(out))
+    for d in out if verify else []: verify_model_dir(d)  # a damaged file is named before the look-alikes are made
+    return out
 
 def _by_step(report: dict) -> tuple: return (report['step'] is not None, report['step'] or 0, report['model_path'])
 
@@ -475,7 +486,7 @@ def probe_checkpoints(paths: list, # model directories and/or run directories (e
                      ) -> list[dict]:
     "A report per model, sorted by training step (models without a step first)."
     _check_tasks(tasks)
-    dirs = model_dirs(paths)
+    dirs = model_dirs(paths, verify=False)  # each load below verifies its model
     probes = probes or probe_set()
     return sorted((probe(d, probes, tasks, batch_size, device, progress) for d in dirs), key=_by_step)
 
