@@ -48,7 +48,8 @@ def label_classes(labels: list, # the labels of the kept rows (`label_value`s)
                   source: str = 'the data') -> list:
     "The classes of `labels`, sorted; a one-line error when they cannot make a classification task."
     if len({type(l) for l in labels}) > 1:  # `label_value` gives integers and strings only
-        num, name = next(l for l in labels if isinstance(l, int)), next(l for l in labels if isinstance(l, str))
+        num = next(l for l in labels if isinstance(l, int))
+        name = next(l for l in labels if isinstance(l, str))
         raise DataError(f'the labels of {source} mix numbers and strings (e.g. {num} and {name!r}): '
                         'give class names or integers, not both')
     counts = Counter(labels)
@@ -120,15 +121,17 @@ def labelled_data(texts: list, labels: list, # one label per text
     if len(labels) != len(texts): raise DataError(f'{len(texts)} texts but {len(labels)} labels')
     rows, rejected = _clean_rows(texts, labels, groups, sides, source)
     if not rows:
-        raise DataError(f"no usable rows in {source} after cleaning (rejected: {count_summary(rejected) or 'nothing'})")
+        raise DataError(f'no usable rows in {source} after cleaning '
+                        f"(rejected: {count_summary(rejected) or 'nothing'})")
     label_classes([r[1] for r in rows], source)  # mixed labels: an error before deduplication hides them
     keep, copies = dedupe([r[0] for r in rows], [r[1] for r in rows])
     rows = [r for r, k in zip(rows, keep) if k]
     classes = label_classes([r[1] for r in rows], source)
     ids = {c: i for i, c in enumerate(classes)}
     column = lambda k, given: [r[k] for r in rows] if given is not None else None
-    return LabelledData([r[0] for r in rows], np.array([ids[r[1]] for r in rows], np.int64), list(map(str, classes)),
-                        column(2, groups), column(3, sides), rejected + copies, len(texts), source)
+    labels = np.array([ids[r[1]] for r in rows], np.int64)
+    return LabelledData([r[0] for r in rows], labels, list(map(str, classes)), column(2, groups), column(3, sides),
+                        rejected + copies, len(texts), source)
 
 # %% ../nbs/13b_tasks.ipynb #a8825e2c
 LABEL_COLUMNS = ('label', 'labels', 'class', 'target', 'category')
@@ -184,15 +187,18 @@ def hash_sides(keys: list[str], # equal keys, same side
 
 # %% ../nbs/13b_tasks.ipynb #d4bbbae2
 def split_sides(data: LabelledData, split_by: str = 'auto', # auto: column if given, else group if given, else hash
-                test_fraction: float = 0.2, validation_fraction: float = 0.1, seed: int = 0) -> tuple[np.ndarray, str]:
+                test_fraction: float = 0.2, validation_fraction: float = 0.1,
+                seed: int = 0) -> tuple[np.ndarray, str]:
     "The side of every row of `data`, and how it was decided."
     if split_by not in SPLIT_BY: raise DataError(f"unknown split {split_by!r}; choose from {', '.join(SPLIT_BY)}")
     by = split_by if split_by != 'auto' else 'column' if data.sides else 'group' if data.groups else 'hash'
     if by == 'column':
-        if not data.sides: raise DataError(f'{data.source} has no split column (split, side): choose another split')
+        if not data.sides:
+            raise DataError(f'{data.source} has no split column (split, side): choose another split')
         return np.array(data.sides), by
     if by == 'group' and not data.groups:
-        raise DataError(f'{data.source} has no group column: choose another split, or name it with --group_column')
+        raise DataError(f'{data.source} has no group column: choose another split, '
+                        'or name it with --group_column')
     return hash_sides(data.groups if by == 'group' else data.texts, test_fraction, validation_fraction, seed), by
 
 # %% ../nbs/13b_tasks.ipynb #dfa9e02c
@@ -205,7 +211,8 @@ def leaked_groups(groups: list[str], sides: np.ndarray) -> list[str]:
 # %% ../nbs/13b_tasks.ipynb #cc410893
 def split_report(data: LabelledData, sides: np.ndarray, split_by: str = '') -> dict:
     "Class counts per side, each side's size and majority share, classes a side lacks, rejected rows (JSON-able)."
-    counts = {s: {c: int(((sides == s) & (data.labels == i)).sum()) for i, c in enumerate(data.classes)} for s in SIDES}
+    count = lambda s, i: int(((sides == s) & (data.labels == i)).sum())
+    counts = {s: {c: count(s, i) for i, c in enumerate(data.classes)} for s in SIDES}
     sizes = {s: sum(counts[s].values()) for s in SIDES}
     return dict(source=data.source, split_by=split_by, rows_read=data.rows_read, rows=len(data.texts),
                 classes=list(data.classes), counts=counts, sizes=sizes,
@@ -217,13 +224,14 @@ def split_report(data: LabelledData, sides: np.ndarray, split_by: str = '') -> d
 def _share(x) -> str: return '–' if x is None else f'{x:.1%}'
 
 def format_split_report(report: dict, max_classes: int = 20) -> str:
-    "The report as a small table: a row per class (the largest first), the sizes and majority shares, the rejected."
+    "The report as a table: a row per class (the largest first), the sizes and majority shares, the rejected."
     r, sides = report, [s for s in SIDES if report['sizes'][s]]
     by_size = sorted(r['classes'], key=lambda c: -sum(r['counts'][s][c] for s in sides))
     lines = [f"{r['source']}: {r['rows']:,} rows of {r['rows_read']:,} read, {len(r['classes'])} classes, "
              f"split by {r['split_by'] or '?'}" + (f" ({r['groups']:,} groups)" if r['groups'] else ''),
              f"{'class':<20}" + ''.join(f'{s:>12}' for s in sides)]
-    lines += [f'{c:<20.20}' + ''.join(f"{r['counts'][s][c]:>12,}" for s in sides) for c in by_size[:max_classes]]
+    row = lambda c: f'{c:<20.20}' + ''.join(f"{r['counts'][s][c]:>12,}" for s in sides)
+    lines += [row(c) for c in by_size[:max_classes]]
     if len(by_size) > max_classes: lines.append(f'({len(by_size) - max_classes} more classes)')
     lines += [f"{'total':<20}" + ''.join(f"{r['sizes'][s]:>12,}" for s in sides),
               f"{'majority share':<20}" + ''.join(f"{_share(r['majority_share'][s]):>12}" for s in sides)]
@@ -232,15 +240,15 @@ def format_split_report(report: dict, max_classes: int = 20) -> str:
 
 # %% ../nbs/13b_tasks.ipynb #d16d5694
 def plot_class_balance(report: dict, ax=None, max_classes: int = 8):
-    "Each side's rows as a bar cut by class (shares), the largest classes first, the others as one: a matplotlib Axes."
+    "Each side as a bar cut by class (shares), the largest classes first, the others as one: a matplotlib Axes."
     import matplotlib.pyplot as plt
     sides = [s for s in SIDES if report['sizes'][s]]
     ax = ax or plt.subplots(figsize=(7, 0.5 + 0.45 * len(sides)))[1]
     by_size = sorted(report['classes'], key=lambda c: -sum(report['counts'][s][c] for s in sides))
     shown = by_size[:max_classes]
     for i, c in enumerate([*shown, 'others'] if len(by_size) > max_classes else shown):
-        n = [report['counts'][s][c] if c != 'others' else sum(report['counts'][s][o] for o in by_size[max_classes:])
-             for s in sides]
+        of = lambda s: [c] if c != 'others' else by_size[max_classes:]
+        n = [sum(report['counts'][s][o] for o in of(s)) for s in sides]
         left = [sum(report['counts'][s][o] for o in shown[:i]) / report['sizes'][s] for s in sides]
         ax.barh(sides, [k / report['sizes'][s] for k, s in zip(n, sides)], left=left, label=c)
     ax.invert_yaxis()
@@ -267,8 +275,8 @@ def tld_rows(domains: list[str], top_tlds: int = 5, seed: int = 0) -> dict[str, 
 # %% ../nbs/13b_tasks.ipynb #61d16767
 def make_task(name: str, # lookalike or tld
               seed: int = 0, # decides the sample and the look-alikes kept
-              limit: int | None = None, # domains sampled: the real domains of lookalike (None: 1,000), of tld (None: all)
-              dataset: str = SAMPLE_NAME, # the real domains: the bundled corpus, or a file read as training reads it
+              limit: int | None = None, # domains sampled (None: 1,000 real domains for lookalike, all for tld)
+              dataset: str = SAMPLE_NAME, # the real domains: the bundled corpus, or a corpus read as training does
               per_domain: int = 1, # look-alikes per real domain (lookalike)
               top_tlds: int = 5, # classes of tld: the most frequent TLDs
              ) -> dict[str, list[str]]:
@@ -285,10 +293,11 @@ def make_task(name: str, # lookalike or tld
 
 # %% ../nbs/13b_tasks.ipynb #cb86441b
 def check_output(output: str | Path, force: bool = False) -> Path:
-    "The path of a CSV file that may be written: a one-line error for another suffix, or a file there without `force`."
+    "The path of a CSV file that may be written: a one-line error for another suffix, or a file without `force`."
     path = Path(output)
     if path.suffix.lower() != '.csv': raise DataError(f'the output must be a .csv file, got {path.name}')
-    if path.exists() and not force: raise DataError(f'{path} exists: choose another output, or replace it with --force')
+    if path.exists() and not force:
+        raise DataError(f'{path} exists: choose another output, or replace it with --force')
     return path
 
 def write_columns(columns: dict[str, list], output: str | Path, force: bool = False) -> Path:

@@ -1,4 +1,4 @@
-"Labelled tasks (13b_tasks): every file format, one-line errors, splits that never leak, make-task's files, the report."
+"Labelled tasks (13b_tasks): file formats, one-line errors, splits that never leak, make-task's files, the report."
 import csv, json
 from collections import Counter
 import numpy as np
@@ -6,14 +6,14 @@ import pytest
 from conftest import cli
 from domain_canine.cli import USER_ERRORS, main
 from domain_canine.data import DataError
-from domain_canine.tasks import (SIDES, format_split_report, labelled_data, leaked_groups, read_labelled, split_report,
-                                 split_sides)
+from domain_canine.tasks import (SIDES, format_split_report, labelled_data, leaked_groups, read_labelled,
+                                 split_report, split_sides)
 
-ROWS = dict(domain=['paypal.com', 'paypa1.com', 'Google.COM.', 'gooogle.com', 'not a domain', 'paypal.com', 'a.io',
-                    'b.io', '', 'bücher.de'],
+ROWS = dict(domain=['paypal.com', 'paypa1.com', 'Google.COM.', 'gooogle.com', 'not a domain', 'paypal.com',
+                    'a.io', 'b.io', '', 'bücher.de'],
             label=['real', 'lookalike', 'real', 'lookalike', 'real', 'real', 'real', 'lookalike', 'real', 'real'],
-            group=['paypal.com', 'paypal.com', 'google.com', 'google.com', 'x', 'paypal.com', 'a.io', 'a.io', 'y',
-                   'bücher.de'])
+            group=['paypal.com', 'paypal.com', 'google.com', 'google.com', 'x', 'paypal.com', 'a.io', 'a.io',
+                   'y', 'bücher.de'])
 CLEAN = ['paypal.com', 'paypa1.com', 'google.com', 'gooogle.com', 'a.io', 'b.io', 'xn--bcher-kva.de']
 
 def _write(table, folder, fmt: str) -> str:
@@ -31,13 +31,13 @@ def test_every_format_reads_the_same_rows_and_classes(tmp_path, fmt):
     import datasets
     data = read_labelled(_write(datasets.Dataset.from_dict(ROWS), tmp_path, fmt))
     assert data.texts == CLEAN and data.classes == ['lookalike', 'real']
-    assert [data.classes[i] for i in data.labels] == ['real', 'lookalike', 'real', 'lookalike', 'real', 'lookalike', 'real']
+    assert [data.classes[i] for i in data.labels] == ['real', 'lookalike'] * 3 + ['real']
     assert data.groups[:2] == ['paypal.com'] * 2 and data.rows_read == 10
     assert data.rejected == Counter(whitespace_or_control=1, duplicate=1, empty=1)
 
 def _bad_files(folder) -> dict[str, tuple[str, list[str], str]]:
     "name: (file text, extra arguments of read_labelled, what its one-line error says)."
-    return {'missing label column': ('domain,kind\na.com,x\nb.com,y\n', [], 'has no label column (label, labels'),
+    return {'missing label column': ('domain,kind\na.com,x\nb.com,y\n', [], 'has no label column (label, '),
             'unknown label column': ('domain,label\na.com,x\nb.com,y\n', ['kind'], "has no column 'kind'"),
             'one class': ('domain,label\na.com,x\nb.com,x\nnot a domain,y\n', [], "a single class ('x')"),
             'a class with one example': ('domain,label\na.com,x\nb.com,x\nc.com,y\n', [], 'class y of'),
@@ -58,17 +58,19 @@ def test_each_bad_labelled_file_is_one_line(tmp_path):
 def test_mixed_labels_of_a_json_lines_file_are_one_line(tmp_path):
     "JSON keeps the types: 1 and 'spam' in one column."
     path = tmp_path / 'mixed.jsonl'
-    path.write_text(''.join(json.dumps(dict(domain=f'{c}.com', label=l)) + '\n' for c, l in zip('abcd', [1, 'spam'] * 2)))
+    rows = [dict(domain=f'{c}.com', label=l) for c, l in zip('abcd', [1, 'spam'] * 2)]
+    path.write_text(''.join(json.dumps(r) + '\n' for r in rows))
     with pytest.raises(DataError, match='mix numbers and strings'): read_labelled(str(path))
 
 def test_integer_labels_keep_their_order(tmp_path):
     (tmp_path / 'ints.csv').write_text('domain,label\na.com,10\nb.com,2\nc.com,10\nd.com,2\ne.com,\n')
     data = read_labelled(str(tmp_path / 'ints.csv'))
-    assert data.classes == ['2', '10'] and data.labels.tolist() == [1, 0, 1, 0] and data.rejected == Counter(missing_label=1)
+    assert data.classes == ['2', '10'] and data.labels.tolist() == [1, 0, 1, 0]
+    assert data.rejected == Counter(missing_label=1)
 
 @pytest.mark.parametrize('seed', range(20))
 def test_a_group_split_never_leaks_a_group(seed):
-    "Random groups of random sizes, at every seed: no group on two sides; a hash split of the same rows does leak."
+    "Random groups of random sizes at every seed: no group on two sides; a hash split of the same rows leaks."
     rng = np.random.default_rng(seed)
     sizes = rng.integers(1, 6, 300)
     groups = [f'g{g}.com' for g, n in enumerate(sizes) for _ in range(n)]
@@ -92,16 +94,19 @@ def test_the_report_counts_classes_sides_and_rejections():
     data = labelled_data(texts, labels, sides=['train'] * 6 + ['test'] * 4 + ['train'] * 3, source='toy')
     r = split_report(data, *split_sides(data))
     assert r['counts'] == dict(train=dict(x=6, y=0), validation=dict(x=0, y=0), test=dict(x=1, y=3))
-    assert r['sizes'] == dict(train=6, validation=0, test=4) and r['majority_share'] == dict(train=1.0, validation=None, test=0.75)
-    assert r['missing'] == dict(train=['y'], test=[]) and r['rejected'] == dict(whitespace_or_control=1, duplicate=1, empty=1)
+    assert r['sizes'] == dict(train=6, validation=0, test=4)
+    assert r['majority_share'] == dict(train=1.0, validation=None, test=0.75)
+    assert r['missing'] == dict(train=['y'], test=[])
+    assert r['rejected'] == dict(whitespace_or_control=1, duplicate=1, empty=1)
     text = format_split_report(r)
     assert text.splitlines()[0] == 'toy: 10 rows of 13 read, 2 classes, split by column'
     assert 'validation' not in text.splitlines()[1] and '100.0%' in text and 'no y on the train side' in text
-    assert text.splitlines()[-1] == 'rejected: whitespace_or_control 1, empty 1, duplicate 1'  # cleaning, then copies
+    assert text.splitlines()[-1] == 'rejected: whitespace_or_control 1, empty 1, duplicate 1'
 
 def test_make_task_writes_the_same_file_twice_in_and_out_of_process(tmp_path, capsys):
     "Two in-process runs and one run of the installed command (another hash seed) write the same bytes."
-    for name in ('a.csv', 'b.csv'): assert main(['make-task', 'lookalike', '--output', str(tmp_path / name), '--limit', '40']) == 0
+    for name in ('a.csv', 'b.csv'):
+        assert main(['make-task', 'lookalike', '--output', str(tmp_path / name), '--limit', '40']) == 0
     assert 'wrote 80 rows' in capsys.readouterr().out
     r = cli('make-task', 'lookalike', '--output', tmp_path / 'c.csv', '--limit', 40)
     assert r.returncode == 0, r.stderr
@@ -128,7 +133,7 @@ def _main(args, capsys) -> tuple[int, list[str]]:
     return code, capsys.readouterr().err.strip().splitlines()
 
 def test_make_task_bad_input_is_one_line(tmp_path, capsys):
-    "A refusal to overwrite, a bad suffix, a bad limit (exit 1), an unknown task (exit 2); the installed command too."
+    "Refusing to overwrite, a bad suffix, a bad limit (exit 1), an unknown task (exit 2); the real command too."
     (tmp_path / 'there.csv').write_text('precious\n')
     cases = [(['lookalike', '--output', tmp_path / 'there.csv'], 1, 'exists: choose another output'),
              (['tld', '--output', tmp_path / 'tld.txt'], 1, 'must be a .csv file'),
