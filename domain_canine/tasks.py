@@ -9,15 +9,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
-from .data import (SAMPLE_NAME, DataError, clean_domain, count_summary, load_corpus,
+from .data import (SAMPLE_NAME, DataError, clean_domain, count_summary, find_column, load_corpus,
                                 normalise_domain, open_source)
 from .probes import _sample, hash_split, lookalike_task, make_lookalikes, tld_task
 
 # %% auto #0
 __all__ = ['SIDES', 'LABEL_COLUMNS', 'GROUP_COLUMNS', 'SPLIT_COLUMNS', 'SPLIT_BY', 'TASK_NAMES', 'clean_text', 'label_value',
-           'label_classes', 'dedupe', 'LabelledData', 'labelled_data', 'find_column', 'read_labelled', 'hash_sides',
-           'split_sides', 'leaked_groups', 'split_report', 'format_split_report', 'plot_class_balance',
-           'lookalike_rows', 'tld_rows', 'make_task', 'check_output', 'write_columns', 'write_task']
+           'label_classes', 'dedupe', 'LabelledData', 'labelled_data', 'read_labelled', 'hash_sides', 'split_sides',
+           'leaked_groups', 'split_report', 'format_split_report', 'plot_class_balance', 'lookalike_rows', 'tld_rows',
+           'make_task', 'check_output', 'write_columns', 'write_task']
 
 # %% ../nbs/13b_tasks.ipynb #e5e94b51
 def clean_text(text) -> tuple[str | None, str | None]:
@@ -138,17 +138,6 @@ LABEL_COLUMNS = ('label', 'labels', 'class', 'target', 'category')
 GROUP_COLUMNS = ('group',)
 SPLIT_COLUMNS = ('split', 'side')
 
-def find_column(columns: list[str], given: str | None, candidates: tuple[str, ...], what: str, flag: str,
-                dataset: str, required: bool = True) -> str | None:
-    "The column `given`, else the first of `candidates` present (None if not `required`); a one-line error if none."
-    if given is not None and given not in columns:
-        raise DataError(f"dataset {dataset!r} has no column {given!r}; its columns: {', '.join(columns)}")
-    found = given or next((c for c in candidates if c in columns), None)
-    if found is None and required:
-        raise DataError(f"dataset {dataset!r} has no {what} column ({', '.join(candidates)}); its columns: "
-                        f"{', '.join(columns)} (choose with --{flag})")
-    return found
-
 # %% ../nbs/13b_tasks.ipynb #f8df906a
 def read_labelled(dataset: str, # a CSV, TSV, JSON lines or Parquet file, a saved dataset folder or a hub id
                   text_column: str | None = None, # default: the first of the data chapter's TEXT_COLUMNS present
@@ -165,10 +154,10 @@ def read_labelled(dataset: str, # a CSV, TSV, JSON lines or Parquet file, a save
         raise DataError(f'{dataset} is a text file without labels: give a CSV, TSV, JSON lines or Parquet file, '
                         'a saved dataset or a hub id with a label column')
     cols = list(source.ds.column_names)
-    def find(given, candidates, what, required=False):
-        return find_column(cols, given, candidates, what, f'{what}_column', dataset, required)
-    names = [source.column, find(label_column, LABEL_COLUMNS, 'label', True),
-             find(group_column, GROUP_COLUMNS, 'group'), find(split_column, SPLIT_COLUMNS, 'split')]
+    def optional(given, candidates, what):  # the column named, else one found by name, else none
+        return find_column(cols, given, candidates, dataset, what) if given or set(candidates) & set(cols) else None
+    names = [source.column, find_column(cols, label_column, LABEL_COLUMNS, dataset, 'label'),
+             optional(group_column, GROUP_COLUMNS, 'group'), optional(split_column, SPLIT_COLUMNS, 'split')]
     values = source.ds.select_columns(list(dict.fromkeys(n for n in names if n))).to_dict()
     texts, labels, groups, sides = [values[n] if n else None for n in names]
     return labelled_data(texts, labels, groups, sides, dataset)
