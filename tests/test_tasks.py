@@ -62,6 +62,11 @@ def test_mixed_labels_of_a_json_lines_file_are_one_line(tmp_path):
     path.write_text(''.join(json.dumps(r) + '\n' for r in rows))
     with pytest.raises(DataError, match='mix numbers and strings'): read_labelled(str(path))
 
+def test_a_hub_id_goes_through_load_dataset_and_fails_offline_in_one_line():
+    "The hub path is the data chapter's (`datasets.load_dataset`); without network access it is one line."
+    with pytest.raises(DataError) as e: read_labelled('someone/labelled-domains')
+    assert 'could not load dataset' in str(e.value) and '\n' not in str(e.value)
+
 def test_integer_labels_keep_their_order(tmp_path):
     (tmp_path / 'ints.csv').write_text('domain,label\na.com,10\nb.com,2\nc.com,10\nd.com,2\ne.com,\n')
     data = read_labelled(str(tmp_path / 'ints.csv'))
