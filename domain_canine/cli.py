@@ -15,14 +15,15 @@ from .config import ACCEPTS, Accepts, TrainConfig, PRESETS, resolve_config
 
 
 # %% auto #0
-__all__ = ['SPLITS', 'TASKS', 'USER_ERRORS', 'ARGUMENTS', 'COMMANDS', 'user_errors', 'OneLineParser', 'add_flags',
+__all__ = ['SPLITS', 'TASKS', 'TASK_NAMES', 'USER_ERRORS', 'ARGUMENTS', 'COMMANDS', 'user_errors', 'OneLineParser', 'add_flags',
            'add_train_flags', 'train_command', 'predict_command', 'import_original_command', 'evaluate_command',
            'score_command', 'embed_command', 'probe_command', 'bench_command', 'bench_scale_command',
-           'make_corpus_command', 'crash_test_command', 'build_parser', 'parse_args', 'main']
+           'make_corpus_command', 'make_task_command', 'crash_test_command', 'build_parser', 'parse_args', 'main']
 
 # %% ../nbs/17_cli.ipynb #41ec757a
 SPLITS = ('all', 'train', 'valid')  # the evaluation chapter's, named here without loading it (checked below)
 TASKS = ('ranking', 'linear_probes')  # the probes chapter's, likewise
+TASK_NAMES = ('lookalike', 'tld')  # the tasks chapter's built-in tasks, likewise
 USER_ERRORS = ('domain_canine.data.DataError', 'domain_canine.model.ModelError', 'domain_canine.checkpoint.CheckpointError',
                'domain_canine.core.ConfigError', 'domain_canine.inference.InputError',
                'domain_canine.training.TrainingDiverged', 'domain_canine.distributed.DistributedError',
@@ -69,7 +70,7 @@ ARGUMENTS = {  # what the other commands' numbers and named values accept, by pa
     'device': ACCEPTS['device'], 'precision': ACCEPTS['precision'], 'config': Accepts(choices=tuple(MODEL_CONFIGS)),
     'max_length': ACCEPTS['max_length'], 'pipeline_lines': Accepts(int, 1), 'windows': Accepts(int, 1),
     'window_steps': Accepts(int, 1), 'sizes': Accepts(int, 1), 'steps': Accepts(int, 1), 'evals': Accepts(int, 1),
-    'repeats': Accepts(int, 1), 'n': Accepts(int, 1), 'moments': Accepts(int, 1),
+    'repeats': Accepts(int, 1), 'n': Accepts(int, 1), 'moments': Accepts(int, 1), 'limit': Accepts(int, 1),
 }
 
 def _checked(accepts: Accepts):
@@ -384,6 +385,23 @@ def make_corpus_command(*, n: int, # number of domains
     print(f'wrote {make_corpus(n, output, seed)}')
     return 0
 
+# %% ../nbs/17_cli.ipynb #7d3b51e4
+def make_task_command(name: typing.Literal[TASK_NAMES], # lookalike: real domain or look-alike? tld: which TLD?
+                      *, output: str, # the CSV file to write (columns domain,label[,group])
+                      seed: int = 0, # decides the sample and the look-alikes kept
+                      limit: int | None = None, # domains sampled (default: 1,000 for lookalike, all for tld)
+                      force: bool = False, # replace an existing output file
+                     ) -> int:
+    """Write a labelled task built offline from the bundled corpus: lookalike (a real domain or a dnstwist
+    look-alike, grouped by the real one) or tld (the TLD from the name without it); the same file for the same
+    seed, never over a file without --force. E.g. domain-canine make-task lookalike --output lookalike.csv"""
+    from domain_canine.tasks import write_task
+    path, columns = write_task(name, output, seed, limit, force)
+    counts = Counter(columns['label'])
+    print(f"wrote {len(columns['label']):,} rows to {path}: "
+          + ', '.join(f'{c} {counts[c]:,}' for c in sorted(counts)))
+    return 0
+
 # %% ../nbs/17_cli.ipynb #c0fc1c56
 def crash_test_command(*, moments: int = 20, # how many kills
                        seed: int = 0, # seeds the kill delays
@@ -410,6 +428,7 @@ COMMANDS = {  # name: (the function it runs, its line in `domain-canine --help`)
     'bench': (bench_command, 'measure pipeline and training throughput against the original design'),
     'bench-scale': (bench_scale_command, 'corpus preparation, and optionally training, at growing sizes'),
     'make-corpus': (make_corpus_command, 'write a synthetic corpus for scale tests'),
+    'make-task': (make_task_command, 'write a labelled task built from the bundled corpus: lookalike or tld'),
     'crash-test': (crash_test_command, 'kill a training run at random moments and check that resuming is exact'),
 }
 

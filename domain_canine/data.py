@@ -17,10 +17,10 @@ from .core import remove_path, writing
 # %% auto #0
 __all__ = ['SAMPLE_CORPUS', 'SAMPLE_NAME', 'TEXT_COLUMNS', 'CLEANING_VERSION', 'PREPARATION_BYTES_PER_LINE', 'DataError',
            'normalise_domain', 'clean_domain', 'is_validation', 'read_text_lines', 'count_summary', 'first_error_line',
-           'DomainSource', 'open_source', 'source_lines', 'clean_batch', 'EncodedDomains', 'byte_hashes', 'CleanChunk',
-           'clean_chunk', 'read_text_chunks', 'duplicate_indices', 'default_cache_dir', 'PreparedCorpus', 'file_lock',
-           'sweep_corpora', 'corpus_folder', 'prepare_corpus', 'estimate_lines', 'preparation_need', 'Corpus',
-           'clean_domains', 'load_corpus', 'stream_domains']
+           'find_column', 'DomainSource', 'open_source', 'source_lines', 'clean_batch', 'EncodedDomains', 'byte_hashes',
+           'CleanChunk', 'clean_chunk', 'read_text_chunks', 'duplicate_indices', 'default_cache_dir', 'PreparedCorpus',
+           'file_lock', 'sweep_corpora', 'corpus_folder', 'prepare_corpus', 'estimate_lines', 'preparation_need',
+           'Corpus', 'clean_domains', 'load_corpus', 'stream_domains']
 
 # %% ../nbs/01_data.ipynb #2828fee5
 SAMPLE_CORPUS = Path(str(files('domain_canine') / 'sample_corpus' / 'domains-sample.txt'))
@@ -106,14 +106,23 @@ def first_error_line(e: Exception) -> str:
     "The first line of an exception's message (libraries often add pages of detail after it)."
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
+def find_column(columns: list, # the columns of a table
+                given: str | None, # the column asked for (None: the first of `candidates` present)
+                candidates: tuple[str, ...], # the usual names of such a column, in order of preference
+                dataset: str, # the table, as the user named it
+                what: str = 'text', # what the column holds: the message names the flag --<what>_column
+               ) -> str:
+    "`given`, else the first of `candidates` present; a one-line error naming the table's columns if neither is."
+    column = given or next((c for c in candidates if c in columns), None)
+    if column not in columns:
+        wanted = f'column {given!r}' if given else f"{what} column ({', '.join(candidates)})"
+        raise DataError(f"dataset {dataset!r} has no {wanted}; its columns: {', '.join(map(str, columns))} "
+                        f"(choose with --{what}_column)")
+    return column
+
 def _text_column(ds, dataset: str, text_column: str | None) -> str:
     "The column holding the domains: `text_column`, else the first of TEXT_COLUMNS present."
-    columns = list(ds.column_names or next(iter(ds)).keys())
-    column = text_column or next((c for c in TEXT_COLUMNS if c in columns), None)
-    if column not in columns:
-        wanted = f'column {text_column!r}' if text_column else f"text column ({', '.join(TEXT_COLUMNS)})"
-        raise DataError(f"dataset {dataset!r} has no {wanted}; its columns: {', '.join(map(str, columns))} (choose with --text_column)")
-    return column
+    return find_column(list(ds.column_names or next(iter(ds)).keys()), text_column, TEXT_COLUMNS, dataset)
 
 # %% ../nbs/01_data.ipynb #210141eb
 def _open_hf(dataset: str, config: str | None, split: str, streaming: bool):
