@@ -6,7 +6,8 @@ import torch
 from conftest import cli, ROOT
 import domain_canine.checkpoint as checkpoint_module
 import domain_canine.run_data as run_data_module
-from domain_canine.checkpoint import CheckpointError, verify_checkpoint, load_checkpoint
+from domain_canine.checkpoint import (CheckpointError, TrainState, load_checkpoint, save_checkpoint, sweep_checkpoints,
+                                      verify_checkpoint)
 from domain_canine.crash_test import crash_test, final_state, training_command
 from domain_canine.data import DataError, SAMPLE_CORPUS, open_source
 from domain_canine.model import DomainCanineMLM, build_model
@@ -136,3 +137,14 @@ def test_stream_failing_for_good_stops_with_a_resumable_checkpoint(tmp_path, mon
     with pytest.raises(DataError, match=r'failed 3 times.*checkpoint of step \d+ written.*--resume_from latest'):
         t.fit()
     assert t.state.step > 0 and verify_checkpoint(tmp_path / f'checkpoint-step-{t.state.step}') is None
+
+def test_a_kill_while_an_old_checkpoint_is_removed_does_not_block_later_saves(tmp_path):
+    # a kill during the removal of `.old-best-model` (after the new best-model is in place) left it half-deleted;
+    # every later save of best-model then failed with "Directory not empty" (seen once as a crash-test failure)
+    model = build_model(None, 'tiny')
+    save_checkpoint(tmp_path / 'best-model', model, None, TrainState(step=1), {})
+    (tmp_path / '.old-best-model').mkdir()
+    (tmp_path / '.old-best-model' / 'model.safetensors').write_text('half deleted')
+    assert sweep_checkpoints(tmp_path) == [tmp_path / '.old-best-model']  # what a resumed run does at start
+    save_checkpoint(tmp_path / 'best-model', model, None, TrainState(step=2), {})
+    assert verify_checkpoint(tmp_path / 'best-model') is None and not list(tmp_path.glob('.old-*'))
