@@ -106,11 +106,12 @@ def _command_cases():
 
 def _arguments(command: str, target: inspect.Parameter, bad: list[str], tmp) -> list[str]:
     "The command's arguments in order: `bad` for `target`, a value for each other required one (places under `tmp`)."
-    out = []
+    out, hints = [], typing.get_type_hints(COMMANDS[command][0])
     for p in inspect.signature(COMMANDS[command][0]).parameters.values():
         if p.name == target.name: out += bad; continue
         if p.default is not p.empty: continue
-        value = '3' if p.name in ARGUMENTS else str(tmp / f'{p.name}-place')  # never created: the parse fails first
+        choices = typing.get_args(hints[p.name]) if typing.get_origin(hints[p.name]) is typing.Literal else ()
+        value = choices[0] if choices else '3' if p.name in ARGUMENTS else str(tmp / f'{p.name}-place')  # never created
         out += [value] if p.kind is p.POSITIONAL_OR_KEYWORD else ['--' + p.name.rstrip('_'), value]
     return out
 
@@ -197,10 +198,11 @@ def test_the_real_command_refuses_bad_input_in_one_line(tmp_path):
 def tiny_model(tmp_path_factory):
     import torch
     from transformers import CanineModel
+    from domain_canine.checkpoint import TrainState, save_checkpoint
     from domain_canine.model import DomainCanineMLM, canine_config
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp('model') / 'model'
-    DomainCanineMLM(CanineModel(canine_config('tiny'))).save(path)
+    path = tmp_path_factory.mktemp('model') / 'model'  # with checkpoint.json, as training writes it: loads without a note
+    save_checkpoint(path, DomainCanineMLM(CanineModel(canine_config('tiny'))), None, TrainState(), {})
     return path
 
 @pytest.mark.parametrize('query, reason', [('http://exa?ple.com/x', 'invalid character'), ('exa?ple..com', 'empty label'),

@@ -4,7 +4,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from conftest import cli
-from domain_canine.cli import USER_ERRORS, main
+from domain_canine.cli import main, user_errors
 from domain_canine.data import DataError
 from domain_canine.tasks import (SIDES, format_split_report, labelled_data, leaked_groups, read_labelled,
                                  split_report, split_sides)
@@ -52,7 +52,7 @@ def test_each_bad_labelled_file_is_one_line(tmp_path):
         path = tmp_path / f"{name.replace(' ', '-')}.csv"
         path.write_text(text)
         with pytest.raises(DataError) as e: read_labelled(str(path), None, *extra)
-        assert isinstance(e.value, USER_ERRORS) and expected in str(e.value), (name, str(e.value))
+        assert isinstance(e.value, user_errors()) and expected in str(e.value), (name, str(e.value))
         assert '\n' not in str(e.value), name
 
 def test_mixed_labels_of_a_json_lines_file_are_one_line(tmp_path):
