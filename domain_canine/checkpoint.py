@@ -172,6 +172,6 @@ def sweep_checkpoints(output_dir) -> list[Path]:
         dest = out / old.name[len('.old-'):]
         if not dest.exists() and verify_checkpoint(old) is None: old.rename(dest)
         else: remove_path(old); gone.append(old)
-    for tmp in sorted(p for p in out.glob('.tmp-*') if p.is_dir()):
+    for tmp in sorted(out.glob('.tmp-*')):  # a folder or a file: nothing of ours stays half written
         remove_path(tmp); gone.append(tmp)
     return gone + sweep_temporaries(out)
