@@ -16,7 +16,7 @@ from transformers import CanineModel
 from .data import EncodedDomains, load_corpus, prepare_corpus
 from .masking import CharVocab, MaskedBatches, MASK, CLS, SEP, PAD, padding_fraction, padded_length
 from .model import DomainCanineMLM, canine_config, mlm_head, use_sdpa
-from .core import ConfigError, pick_device, pick_precision
+from .core import ConfigError, pick_device, pick_precision, write_atomic
 from .config import resolve_config
 from .callbacks import Callback
 from .distributed import shutdown_distributed
@@ -28,8 +28,8 @@ __all__ = ['ORIGINAL_CLASSES', 'PEAK_TFLOPS', 'SDPA_OPS', 'ABLATIONS', 'TARGETS'
            'PeakMemory', 'pinned', 'training_flops', 'probe_batch', 'flops_by_width', 'batch_flops', 'time_training',
            'reference_figures', 'bench_training', 'bench_ablations', 'bench_pipeline', 'bench_masking',
            'measure_preparation', 'measure_opening', 'measure_training', 'bench_scale', 'gpu_figures',
-           'measured_matmul_tflops', 'device_versions', 'sdpa_kernels', 'run_bench', 'write_json', 'Phase', 'one_line',
-           'run_phases', 'DeviceCheck', 'SyncCounter', 'PoisonStep', 'sync_spans', 'judge', 'device_check_main']
+           'measured_matmul_tflops', 'device_versions', 'sdpa_kernels', 'run_bench', 'Phase', 'one_line', 'run_phases',
+           'DeviceCheck', 'SyncCounter', 'PoisonStep', 'sync_spans', 'judge', 'device_check_main']
 
 # %% ../nbs/15_bench.ipynb #3f2482df
 ORIGINAL_CLASSES = 16_384
@@ -496,14 +496,6 @@ def run_bench(config: str = 'small', batch_size: int = 256, max_length: int = 64
     out.update(gpu_figures(out['achieved_tflops'], out['achieved_unpadded_tflops'], device))
     return out
 
-# %% ../nbs/15_bench.ipynb #b6f0b25c
-def write_json(path, obj):
-    "Write `obj` to `path` as one JSON line, atomically: a reader finds the previous file or this one, whole."
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    tmp.write_text(json.dumps(obj) + '\n')
-    os.replace(tmp, path)
-
 # %% ../nbs/15_bench.ipynb #d9c72988
 @dataclass
 class Phase:
@@ -527,7 +519,7 @@ def run_phases(phases: list[Phase], out: dict, path=None, # the JSON file, rewri
     "Run `phases` in order, recording each one's figures and status in `out` and writing it after each."
     started = time.perf_counter() if started is None else started
     status, skip = out.setdefault('phases', {}), skip or {}
-    save = lambda: write_json(path, out) if path else None
+    save = lambda: write_atomic(path, json.dumps(out) + '\n') if path else None
     for p in phases:
         elapsed = time.perf_counter() - started
         if p.name in skip or (p.costly and 'costly' in skip):

@@ -5,12 +5,13 @@
 # %% ../nbs/09_callbacks.ipynb #a72b27ed
 from __future__ import annotations
 import json, math, os, secrets
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from .core import ConfigError, write_atomic, writing
+from .core import ConfigError, WriteError, write_atomic, write_reason, writing
 
 # %% auto #0
-__all__ = ['Callback', 'MetricsFile', 'ProgressBar', 'WandbLogger', 'TensorBoardLogger']
+__all__ = ['Callback', 'MetricsFile', 'ProgressBar', 'logging_into', 'WandbLogger', 'TensorBoardLogger']
 
 # %% ../nbs/09_callbacks.ipynb #7be613f2
 class Callback:
@@ -60,6 +61,13 @@ class ProgressBar(Callback):
     def on_train_end(self, trainer): self.bar.close()
 
 # %% ../nbs/09_callbacks.ipynb #c535e570
+@contextmanager
+def logging_into(folder, what: str):
+    "A logger's failed write, the OS's error or the library's own, as one `WriteError` naming its folder."
+    try: yield
+    except WriteError: raise
+    except Exception as e: raise WriteError(f'could not write {what} {folder}: {write_reason(e, folder)}') from None
+
 class WandbLogger(Callback):
     "Logs metrics to Weights & Biases; a resumed run continues the same W&B run."
     def __init__(self):
@@ -69,11 +77,17 @@ class WandbLogger(Callback):
     def on_train_start(self, trainer):
         c, s = trainer.cfg, trainer.state
         s.wandb_run_id = s.wandb_run_id or secrets.token_hex(4)
-        self.run = self.wandb.init(project=c.wandb_project, name=c.wandb_run_name or Path(c.output_dir).name,
-                                   id=s.wandb_run_id, resume='allow', config=asdict(c), dir=c.output_dir)
-    def on_log(self, trainer, m): self.run.log({f'train/{k}': v for k, v in m.items() if k != 'type'}, step=m['step'])
-    def on_eval(self, trainer, m): self.run.log({f'eval/{k}': v for k, v in m.items() if k != 'type'}, step=m['step'])
-    def on_train_end(self, trainer): self.run.finish()
+        self.folder = Path(c.output_dir) / 'wandb'
+        with logging_into(self.folder, 'the W&B run'):
+            self.run = self.wandb.init(project=c.wandb_project, name=c.wandb_run_name or Path(c.output_dir).name,
+                                       id=s.wandb_run_id, resume='allow', config=asdict(c), dir=c.output_dir)
+    def _log(self, prefix, m):
+        with logging_into(self.folder, 'the W&B run'):
+            self.run.log({f'{prefix}/{k}': v for k, v in m.items() if k != 'type'}, step=m['step'])
+    def on_log(self, trainer, m): self._log('train', m)
+    def on_eval(self, trainer, m): self._log('eval', m)
+    def on_train_end(self, trainer):
+        with logging_into(self.folder, 'the W&B run'): self.run.finish()
 
 class TensorBoardLogger(Callback):
     "Writes TensorBoard event files to `<output_dir>/tensorboard`."
@@ -81,11 +95,15 @@ class TensorBoardLogger(Callback):
         try: from torch.utils.tensorboard import SummaryWriter
         except ImportError: raise ConfigError('--tensorboard needs the tensorboard package: pip install tensorboard') from None
         self.SummaryWriter = SummaryWriter
-    def on_train_start(self, trainer): self.writer = self.SummaryWriter(Path(trainer.cfg.output_dir) / 'tensorboard')
+    def on_train_start(self, trainer):
+        self.folder = Path(trainer.cfg.output_dir) / 'tensorboard'
+        with logging_into(self.folder, 'TensorBoard events'): self.writer = self.SummaryWriter(self.folder)
     def _scalars(self, prefix, m):
-        for k, v in m.items():
-            if isinstance(v, (int, float)) and k != 'step': self.writer.add_scalar(f'{prefix}/{k}', v, m['step'])
-        self.writer.flush()
+        with logging_into(self.folder, 'TensorBoard events'):
+            for k, v in m.items():
+                if isinstance(v, (int, float)) and k != 'step': self.writer.add_scalar(f'{prefix}/{k}', v, m['step'])
+            self.writer.flush()
     def on_log(self, trainer, m): self._scalars('train', m)
     def on_eval(self, trainer, m): self._scalars('eval', m)
-    def on_train_end(self, trainer): self.writer.close()
+    def on_train_end(self, trainer):
+        with logging_into(self.folder, 'TensorBoard events'): self.writer.close()

@@ -27,7 +27,8 @@ TASK_NAMES = ('lookalike', 'tld')  # the tasks chapter's built-in tasks, likewis
 USER_ERRORS = ('domain_canine.data.DataError', 'domain_canine.model.ModelError', 'domain_canine.checkpoint.CheckpointError',
                'domain_canine.core.ConfigError', 'domain_canine.inference.InputError',
                'domain_canine.training.TrainingDiverged', 'domain_canine.distributed.DistributedError',
-               'builtins.FileNotFoundError', 'domain_canine.core.WriteError')  # by name: a chapter is loaded only when a command needs it
+               'builtins.FileNotFoundError', 'domain_canine.core.WriteError',
+               'domain_canine.crash_test.CrashTestFailed')  # by name: a chapter is loaded only when a command needs it
 
 def user_errors() -> tuple[type, ...]:
     "The classes of `USER_ERRORS` whose chapters are loaded (one never loaded cannot have raised anything)."

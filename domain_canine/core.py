@@ -11,8 +11,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['MODEL_CONFIGS', 'CANINE_MAX_POSITIONS', 'ConfigError', 'WriteError', 'free_space', 'format_bytes', 'write_reason',
-           'remove_path', 'writing', 'write_atomic', 'sweep_temporaries', 'check_folder', 'max_positions',
-           'pick_device', 'pick_precision']
+           'remove_path', 'writing', 'write_atomic', 'sweep_temporaries', 'nearest_folder', 'check_folder',
+           'max_positions', 'pick_device', 'pick_precision']
 
 # %% ../nbs/00_core.ipynb #4399dc1c
 class ConfigError(ValueError):
@@ -97,20 +97,27 @@ def sweep_temporaries(folder, patterns=('.*.tmp-*',)) -> list[Path]:
     return found
 
 # %% ../nbs/00_core.ipynb #b99db64f
+def nearest_folder(path) -> Path:
+    "`path` if it exists, else the closest existing path above it: where `path` would be created."
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent: path = path.parent
+    return path
+
 def check_folder(folder, what: str, # e.g. '--output_dir', as the message names it
                  need: int = 0, # bytes the job will write there
                  needed_for: str = 'the run'): # what needs them, for the message
-    "Create `folder` if needed and write a file in it; raise `WriteError` if it cannot be written or has too little space."
+    "Raise `WriteError` unless `folder` can be written (or created) and has room; creates nothing."
     folder = Path(folder)
-    probe = folder / f'.write-test-{os.getpid()}'
+    base = nearest_folder(folder)
+    probe = base / f'.write-test-{os.getpid()}'  # a folder to be created is tried where it would be
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        if not base.is_dir(): raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
         probe.write_bytes(b'')
     except OSError as e:
         reason = 'it is a file, not a folder' if folder.is_file() else write_reason(e, folder)
         raise WriteError(f'cannot write to {what} {folder}: {reason}') from None
     finally: remove_path(probe)
-    if need and (free := free_space(folder)) < need:
+    if need and (free := free_space(base)) < need:
         raise WriteError(f'{what} {folder} has {format_bytes(free)} free; {needed_for} needs about {format_bytes(need)}')
     return folder
 

@@ -125,6 +125,15 @@ def _text_column(ds, dataset: str, text_column: str | None) -> str:
     return find_column(list(ds.column_names or next(iter(ds)).keys()), text_column, TEXT_COLUMNS, dataset)
 
 # %% ../nbs/01_data.ipynb #210141eb
+@contextmanager
+def _no_bars(datasets):
+    "`datasets` without progress bars inside the block; as it was after it."
+    was = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try: yield
+    finally:
+        if was: datasets.enable_progress_bars()
+
 def _open_hf(dataset: str, config: str | None, split: str, streaming: bool):
     "A `datasets` Dataset/IterableDataset for a tabular file, a saved dataset, a local folder or a hub id."
     import datasets
@@ -132,7 +141,8 @@ def _open_hf(dataset: str, config: str | None, split: str, streaming: bool):
     try:
         if path.is_file():
             builder, kw = _TABULAR[path.suffix]
-            return datasets.load_dataset(builder, data_files=str(path), split='train', streaming=streaming, **kw)
+            with _no_bars(datasets):  # a local table converts without a bar: an error after it stays one line
+                return datasets.load_dataset(builder, data_files=str(path), split='train', streaming=streaming, **kw)
         if path.is_dir() and ((path / 'dataset_info.json').exists() or (path / 'dataset_dict.json').exists()):
             ds = datasets.load_from_disk(str(path))
             if isinstance(ds, datasets.DatasetDict):

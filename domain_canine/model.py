@@ -17,7 +17,7 @@ from transformers.models.canine import modeling_canine
 from transformers.models.canine.modeling_canine import CanineSelfAttention
 from transformers.utils import logging as hf_logging
 from fastcore.basics import patch
-from .core import MODEL_CONFIGS, CANINE_MAX_POSITIONS
+from .core import MODEL_CONFIGS, CANINE_MAX_POSITIONS, remove_path, writing
 from .masking import CLS, MASK, SEP, CharVocab, EncodedDomains, pad_batch
 
 # %% auto #0
@@ -269,14 +269,23 @@ def load_original(path) -> DomainCanineMLM:
 
 # %% ../nbs/04_model.ipynb #e9f4ab15
 def import_original(src, dst) -> Path:
-    "Convert an original-project checkpoint `src` into a model directory `dst`."
+    "Convert an original-project checkpoint `src` into a new model directory `dst` (written beside it, then renamed)."
+    src, dst = Path(src), Path(dst)
     if not is_original_dir(src):
         raise ModelError(f"{src} is not a checkpoint of the original project (expected config.json and {ORIGINAL_STATE})")
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise ModelError(f"{dst} already exists: give a new folder for the imported model")
     note_unverified(src)  # the original wrote no checksums
     model = load_original(src)
-    model.save(dst)
-    (Path(dst) / 'imported_from.json').write_text(json.dumps(dict(source=str(src), **model.original_info), indent=2, default=str))
-    return Path(dst)
+    tmp = dst.with_name(f'.tmp-{dst.name}')  # a failed write leaves neither a partial model nor this
+    with writing(dst, tmp, what='the imported model'):
+        remove_path(tmp)
+        model.save(tmp)
+        info = dict(source=str(src), **model.original_info)
+        (tmp / 'imported_from.json').write_text(json.dumps(info, indent=2, default=str))
+        if dst.exists(): dst.rmdir()  # an empty folder made for it
+        tmp.rename(dst)
+    return dst
 
 # %% ../nbs/04_model.ipynb #720384f7
 def write_original_checkpoint(path, # the directory to write

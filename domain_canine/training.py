@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
 from transformers import CanineConfig, CanineModel
-from .core import ConfigError, check_folder, format_bytes, pick_device, pick_precision, write_atomic, writing
+from .core import (ConfigError, check_folder, format_bytes, nearest_folder, pick_device, pick_precision,
+                                 write_atomic, writing)
 from .config import TrainConfig, lr_at
 from .run_data import masking_options, RunData, StreamBatches, load_run_data
 from .callbacks import Callback, MetricsFile, ProgressBar, WandbLogger, TensorBoardLogger
@@ -121,23 +122,27 @@ def checkpoint_bytes(cfg: TrainConfig) -> int | None:
     return 12 * sum(p.numel() for p in model.parameters()) + (64 << 10)  # + configs, RNG states, trainer state
 
 # %% ../nbs/10_training.ipynb #c3173989
-def _checkpoints_kept(cfg: TrainConfig, out: Path) -> int:
-    "Checkpoints the run will add to `out` at its peak: step checkpoints kept, best-model, the next one, less those there."
+def _checkpoints_kept(cfg: TrainConfig, out: Path, epochs: int = 0) -> int:
+    "Checkpoints the run adds to `out` at its peak: step ones kept, one per epoch, best-model, the next, less those there."
     kept = cfg.save_total_limit if cfg.save_total_limit > 0 else max(1, (cfg.max_steps or 0) // cfg.save_steps)
     there = len(step_checkpoints(out)[-kept:]) + sum((out / n).is_dir() for n in ('best-model', 'final-model'))
-    return max(1, kept + 2 - there)
+    there += min(epochs, len(list(out.glob('checkpoint-epoch-*'))))  # a resumed run has written some already
+    return max(1, kept + epochs + 2 - there)
 
-def check_disk(cfg: TrainConfig):
+def check_disk(cfg: TrainConfig, # the run's settings
+               epochs: int | None = None): # None: before preparation (the corpus counted); else the epochs it runs
     "`--output_dir` and the cache writable, stale temporaries swept, and room for the corpus and the checkpoints."
     out, cache = Path(cfg.output_dir), Path(cfg.cache_dir or default_cache_dir())
     cache_name = '--cache_dir' if cfg.cache_dir else 'the corpus cache'
+    size, n = checkpoint_bytes(cfg) or 0, _checkpoints_kept(cfg, out, epochs or 0)
+    ckpts = f'{n} checkpoint{"s" * (n > 1)} of {format_bytes(size)} (weights and optimizer state)'
+    if epochs is not None:  # the corpus is prepared: the checkpoints, now with one per epoch
+        return check_folder(out, '--output_dir', n * size, f'{ckpts}, {epochs} of them at epoch ends')
     check_folder(out, '--output_dir'); sweep_checkpoints(out)
     check_folder(cache, cache_name); sweep_corpora(cache)
     prep = 0 if cfg.streaming else preparation_need(cfg.dataset, cfg.num_samples, cfg.validation_fraction,
                                                     cfg.max_length, cache)
-    size, n = checkpoint_bytes(cfg) or 0, _checkpoints_kept(cfg, out)
-    ckpts = f'{n} checkpoint{"s" * (n > 1)} of {format_bytes(size)} (weights and optimizer state)'
-    if out.stat().st_dev == cache.stat().st_dev:  # one device: the needs add up
+    if nearest_folder(out).stat().st_dev == nearest_folder(cache).stat().st_dev:  # one device: the needs add up
         both = f'preparing the corpus and {ckpts}' if prep else ckpts
         return check_folder(out, '--output_dir', prep + n * size, both)
     check_folder(cache, cache_name, prep, 'preparing the corpus')
@@ -153,6 +158,7 @@ def from_config(cls: Trainer, cfg: TrainConfig, callbacks: list[Callback] | None
     if topo.is_main: check_disk(cfg)  # before hours of preparation: the folders, and room for what the run writes
     random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
     data = load_run_data(cfg, topo.world_size, log if topo.is_main else (lambda *a, **k: None))
+    if topo.is_main and data.steps_per_epoch: check_disk(cfg, epochs=data.total_steps // data.steps_per_epoch)
     model = build_model(cfg.model_name_or_path, cfg.model_config or 'demo', data.vocab).to(device)
     if cfg.dropout is not None: set_dropout(model, cfg.dropout)
     use_sdpa(model, cfg.attention == 'sdpa')

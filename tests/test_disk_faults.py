@@ -1,13 +1,13 @@
 """Disks and files as they fail: every write path × every fault kind is one line naming the path and the reason, leaves no
 temporary file and loses no earlier checkpoint or prepared corpus. Faults are injected (runs everywhere); a small
 tmpfs, where the machine lets us mount one, checks the real command end to end."""
-import errno, gzip, json, os, shutil, subprocess
+import errno, gzip, json, os, shutil, subprocess, time
 from pathlib import Path
 import numpy as np
 import pytest
 import torch
 from safetensors import SafetensorError
-from conftest import cli
+from conftest import ENTRY_POINT, ROOT, cli
 import domain_canine.callbacks as callbacks_module
 import domain_canine.core as core
 import domain_canine.data as data_module
@@ -116,13 +116,43 @@ def make_corpus_case(tmp_path, monkeypatch, code):
     assert len((tmp_path / 'c.txt').read_text().splitlines()) == 20
     return str(e.value), tmp_path
 
+def logger_case(tmp_path, monkeypatch, code, which):
+    "TensorBoard's event file or the W&B run: the logger's write fails after its first line."
+    from types import SimpleNamespace
+    from domain_canine.config import resolve_config
+    trainer = SimpleNamespace(cfg=resolve_config('tiny', output_dir=str(tmp_path)), state=TrainState())
+    if which == 'wandb':
+        import wandb
+        monkeypatch.setattr(wandb, 'init', lambda **k: SimpleNamespace(log=raiser(os_error(code)), finish=lambda: None))
+        logger = callbacks_module.WandbLogger()
+    else: logger = callbacks_module.TensorBoardLogger()
+    logger.on_train_start(trainer)
+    if which == 'tensorboard':
+        logger.on_log(trainer, dict(step=1, loss=1.0))
+        monkeypatch.setattr(logger.writer, 'flush', raiser(os_error(code)))
+    with pytest.raises(WriteError) as e: logger.on_log(trainer, dict(step=2, loss=0.5))
+    monkeypatch.undo()
+    if which == 'tensorboard': logger.on_train_end(trainer)
+    return str(e.value), tmp_path
+
+def import_original_case(tmp_path, monkeypatch, code):
+    "import-original: written beside its target and renamed; a failed write leaves neither."
+    source = model_module.write_original_checkpoint(tmp_path / 'original')
+    monkeypatch.setattr(model_module, 'save_file', raiser(os_error(code)))
+    with pytest.raises(WriteError) as e: model_module.import_original(source, tmp_path / 'imported')
+    monkeypatch.undo()
+    assert not (tmp_path / 'imported').exists()
+    return str(e.value), tmp_path
+
 PATHS = ['make-corpus', 'corpus-files', 'corpus-arrays', 'run.json', 'metrics.jsonl-rewrite', 'metrics.jsonl-append', 'probes.jsonl',
-         'embeddings.npy', 'embeddings.parquet', 'checkpoint']
+         'embeddings.npy', 'embeddings.parquet', 'checkpoint', 'tensorboard', 'wandb', 'import-original']
 
 def run_case(path, code, tmp_path, monkeypatch, model):
     if path == 'make-corpus': return make_corpus_case(tmp_path, monkeypatch, code)
     if path.startswith('corpus'): return corpus_case(tmp_path, monkeypatch, code, path.split('-')[1])
     if path == 'checkpoint': return checkpoint_case(tmp_path, monkeypatch, model, os_error(code))
+    if path in ('tensorboard', 'wandb'): return logger_case(tmp_path, monkeypatch, code, path)
+    if path == 'import-original': return import_original_case(tmp_path, monkeypatch, code)
     if path == 'metrics.jsonl-append': return metrics_append_case(tmp_path, monkeypatch, code)
     if path.startswith('embeddings'): return embeddings_case(tmp_path, monkeypatch, code, path[len('embeddings'):])
     return atomic_case(tmp_path, monkeypatch, code, path.split('-')[0])
@@ -181,6 +211,26 @@ def test_bad_folders_and_inputs_are_one_line(case, tmp_path, capsys):
     assert expected.format(t=tmp_path) in line, line
     assert hidden_leftovers(tmp_path) == []
 
+def test_a_run_that_stops_at_its_data_leaves_no_output_folder(tmp_path, capsys):
+    line = one_line_error(capsys, TINY + ['--output_dir', str(tmp_path / 'runs' / 'run'),
+                                          '--dataset', str(tmp_path / 'missing.txt')])
+    assert 'missing.txt' in line and not (tmp_path / 'runs').exists(), line
+
+def test_epoch_checkpoints_are_counted_once_the_epochs_are_known(tmp_path, capsys, monkeypatch):
+    import domain_canine.training as training_module
+    real = training_module.check_disk
+    def with_little_room(cfg, epochs=None):  # room at the first check, not for 3 epochs' checkpoints more (17 steps each)
+        if epochs is not None: monkeypatch.setattr(shutil, 'disk_usage', lambda p: shutil._ntuple_diskusage(
+            1 << 30, (1 << 30) - (8 << 20), 8 << 20))
+        return real(cfg, epochs)
+    monkeypatch.setattr(training_module, 'check_disk', with_little_room)
+    monkeypatch.setenv('DOMAIN_CANINE_CACHE', str(tmp_path / 'cache'))
+    line = one_line_error(capsys, ['train', '--preset', 'tiny', '--num_samples', '300', '--max_steps', '60',
+                                   '--save_steps', '1000', '--output_dir', str(tmp_path / 'run')])
+    assert line.endswith('8.0 MiB free; 8 checkpoints of 1.3 MiB (weights and optimizer state), 3 of them at epoch '
+                         'ends needs about 10.4 MiB'), line
+    assert not (tmp_path / 'run').exists()  # refused before the model was built or anything written
+
 def test_too_little_space_is_refused_before_preparing(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv('DOMAIN_CANINE_CACHE', str(tmp_path / 'cache'))
     monkeypatch.setattr(shutil, 'disk_usage', lambda p: shutil._ntuple_diskusage(3 << 20, 2 << 20, 1 << 20))
@@ -216,21 +266,31 @@ def test_real_read_only_output_dir(small_disk, capsys):
     line = one_line_error(capsys, TINY + ['--output_dir', str(disk / 'run')])
     assert line.endswith(f'cannot write to --output_dir {disk}/run: the file system is read-only'), line
 
+def fill_after_first_checkpoint(run: Path, proc: subprocess.Popen):
+    "Once `run` holds a checkpoint, fill its disk to its last 64 KiB (another job's file), while `proc` runs."
+    while proc.poll() is None and not list(run.glob('checkpoint-step-*')): time.sleep(0.01)
+    if proc.poll() is None:
+        (run.parent / 'filler').write_bytes(bytes(max(shutil.disk_usage(run).free - (64 << 10), 0)))
+
 def test_real_full_disk_at_start_and_during_a_run(small_disk, tmp_path):
-    "The reported case (3 MB as --output_dir) is refused at start; 5 MB passes the check and fills up with epoch checkpoints."
+    "The reported case (3 MB as --output_dir) is refused at start; on 8 MB, another file fills the disk mid-run."
     disk = small_disk('3m')
     r = cli(*TINY[:3], '--max_steps', 10, '--save_steps', 2, '--eval_steps', 2, '--output_dir', disk / 'run')
     assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines() == [f'domain-canine: error: --output_dir {disk}/run has 3.0 MiB free; '
                                              '5 checkpoints of 1.3 MiB (weights and optimizer state) needs about 6.5 MiB']
-    assert list((disk / 'run').iterdir()) == []
-    disk = small_disk('5m')  # 17 steps per epoch: epoch checkpoints are not in the estimate
-    r = cli(*TINY[:5], '--max_steps', 40, '--save_steps', 5, '--eval_steps', 5, '--save_total_limit', 1,
-            '--output_dir', disk / 'run')
-    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
-    last = r.stderr.strip().splitlines()[-1]
+    assert not (disk / 'run').exists()  # checked where it would be made, nothing made
+    disk = small_disk('8m')  # room for what the run keeps (2 epoch checkpoints counted), until another file takes it
+    args = [*TINY[:5], '--max_steps', 40, '--save_steps', 5, '--eval_steps', 5, '--save_total_limit', 1,
+            '--output_dir', disk / 'run']
+    proc = subprocess.Popen([str(ENTRY_POINT), *map(str, args)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True, cwd=ROOT)
+    fill_after_first_checkpoint(disk / 'run', proc)
+    stderr = proc.communicate(timeout=600)[1]
+    assert proc.returncode == 1 and 'Traceback' not in stderr, stderr
+    last = stderr.strip().splitlines()[-1]
     assert last.startswith(f'domain-canine: error: could not write checkpoint {disk}/run/') and \
-        ': no space left on the device' in last, r.stderr
+        ': no space left on the device' in last, stderr
     kept = [p for p in (disk / 'run').iterdir() if p.is_dir()]
     assert kept and all(verify_checkpoint(p) is None for p in kept), kept  # the checkpoints before it are intact
     assert hidden_leftovers(disk / 'run') == []

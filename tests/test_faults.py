@@ -148,3 +148,13 @@ def test_a_kill_while_an_old_checkpoint_is_removed_does_not_block_later_saves(tm
     assert sweep_checkpoints(tmp_path) == [tmp_path / '.old-best-model']  # what a resumed run does at start
     save_checkpoint(tmp_path / 'best-model', model, None, TrainState(step=2), {})
     assert verify_checkpoint(tmp_path / 'best-model') is None and not list(tmp_path.glob('.old-*'))
+
+def test_a_crash_test_whose_run_fails_on_its_own_is_one_line(tmp_path, monkeypatch, capsys):
+    import domain_canine.crash_test as crash_test_module
+    from domain_canine.cli import main
+    failing = [sys.executable, '-c', 'import sys; print("step 1", file=sys.stderr); sys.exit("the run found no data")']
+    monkeypatch.setattr(crash_test_module, 'training_command', lambda *a, **k: failing)
+    assert main(['crash-test', '--moments', '1', '--steps', '5']) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('domain-canine: error: the uninterrupted run exited with code 1: '
+                                               'the run found no data (whole log: '), err
