@@ -13,7 +13,8 @@ from .core import write_atomic
 from .data import DataError
 from .analysis import read_finetune
 from .probes import checkpoint_step, majority_class, tfidf_pipeline
-from .tasks import SIDES, TASK_NAMES, LabelledData, labelled_data, make_task, read_labelled, split_sides
+from .tasks import (SIDES, TASK_NAMES, LabelledData, labelled_data, make_task, read_labelled,
+                                 split_sides)
 
 # %% auto #0
 __all__ = ['Arm', 'ARMS', 'FIGURES', 'FINETUNE_FILE', 'classifier_metrics', 'Side', 'TaskSplit', 'task_split', 'load_task',
@@ -88,7 +89,8 @@ def load_task(task: str, # a built-in task (lookalike, tld) or a labelled file o
     if task in TASK_NAMES:
         cols = make_task(task, seed, limit)
         data = labelled_data(cols['domain'], cols['label'], cols.get('group'), source=task)
-    elif limit is not None: raise DataError(f'a limit applies to the built-in tasks ({", ".join(TASK_NAMES)}) only')
+    elif limit is not None:
+        raise DataError(f'a limit applies to the built-in tasks ({", ".join(TASK_NAMES)}) only')
     else: data = read_labelled(task)
     sides, by = split_sides(data, split_by, test_fraction, validation_fraction, seed)
     return task_split(data, sides, task, by)
@@ -178,7 +180,7 @@ def _cell(spread: dict | None) -> str:
     return f"{spread['mean']:.3f}" + (f" ± {spread['std']:.3f}" if spread['max'] > spread['min'] else '')
 
 def format_comparison(summary: dict[str, dict]) -> str:
-    "A markdown table: arm, accuracy, macro-F1, ROC-AUC (mean ± std over seeds), time, seeds; ≈: within noise of the best macro-F1."
+    "A markdown table: arm, figures (mean ± std over seeds), time, seeds; ≈: within noise of the best macro-F1."
     ranked = [k for k in summary if summary[k]['macro_f1'] is not None]
     best = max(ranked, key=lambda k: summary[k]['macro_f1']['mean'], default=None)
     lines = ['| arm | accuracy | macro-F1 | ROC-AUC | time (s) | seeds |', '|---|---|---|---|---|---|']
