@@ -9,7 +9,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['PROBE_PANELS', 'read_metrics', 'plot_runs', 'read_probes', 'plot_probes']
+__all__ = ['PROBE_PANELS', 'FINETUNE_FIGURES', 'read_metrics', 'plot_runs', 'read_probes', 'plot_probes', 'read_finetune',
+           'plot_finetune']
 
 # %% ../nbs/12_analysis.ipynb #04de8dc1
 def read_metrics(run_dir) -> dict[str, list[dict]]:
@@ -78,4 +79,52 @@ def plot_probes(run_dirs: list) -> plt.Figure | None:
             if baseline is not None: ax.axhline(baseline, color=f'C{i}', ls='--', lw=1, label=f'{run.name} baseline')
         ax.set_title(title); ax.set_xlabel('optimizer step'); ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8); fig.tight_layout()
+    return fig
+
+# %% ../nbs/12_analysis.ipynb #3e38a56c
+FINETUNE_FIGURES = ('accuracy', 'macro_f1', 'roc_auc')
+
+def read_finetune(run_dir) -> list[dict]:
+    "The records of a run's `finetune.jsonl` (or of that file, given itself), stepless first, then by step; [] if none."
+    path = Path(run_dir)
+    path = path if path.suffix == '.jsonl' else path / 'finetune.jsonl'
+    if not path.is_file(): return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return sorted(records, key=lambda r: (r.get('step') is not None, r.get('step') or 0))
+
+# %% ../nbs/12_analysis.ipynb #1d4ade39
+def _seed_means(records: list[dict], figure: str) -> tuple[list, list, list]:
+    "Steps, means over seeds and standard deviations (0 for one seed) of `figure`, by step."
+    steps = sorted({r['step'] for r in records})
+    values = [[r[figure] for r in records if r['step'] == s] for s in steps]
+    return steps, [sum(v) / len(v) for v in values], [_std(v) for v in values]
+
+def _std(v: list) -> float:
+    m = sum(v) / len(v)
+    return (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0
+
+# %% ../nbs/12_analysis.ipynb #af0cf1f6
+def _plot_arms(ax, records: list[dict], figure: str, run: str, marker: str, colours: dict):
+    "One run's arms on one panel: a curve with error bars per arm with steps, a dashed line per arm without."
+    for arm in dict.fromkeys(r['arm'] for r in records):
+        mine = [r for r in records if r['arm'] == arm and r.get(figure) is not None]
+        colour = colours.setdefault(arm, f'C{len(colours)}')
+        stepped = [r for r in mine if r.get('step') is not None]
+        if stepped:
+            ax.errorbar(*_seed_means(stepped, figure), fmt=f'{marker}-', color=colour, capsize=3, label=f'{run} {arm}')
+        if flat := [r[figure] for r in mine if r.get('step') is None]:
+            ax.axhline(sum(flat) / len(flat), color=colour, ls='--', lw=1, label=f'{run} {arm}')
+
+def plot_finetune(run_dirs: list, figures: tuple = FINETUNE_FIGURES) -> plt.Figure | None:
+    "Fine-tuning figures of several runs against the pre-training step; None when no run has finetune.jsonl."
+    runs = [(Path(run).name, records) for run in run_dirs if (records := read_finetune(run))]
+    shown = [f for f in figures if any(r.get(f) is not None for _, records in runs for r in records)]
+    if not shown: return None
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 3.6), squeeze=False)
+    colours = {}
+    for ax, figure in zip(axes[0], shown):
+        for (run, records), marker in zip(runs, 'os^vD' * len(runs)):
+            _plot_arms(ax, records, figure, run, marker, colours)
+        ax.set_title(f'{figure} (test side)'); ax.set_xlabel('pre-training step'); ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8); fig.tight_layout()
     return fig

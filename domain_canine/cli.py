@@ -15,15 +15,18 @@ from .config import ACCEPTS, Accepts, TrainConfig, PRESETS, resolve_config
 
 
 # %% auto #0
-__all__ = ['SPLITS', 'TASKS', 'TASK_NAMES', 'USER_ERRORS', 'ARGUMENTS', 'COMMANDS', 'user_errors', 'OneLineParser', 'add_flags',
-           'add_train_flags', 'train_command', 'predict_command', 'import_original_command', 'evaluate_command',
-           'score_command', 'embed_command', 'probe_command', 'bench_command', 'bench_scale_command',
-           'make_corpus_command', 'make_task_command', 'crash_test_command', 'build_parser', 'parse_args', 'main']
+__all__ = ['SPLITS', 'TASKS', 'TASK_NAMES', 'SPLIT_BY', 'ARMS', 'USER_ERRORS', 'ARGUMENTS', 'COMMANDS', 'user_errors',
+           'OneLineParser', 'add_flags', 'add_train_flags', 'train_command', 'predict_command',
+           'import_original_command', 'evaluate_command', 'score_command', 'embed_command', 'probe_command',
+           'bench_command', 'bench_scale_command', 'make_corpus_command', 'make_task_command', 'compare_command',
+           'crash_test_command', 'build_parser', 'parse_args', 'main']
 
 # %% ../nbs/17_cli.ipynb #41ec757a
 SPLITS = ('all', 'train', 'valid')  # the evaluation chapter's, named here without loading it (checked below)
 TASKS = ('ranking', 'linear_probes')  # the probes chapter's, likewise
 TASK_NAMES = ('lookalike', 'tld')  # the tasks chapter's built-in tasks, likewise
+SPLIT_BY = ('auto', 'column', 'group', 'hash')  # the tasks chapter's splits, likewise
+ARMS = ('tfidf', 'majority')  # the comparison chapter's arms that need no model, likewise
 USER_ERRORS = ('domain_canine.data.DataError', 'domain_canine.model.ModelError', 'domain_canine.checkpoint.CheckpointError',
                'domain_canine.core.ConfigError', 'domain_canine.inference.InputError',
                'domain_canine.training.TrainingDiverged', 'domain_canine.distributed.DistributedError',
@@ -72,6 +75,7 @@ ARGUMENTS = {  # what the other commands' numbers and named values accept, by pa
     'max_length': ACCEPTS['max_length'], 'pipeline_lines': Accepts(int, 1), 'windows': Accepts(int, 1),
     'window_steps': Accepts(int, 1), 'sizes': Accepts(int, 1), 'steps': Accepts(int, 1), 'evals': Accepts(int, 1),
     'repeats': Accepts(int, 1), 'n': Accepts(int, 1), 'moments': Accepts(int, 1), 'limit': Accepts(int, 1),
+    'seeds': Accepts(int, 1), 'arms': Accepts(choices=ARMS), 'test_fraction': Accepts(float, 0, 1, True, True),
 }
 
 def _checked(accepts: Accepts):
@@ -403,6 +407,32 @@ def make_task_command(name: typing.Literal[TASK_NAMES], # lookalike: real domain
           + ', '.join(f'{c} {counts[c]:,}' for c in sorted(counts)))
     return 0
 
+# %% ../nbs/17_cli.ipynb #0ea2fcec
+def compare_command(*, task: str, # a labelled file (CSV, TSV, JSON lines, Parquet), a saved dataset or hub id, or a built-in task: lookalike, tld
+                    arms: list[str] = ARMS, # the classifiers: tfidf (character 1-4-gram TF-IDF, logistic regression) and/or majority
+                    seeds: int = 3, # seeds per arm with randomness (0, 1, ...; tfidf and majority run once): the spread shows the noise
+                    split_by: typing.Literal[SPLIT_BY] = 'auto', # auto: the split column, else the group column, else a hash of the text
+                    test_fraction: float = 0.2, # share of the test side (group and hash splits)
+                    validation_fraction: float = 0.1, # share of the validation side, kept out of the baselines' training
+                    seed: int = 0, # decides the split and a built-in task's sample
+                    limit: int | None = None, # domains sampled for a built-in task (default: as make-task)
+                    output_dir: str | None = None, # a run or results folder: the records are appended to its finetune.jsonl
+                    json_: bool = False, # one JSON record per arm and seed instead of the table
+                   ) -> int:
+    """Judge classifiers on one split of a labelled task: accuracy, macro-F1, ROC-AUC (binary tasks), per-class
+    precision and recall, over seeds with their spread. E.g. domain-canine compare --task tld --output_dir runs/demo"""
+    from domain_canine.core import check_folder
+    from domain_canine.compare import ARMS as by_name, append_finetune, compare, format_comparison, load_task, summarise
+    if unknown := sorted(set(arms) - set(ARMS)): raise DataError(f"unknown --arms {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+    if output_dir: check_folder(output_dir, '--output_dir')  # before the work, not after it
+    split = load_task(task, split_by, test_fraction, validation_fraction, seed, limit)
+    print(f'{split.name}: {len(split.classes)} classes, split by {split.split_by}: {len(split.train.texts):,} train, '
+          f'{len(split.validation.texts):,} validation, {len(split.test.texts):,} test', file=sys.stderr)
+    records = compare(split, {a: by_name[a] for a in dict.fromkeys(arms)}, range(seeds))
+    print('\n'.join(map(json.dumps, records)) if json_ else format_comparison(summarise(records)))
+    if output_dir: print(f'records appended to {append_finetune(output_dir, records)}', file=sys.stderr)
+    return 0
+
 # %% ../nbs/17_cli.ipynb #c0fc1c56
 def crash_test_command(*, moments: int = 20, # how many kills
                        seed: int = 0, # seeds the kill delays
@@ -430,6 +460,7 @@ COMMANDS = {  # name: (the function it runs, its line in `domain-canine --help`)
     'bench-scale': (bench_scale_command, 'corpus preparation, and optionally training, at growing sizes'),
     'make-corpus': (make_corpus_command, 'write a synthetic corpus for scale tests'),
     'make-task': (make_task_command, 'write a labelled task built from the bundled corpus: lookalike or tld'),
+    'compare': (compare_command, 'judge classifiers on a labelled task over seeds: TF-IDF and majority baselines'),
     'crash-test': (crash_test_command, 'kill a training run at random moments and check that resuming is exact'),
 }
 

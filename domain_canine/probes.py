@@ -24,9 +24,10 @@ from .inference import InputError
 # %% auto #0
 __all__ = ['LOOKALIKE_KINDS', 'TASKS', 'OneGlyphFuzzer', 'domain_variants', 'domain_rng', 'cap_variants', 'Lookalikes',
            'usable_originals', 'make_lookalikes', 'ranking_figures', 'ranking_report', 'ngram_scores', 'model_scores',
-           'hash_split', 'ProbeTask', 'tld_task', 'lookalike_task', 'embedding_probe', 'tfidf_probe', 'majority_probe',
-           'ProbeSet', 'prepare_probes', 'probe_set', 'probe_model', 'format_probe_report', 'load_probe_model',
-           'checkpoint_step', 'probe', 'model_dirs', 'probe_checkpoints', 'format_probe_series']
+           'hash_split', 'ProbeTask', 'tld_task', 'lookalike_task', 'embedding_probe', 'tfidf_pipeline', 'tfidf_probe',
+           'majority_class', 'majority_probe', 'ProbeSet', 'prepare_probes', 'probe_set', 'probe_model',
+           'format_probe_report', 'load_probe_model', 'checkpoint_step', 'probe', 'model_dirs', 'probe_checkpoints',
+           'format_probe_series']
 
 # %% ../nbs/13a_probes.ipynb #0a1368c0
 LOOKALIKE_KINDS = ('addition', 'bitsquatting', 'cyrillic', 'homoglyph', 'hyphenation', 'insertion', 'omission',
@@ -230,21 +231,30 @@ def embedding_probe(task: ProbeTask, vectors: np.ndarray, # one row per text of 
     return _figures(task.labels[test], clf.predict(vectors[test]))
 
 # %% ../nbs/13a_probes.ipynb #2587324c
-def tfidf_probe(task: ProbeTask, seed: int = 0) -> dict:
-    "The same classifier on character 1- to 4-gram TF-IDF features: what the surface alone gives."
+def tfidf_pipeline(seed: int = 0, balanced: bool = False):
+    "Character 1- to 4-gram TF-IDF features into the probes' logistic regression: what the surface alone gives."
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import make_pipeline
+    words = TfidfVectorizer(analyzer='char_wb', ngram_range=(1, 4), sublinear_tf=True)
+    return make_pipeline(words, _classifier(seed, balanced))
+
+def tfidf_probe(task: ProbeTask, seed: int = 0) -> dict:
+    "The same classifier on character 1- to 4-gram TF-IDF features: what the surface alone gives."
     train, test = _sides(task)
     texts = np.array(task.texts, dtype=object)
-    clf = make_pipeline(TfidfVectorizer(analyzer='char_wb', ngram_range=(1, 4), sublinear_tf=True), _classifier(seed, task.balanced))
+    clf = tfidf_pipeline(seed, task.balanced)
     return _figures(task.labels[test], clf.fit(texts[train], task.labels[train]).predict(texts[test]))
 
 # %% ../nbs/13a_probes.ipynb #b1a83057
+def majority_class(labels: np.ndarray):
+    "The most frequent label (ties: the first in sorted order)."
+    values, counts = np.unique(labels, return_counts=True)
+    return values[counts.argmax()]
+
 def majority_probe(task: ProbeTask) -> dict:
     "Always the most frequent class of the train side (ties: the first in sorted order)."
     train, test = _sides(task)
-    values, counts = np.unique(task.labels[train], return_counts=True)
-    return _figures(task.labels[test], np.full(len(test), values[counts.argmax()]))
+    return _figures(task.labels[test], np.full(len(test), majority_class(task.labels[train])))
 
 # %% ../nbs/13a_probes.ipynb #a8769d68
 @dataclass
