@@ -103,7 +103,11 @@ def test_bad_input_is_one_line(task, tmp_path, capsys):
                                                      f'{domains[-1]},b']), [], 'single example'),
         mixed=(bad_file(tmp_path, 'd.csv', ['domain,label', *(f'{x},{l}' for x, l in zip(domains, 'a1a1a1'))]),
                [], 'mix numbers and strings'),
-        bad_model=(str(path), ['--model_name_or_path', str(tmp_path / 'nowhere')], 'nowhere'))
+        bad_model=(str(path), ['--model_name_or_path', str(tmp_path / 'nowhere')], 'nowhere'),
+        no_validation=(bad_file(tmp_path, 'e.csv', ['domain,label,split', *(f'{x},{l},{s}' for x, l, s in
+                                                    zip(domains, 'ababab', ['train'] * 4 + ['test'] * 2))]),
+                       ['--early_stopping_patience', '2', '--model_config', 'tiny', '--batch_size', '2'],
+                       'validation split is empty'))
     for name, (file, extra, words) in files.items():
         code = run_main(['finetune', '--task', file, '--output_dir', str(tmp_path / name), '--device', 'cpu', *extra])
         err = capsys.readouterr().err
