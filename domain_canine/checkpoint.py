@@ -124,8 +124,9 @@ def load_checkpoint(path, model: DomainCanineMLM, optimizer: torch.optim.Optimiz
     if problem := verify_checkpoint(path): raise CheckpointError(problem)
     own = rng_states()  # building the model below draws random numbers
     try:
-        loaded = DomainCanineMLM.load(path, verify=False)  # verified just above
-        if loaded.vocab.chars != model.vocab.chars: raise CheckpointError(f"{path} was trained with another output vocabulary")
+        loaded = type(model).load(path, verify=False)  # verified just above; a model class with `save` and `load`
+        vocab = getattr(model, 'vocab', None)  # a masked-character model's output classes
+        if vocab and loaded.vocab.chars != vocab.chars: raise CheckpointError(f"{path} was trained with another output vocabulary")
         model.load_state_dict(loaded.state_dict())
         if optimizer is not None and (path/'optimizer.pt').is_file():
             opt = torch.load(path/'optimizer.pt', map_location='cpu', weights_only=True)  # saved on any GPU; load_state_dict moves it

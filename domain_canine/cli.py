@@ -15,11 +15,11 @@ from .config import ACCEPTS, Accepts, TrainConfig, PRESETS, resolve_config
 
 
 # %% auto #0
-__all__ = ['SPLITS', 'TASKS', 'TASK_NAMES', 'SPLIT_BY', 'ARMS', 'USER_ERRORS', 'ARGUMENTS', 'COMMANDS', 'user_errors',
-           'OneLineParser', 'add_flags', 'add_train_flags', 'train_command', 'predict_command',
-           'import_original_command', 'evaluate_command', 'score_command', 'embed_command', 'probe_command',
-           'bench_command', 'bench_scale_command', 'make_corpus_command', 'make_task_command', 'compare_command',
-           'crash_test_command', 'build_parser', 'parse_args', 'main']
+__all__ = ['SPLITS', 'TASKS', 'TASK_NAMES', 'SPLIT_BY', 'ARMS', 'USER_ERRORS', 'ARGUMENTS', 'FINETUNE_DEFAULTS', 'FINETUNE_FLAGS',
+           'COMMANDS', 'user_errors', 'OneLineParser', 'add_flags', 'add_train_flags', 'train_command',
+           'predict_command', 'import_original_command', 'evaluate_command', 'score_command', 'embed_command',
+           'probe_command', 'bench_command', 'bench_scale_command', 'make_corpus_command', 'make_task_command',
+           'finetune_command', 'compare_command', 'crash_test_command', 'build_parser', 'parse_args', 'main']
 
 # %% ../nbs/17_cli.ipynb #41ec757a
 SPLITS = ('all', 'train', 'valid')  # the evaluation chapter's, named here without loading it (checked below)
@@ -113,6 +113,7 @@ def add_flags(p: argparse.ArgumentParser, func):
     "One argument of `p` per parameter of `func`, from its annotation, default and comment."
     docs, params = docments(func, full=True, returns=False, eval_str=True), inspect.signature(func).parameters
     for name, d in docs.items():
+        if params[name].kind is params[name].VAR_KEYWORD: continue  # `**settings`: flags of their own (finetune's)
         param, doc, opts = params[name], d.docment or '', _arg_options(name, d.anno)
         if param.kind is param.POSITIONAL_OR_KEYWORD:  # before `*`: positional (a list takes any number)
             if 'nargs' in opts: opts.update(nargs='*', default=param.default)
@@ -127,13 +128,16 @@ def add_flags(p: argparse.ArgumentParser, func):
             p.add_argument(flag, dest=name, required=required, default=default, help=_help(doc, default), **opts)
 
 # %% ../nbs/17_cli.ipynb #22b735ce
-def add_train_flags(p: argparse.ArgumentParser):
+def add_train_flags(p: argparse.ArgumentParser,
+                    only: tuple[str, ...] | None = None, # these settings only, and no --preset (default: every one)
+                    defaults: dict | None = None): # the defaults to show where they are not `TrainConfig`'s
     "One flag per `TrainConfig` field, documented by the field's comment, plus --preset and the precision toggles."
     presets = '; '.join(f"{k}: {', '.join(f'{a}={b}' for a, b in v.items()) or 'the defaults'}" for k, v in PRESETS.items())
-    p.add_argument('--preset', help=f'start from a named set of settings, overridden by any flag given. {presets}')
-    docs = docments(TrainConfig)
-    for f in fields(TrainConfig):
-        kind, help = _flag_type(f.type), _help(docs[f.name], f.default, switch_off=f.default is True)
+    if only is None: p.add_argument('--preset', help=f'start from a named set of settings, overridden by any flag given. {presets}')
+    docs, defaults = docments(TrainConfig), defaults or {}
+    for f in (f for f in fields(TrainConfig) if only is None or f.name in only):
+        default = defaults.get(f.name, f.default)
+        kind, help = _flag_type(f.type), _help(docs[f.name], default, switch_off=f.default is True)
         if f.name == 'model_config': help += f" [{', '.join(MODEL_CONFIGS)}]"
         names = [f'--{f.name}', *(['--config'] if f.name == 'model_config' else [])]  # --config: the short spelling
         if kind is bool and f.default:  # on by default: the flag turns it off
@@ -407,6 +411,41 @@ def make_task_command(name: typing.Literal[TASK_NAMES], # lookalike: real domain
           + ', '.join(f'{c} {counts[c]:,}' for c in sorted(counts)))
     return 0
 
+# %% ../nbs/17_cli.ipynb #91f35561
+SPLIT_BY = ('auto', 'column', 'group', 'hash')  # the tasks chapter's ways to split, named here without loading it
+FINETUNE_DEFAULTS = dict(  # the fine-tuning chapter's, likewise (checked below)
+    epochs=3, batch_size=32, learning_rate=5e-5, warmup_steps=0, eval_steps=100, save_steps=500,
+    logging_steps=10, output_dir='runs/finetune')
+FINETUNE_FLAGS = (  # the training settings that finetune takes (the masking and streaming ones are pre-training's)
+    'dataset_split', 'text_column', 'validation_fraction', 'model_name_or_path', 'model_config', 'dropout',
+    'attention', 'compile', 'epochs', 'max_steps', 'batch_size', 'gradient_accumulation_steps', 'learning_rate',
+    'warmup_steps', 'weight_decay', 'gradient_clip_val', 'early_stopping_patience', 'max_bad_steps', 'precision',
+    'device', 'output_dir', 'save_steps', 'save_total_limit', 'eval_steps', 'logging_steps', 'resume_from', 'seed',
+    'ddp_timeout', 'num_workers', 'use_wandb', 'wandb_project', 'wandb_run_name', 'tensorboard', 'length_bucketing')
+ARGUMENTS['test_fraction'] = Accepts(float, 0, 1, open_low=True, open_high=True)
+
+# %% ../nbs/17_cli.ipynb #d48881d8
+def finetune_command(*, task: str | None = None, # the labelled file: CSV, TSV, JSON lines, Parquet, a saved dataset folder or a hub id
+                     dataset: str | None = None, # the same as --task
+                     label_column: str | None = None, # column of the labels (default: label, labels, class, target or category)
+                     group_column: str | None = None, # rows of a group stay on one side (default: group, when present)
+                     split_column: str | None = None, # a given side per row: train, validation or test (default: split or side)
+                     split_by: typing.Literal[SPLIT_BY] = 'auto', # auto: the split column, else the groups, else a hash of the text
+                     test_fraction: float = 0.2, # share held out for the final test (hash and group splits)
+                     from_scratch: bool = False, # the same architecture with random weights: what pre-training adds
+                     freeze_encoder: bool = False, # train only the classification head on the encoder's fixed features
+                     **settings) -> int:
+    """Fine-tune a sequence classifier (a model or checkpoint's encoder and a new head) on a labelled file, with
+    training's checkpoints, exact resume and metrics; the final model is a plain transformers directory, and
+    test_results.json holds the test side's predictions. E.g. domain-canine make-task tld --output tld.csv; then
+    domain-canine finetune --task tld.csv --model_name_or_path runs/demo/final-model --output_dir runs/tld"""
+    if (task is None) == (dataset is None): raise ConfigError('give the labelled file once, with --task (or --dataset)')
+    from domain_canine.finetune import finetune, finetune_config
+    finetune(finetune_config(dataset=task or dataset, label_column=label_column, group_column=group_column,
+                             split_column=split_column, split_by=split_by, test_fraction=test_fraction,
+                             from_scratch=from_scratch, freeze_encoder=freeze_encoder, **settings))
+    return 0
+
 # %% ../nbs/17_cli.ipynb #0ea2fcec
 def compare_command(*, task: str, # a labelled file (CSV, TSV, JSON lines, Parquet), a saved dataset or hub id, or a built-in task: lookalike, tld
                     arms: list[str] = ARMS, # the classifiers: tfidf (character 1-4-gram TF-IDF, logistic regression) and/or majority
@@ -461,6 +500,7 @@ COMMANDS = {  # name: (the function it runs, its line in `domain-canine --help`)
     'make-corpus': (make_corpus_command, 'write a synthetic corpus for scale tests'),
     'make-task': (make_task_command, 'write a labelled task built from the bundled corpus: lookalike or tld'),
     'compare': (compare_command, 'judge classifiers on a labelled task over seeds: TF-IDF and majority baselines'),
+    'finetune': (finetune_command, 'fine-tune a sequence classifier on a labelled file (an encoder and a new head)'),
     'crash-test': (crash_test_command, 'kill a training run at random moments and check that resuming is exact'),
 }
 
@@ -474,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=inspect.getdoc(func))
         if func is train_command: add_train_flags(p)
         else: add_flags(p, func)
+        if func is finetune_command: add_train_flags(p, FINETUNE_FLAGS, FINETUNE_DEFAULTS)  # training's own settings
         p.set_defaults(func=func)
     return parser
 

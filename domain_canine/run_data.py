@@ -139,6 +139,7 @@ class RunData:
     steps_per_epoch: int | None = None      # None for a stream
     train_enc: EncodedDomains | None = None  # None for a stream
     run_batches: RunBatches | None = None
+    valid_batches: object | None = None  # the evaluation's batches, when the run brings its own (default: masked ones)
 
 # %% ../nbs/08_run_data.ipynb #f4d87ba5
 def _no_validation(c: TrainConfig, n_train: int, log):

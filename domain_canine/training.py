@@ -309,13 +309,14 @@ def flush(self: Trainer):
 @patch
 @torch.no_grad()
 def evaluate(self: Trainer) -> dict | None:
-    "Validation loss, perplexity and masked-character accuracy (None without a validation split)."
+    "Validation loss, perplexity and accuracy: of masked characters, or of the run's own `valid_batches` (a classifier's)."
     if len(self.eval_order) == 0: return None
     self.model.eval(); t0 = time.perf_counter()
     exact = torch.float32 if self.device.type == 'mps' else torch.float64  # counts of millions stay exact
     sums = torch.zeros(3, device=self.device, dtype=exact)  # loss sum, correct predictions, masked characters
-    batches = MaskedBatches(self.valid_enc, self.vocab, self.cfg.batch_size, self.cfg.seed, epoch=0, order=self.eval_order,
-                            **masking_options(self.cfg))
+    batches = self.valid_batches if self.valid_batches is not None else MaskedBatches(
+        self.valid_enc, self.vocab, self.cfg.batch_size, self.cfg.seed, epoch=0, order=self.eval_order,
+        **masking_options(self.cfg))
     with torch.compiler.set_stance('force_eager'):  # a compiled encoder runs eagerly here: no graphs to compile
         for i in range(self.topo.rank, len(batches), self.topo.world_size):  # data-parallel: each a share, then sum
             batch = self.on_device(batches[i])

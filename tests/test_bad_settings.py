@@ -97,6 +97,7 @@ def _command_cases():
         if func is train_command: continue
         params, hints = inspect.signature(func).parameters, typing.get_type_hints(func)
         for p in params.values():
+            if p.kind is p.VAR_KEYWORD: continue  # finetune's training settings: train's flags, walked with ACCEPTS
             anno = hints[p.name]
             if typing.get_origin(anno) in (typing.Union, type(int | None)): anno = typing.get_args(anno)[0]
             if typing.get_origin(anno) is list and typing.get_args(anno)[0] in (int, float):
@@ -109,7 +110,7 @@ def _arguments(command: str, target: inspect.Parameter, bad: list[str], tmp) -> 
     out, hints = [], typing.get_type_hints(COMMANDS[command][0])
     for p in inspect.signature(COMMANDS[command][0]).parameters.values():
         if p.name == target.name: out += bad; continue
-        if p.default is not p.empty: continue
+        if p.default is not p.empty or p.kind is p.VAR_KEYWORD: continue
         choices = typing.get_args(hints[p.name]) if typing.get_origin(hints[p.name]) is typing.Literal else ()
         value = choices[0] if choices else '3' if p.name in ARGUMENTS else str(tmp / f'{p.name}-place')  # never created
         out += [value] if p.kind is p.POSITIONAL_OR_KEYWORD else ['--' + p.name.rstrip('_'), value]

@@ -236,3 +236,20 @@ def test_a_two_process_streaming_run_resumes_where_each_process_stood(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     ends = [state(tmp_path / run / 'final-model')['stream_positions'] for run in ('resumed', 'full')]
     assert ends[0] == ends[1]
+
+def test_a_two_process_finetune_equals_one_process_with_the_same_global_batch(tmp_path):
+    "Fine-tuning runs on the same Trainer: a job of 2 processes gives the weights and losses of 1 with accumulation 2."
+    from transformers import CanineForSequenceClassification
+    from domain_canine.finetune import finetune, finetune_config
+    from domain_canine.tasks import write_task
+    path, _ = write_task('tld', tmp_path / 'tld.csv', limit=600)
+    flags = dict(model_config='tiny', max_steps=4, batch_size=16, dropout=0, learning_rate=3e-3, eval_steps=2,
+                 save_steps=2, logging_steps=1, device='cpu')
+    two = torchrun('finetune', '--task', path, *(f'--{k}={v}' for k, v in flags.items()), '--output_dir', tmp_path / 'two')
+    assert two.returncode == 0, two.stderr[-3000:]
+    finetune(finetune_config(dataset=str(path), gradient_accumulation_steps=2, output_dir=str(tmp_path / 'one'), **flags),
+             log=lambda *a: None)
+    a, b = (CanineForSequenceClassification.from_pretrained(tmp_path / r / 'final-model').state_dict() for r in ('two', 'one'))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert train_losses(tmp_path / 'two') == pytest.approx(train_losses(tmp_path / 'one'), abs=1e-5)
+    assert val_losses(tmp_path / 'two') == pytest.approx(val_losses(tmp_path / 'one'), abs=1e-5)

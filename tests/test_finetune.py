@@ -1,0 +1,147 @@
+"Fine-tuning: the saved classifier leaves the workbench, resume is exact, bad input is one line, the comparison's arms."
+import json, subprocess, sys, textwrap
+import pytest
+import torch
+from transformers import CanineForSequenceClassification, CanineModel
+from domain_canine.cli import main
+from domain_canine.callbacks import Callback
+from domain_canine.finetune import build_classifier, finetune, finetune_config
+from domain_canine.model import DomainCanineMLM, canine_config
+from domain_canine.tasks import write_task
+
+QUIET = dict(log=lambda *a, **k: None)
+
+@pytest.fixture(scope='module')
+def task(tmp_path_factory):
+    "The bundled tld task (a few hundred rows) and a tiny pre-trained model whose weights no random start shares."
+    d = tmp_path_factory.mktemp('finetune')
+    path, _ = write_task('tld', d / 'tld.csv', limit=600)
+    torch.manual_seed(0)
+    model = DomainCanineMLM(CanineModel(canine_config('tiny')))
+    with torch.no_grad():
+        for p in model.encoder.parameters(): p.mul_(1.5).add_(0.25)  # LayerNorm's ones and zeros too
+    model.save(d / 'pretrained')
+    return d, path, d / 'pretrained'
+
+def settings(task, out, **more) -> dict:
+    d, path, pretrained = task
+    return dict(dict(dataset=str(path), model_name_or_path=str(pretrained), output_dir=str(d / out), max_steps=12,
+                     batch_size=16, learning_rate=3e-3, eval_steps=4, save_steps=4, logging_steps=2, device='cpu'), **more)
+
+@pytest.fixture(scope='module')
+def reference(task):
+    "An uninterrupted run of 12 steps, through the command line (in process)."
+    s = settings(task, 'reference')
+    argv = ['finetune', '--task', s.pop('dataset')] + [f'--{k}={v}' for k, v in s.items()]
+    assert main(argv) == 0
+    return task[0] / 'reference'
+
+def encoder_of(path) -> dict:
+    return CanineForSequenceClassification.from_pretrained(path).canine.state_dict()
+
+def train_losses(run) -> dict:
+    lines = [json.loads(l) for l in (run / 'metrics.jsonl').read_text().splitlines()]
+    return {m['step']: (m['loss'] if m['type'] == 'train' else m['val_loss']) for m in lines}
+
+LOAD_WITH_TRANSFORMERS_ONLY = '''
+import json, sys
+from transformers import CanineForSequenceClassification, pipeline
+model = CanineForSequenceClassification.from_pretrained(sys.argv[1])
+out = pipeline('text-classification', model=sys.argv[1], device='cpu')(['example', 'shop-online'], top_k=None)
+assert not [m for m in sys.modules if m.startswith('domain_canine')]
+print(json.dumps(dict(id2label=model.config.id2label, out=out)))
+'''
+
+def test_the_saved_classifier_predicts_through_transformers_alone(reference):
+    r = subprocess.run([sys.executable, '-c', textwrap.dedent(LOAD_WITH_TRANSFORMERS_ONLY), str(reference / 'final-model')],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    classes = json.loads((reference / 'test_results.json').read_text())['classes']
+    assert list(got['id2label'].values()) == classes == ['com', 'de', 'net', 'org', 'xyz']
+    for scores in got['out']:
+        assert sorted(s['label'] for s in scores) == classes
+        assert abs(sum(s['score'] for s in scores) - 1) < 1e-5
+
+def test_the_run_writes_evaluations_and_test_results(reference):
+    evals = [json.loads(l) for l in (reference / 'metrics.jsonl').read_text().splitlines() if '"eval"' in l]
+    assert [m['step'] for m in evals] == [4, 8, 12] and all(0 <= m['val_accuracy'] <= 1 for m in evals)
+    r = json.loads((reference / 'test_results.json').read_text())
+    assert r['test_rows'] == len(r['texts']) == len(r['labels']) == len(r['probabilities']) > 0
+    assert 0 <= r['test_accuracy'] <= 1 and all(abs(sum(p) - 1) < 1e-4 for p in r['probabilities'])
+    assert json.loads((reference / 'task.json').read_text())['report']['split_by'] == 'hash'
+
+class StopAt(Callback):
+    "Stops the run after step `n` as a signal would (a checkpoint of that step, no final model)."
+    def __init__(self, n): self.n = n
+    def on_step(self, trainer):
+        if trainer.state.step == self.n: trainer.interrupted, trainer.stop = 'a test', True
+
+def test_a_stopped_and_resumed_run_is_bit_for_bit_the_uninterrupted_one(task, reference):
+    s = settings(task, 'stopped')
+    stopped = finetune(finetune_config(**s), [StopAt(6)], **QUIET)
+    assert stopped.name == 'checkpoint-step-6' and not (stopped.parent / 'final-model').exists()
+    final = finetune(finetune_config(**s, resume_from='latest'), **QUIET)
+    a, b = (CanineForSequenceClassification.from_pretrained(p).state_dict() for p in (reference / 'final-model', final))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert train_losses(reference) == train_losses(stopped.parent)
+    assert (json.loads((reference / 'test_results.json').read_text())['probabilities']
+            == json.loads((stopped.parent / 'test_results.json').read_text())['probabilities'])
+
+def bad_file(folder, name, rows) -> str:
+    (folder / name).write_text('\n'.join(rows) + '\n')
+    return str(folder / name)
+
+def test_bad_input_is_one_line(task, tmp_path, capsys):
+    d, path, pretrained = task
+    domains = ['example.com', 'shop.net', 'news.org', 'mail.de', 'bank.com', 'cars.net']
+    files = dict(
+        no_label=(bad_file(tmp_path, 'a.csv', ['domain', *domains]), [], 'label'),
+        unknown_label=(str(path), ['--label_column', 'nope'], 'nope'),
+        one_class=(bad_file(tmp_path, 'b.csv', ['domain,label', *(f'{x},a' for x in domains)]), [], 'single class'),
+        single_example=(bad_file(tmp_path, 'c.csv', ['domain,label', *(f'{x},a' for x in domains[:-1]),
+                                                     f'{domains[-1]},b']), [], 'single example'),
+        mixed=(bad_file(tmp_path, 'd.csv', ['domain,label', *(f'{x},{l}' for x, l in zip(domains, 'a1a1a1'))]),
+               [], 'mix numbers and strings'),
+        bad_model=(str(path), ['--model_name_or_path', str(tmp_path / 'nowhere')], 'nowhere'),
+        no_validation=(bad_file(tmp_path, 'e.csv', ['domain,label,split', *(f'{x},{l},{s}' for x, l, s in
+                                                    zip(domains, 'ababab', ['train'] * 4 + ['test'] * 2))]),
+                       ['--early_stopping_patience', '2', '--model_config', 'tiny', '--batch_size', '2'],
+                       'validation split is empty'))
+    for name, (file, extra, words) in files.items():
+        code = run_main(['finetune', '--task', file, '--output_dir', str(tmp_path / name), '--device', 'cpu', *extra])
+        err = capsys.readouterr().err
+        assert code in (1, 2) and err.startswith('domain-canine: error: ') and words in err, (name, err)
+        assert len(err.strip().splitlines()) == 1, (name, err)
+
+def test_bad_settings_are_refused_at_the_door(tmp_path, capsys):
+    for argv in (['--output_dir', str(tmp_path)], ['--task', 'x.csv', '--output_dir', str(tmp_path), '--split_by', 'rows'],
+                 ['--task', 'x.csv', '--output_dir', str(tmp_path), '--test_fraction', '1'],
+                 ['--task', 'x.csv', '--output_dir', str(tmp_path), '--model_config', 'tiny', '--model_name_or_path', 'm']):
+        code = run_main(['finetune', *argv])
+        err = capsys.readouterr().err
+        assert code in (1, 2) and err.startswith('domain-canine') and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / 'x.csv').exists() and not list(tmp_path.iterdir())  # nothing written
+
+def run_main(argv) -> int:
+    "The exit status of the command: main's for a user error, argparse's for a flag it refuses."
+    try: return main(argv)
+    except SystemExit as e: return e.code
+
+def test_freeze_encoder_trains_only_the_head(task, reference):
+    frozen = finetune(finetune_config(**settings(task, 'frozen', freeze_encoder=True, max_steps=4, save_steps=2)), **QUIET)
+    pretrained = DomainCanineMLM.load(task[2]).encoder.state_dict()
+    assert all(torch.equal(v, pretrained[k]) for k, v in encoder_of(frozen).items())
+    tuned = encoder_of(reference / 'final-model')  # without the switch the encoder does train: the check can fail
+    assert not all(torch.equal(v, pretrained[k]) for k, v in tuned.items())
+    head = lambda p: CanineForSequenceClassification.from_pretrained(p).classifier.weight
+    assert not torch.equal(head(frozen), head(frozen.parent / 'checkpoint-step-2'))  # the head does train
+
+def test_from_scratch_loads_none_of_the_pretrained_weights(task):
+    pretrained = DomainCanineMLM.load(task[2]).encoder.state_dict()
+    classes = ['com', 'de']
+    loaded = build_classifier(finetune_config(**settings(task, 'x')), classes).encoder.state_dict()
+    scratch = build_classifier(finetune_config(**settings(task, 'x', from_scratch=True)), classes).encoder.state_dict()
+    assert all(torch.equal(v, pretrained[k]) for k, v in loaded.items())
+    assert not any(torch.equal(v, pretrained[k]) for k, v in scratch.items())
+    assert {k: v.shape for k, v in scratch.items()} == {k: v.shape for k, v in pretrained.items()}
