@@ -16,7 +16,7 @@ from transformers import CanineModel
 from .data import EncodedDomains, load_corpus, prepare_corpus
 from .masking import CharVocab, MaskedBatches, MASK, CLS, SEP, PAD, padding_fraction, padded_length
 from .model import DomainCanineMLM, canine_config, mlm_head, use_sdpa
-from .core import ConfigError, pick_device, pick_precision, write_atomic
+from .core import ConfigError, WriteError, pick_device, pick_precision, write_atomic
 from .config import resolve_config
 from .callbacks import Callback
 from .distributed import shutdown_distributed
@@ -744,8 +744,10 @@ def device_check_main(argv: list[str] | None = None, started: float | None = Non
     if a.dry_run:
         skip.update(compiled='dry run: minutes of compiling on a CPU', cuda_graphs='dry run: no CUDA graphs on a CPU')
     path = a.out or (Path(os.environ['OUT']) / 'device_check.json' if os.environ.get('OUT') else None)
-    with contextlib.redirect_stdout(sys.stderr):  # what a phase prints (a run's log) is not the result
-        out = run_phases(check.phases(), check.start(), path, started, a.deadline_s, skip)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # what a phase prints (a run's log) is not the result
+            out = run_phases(check.phases(), check.start(), path, started, a.deadline_s, skip)
+    except WriteError as e: print(f'device check: {e}', file=sys.stderr); return 1  # the JSON cannot be kept
     print(json.dumps(out))
     failed = [f"{k} ({v['error']})" for k, v in out['phases'].items() if v['status'] == 'error']
     if failed: print(f"device check: {len(failed)} phase(s) failed: {'; '.join(failed)}", file=sys.stderr)
