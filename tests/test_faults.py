@@ -34,7 +34,7 @@ def test_disk_full_during_checkpoint_stops_cleanly_and_keeps_earlier_ones(tmp_pa
         return real_save(obj, path, *a, **kw)
     monkeypatch.setattr(checkpoint_module.torch, 'save', failing_save)
     with pytest.raises(CheckpointError, match='could not write checkpoint .*: no space left on the device'):
-        Trainer.from_config(tiny(tmp_path), **QUIET).fit()
+        Trainer.from_config(tiny(tmp_path, save_total_limit=2), **QUIET).fit()  # step 12, whole, would remove step 4
     monkeypatch.undo()
     for name in ('checkpoint-step-4', 'checkpoint-step-8'):
         assert verify_checkpoint(tmp_path / name) is None
