@@ -131,7 +131,7 @@ def _checkpoints_kept(cfg: TrainConfig, out: Path, epochs: int = 0) -> int:
 
 def check_disk(cfg: TrainConfig, # the run's settings
                epochs: int | None = None): # None: before preparation (the corpus counted); else the epochs it runs
-    "`--output_dir` and the cache writable, stale temporaries swept, and room for the corpus and the checkpoints."
+    "`--output_dir`, the loggers' folders, the cache: writable, stale temporaries swept, room for the run."
     out, cache = Path(cfg.output_dir), Path(cfg.cache_dir or default_cache_dir())
     cache_name = '--cache_dir' if cfg.cache_dir else 'the corpus cache'
     size, n = checkpoint_bytes(cfg) or 0, _checkpoints_kept(cfg, out, epochs or 0)
@@ -139,6 +139,9 @@ def check_disk(cfg: TrainConfig, # the run's settings
     if epochs is not None:  # the corpus is prepared: the checkpoints, now with one per epoch
         return check_folder(out, '--output_dir', n * size, f'{ckpts}, {epochs} of them at epoch ends')
     check_folder(out, '--output_dir'); sweep_checkpoints(out)
+    for name, what, on in (('tensorboard', 'the TensorBoard folder', cfg.tensorboard),
+                           ('wandb', 'the W&B folder', cfg.use_wandb)):  # the loggers write below --output_dir
+        if on: check_folder(out / name, what)
     check_folder(cache, cache_name); sweep_corpora(cache)
     prep = 0 if cfg.streaming else preparation_need(cfg.dataset, cfg.num_samples, cfg.validation_fraction,
                                                     cfg.max_length, cache)

@@ -4,9 +4,10 @@ One small run is trained once (its final model is the checkpoint every case copi
 file of a fresh copy and runs one command in-process: one line naming the file, exit 1, no traceback. Two run
 through the real entry point. A directory without `checkpoint.json` still loads, saying once that it cannot
 be verified."""
-import json, shutil
+import json, os, shutil
 from pathlib import Path
 import pytest
+import torch
 from transformers import CanineModel
 from conftest import cli
 from domain_canine.cli import main
@@ -190,3 +191,19 @@ def test_without_the_marker_a_damaged_file_still_fails_in_one_line(path, unseale
     note, error = err.strip().splitlines()
     assert note == f'note: {model} has no {MARKER}; its files cannot be verified', err
     assert error.startswith(f'domain-canine: error: cannot load the model in {model}: '), err
+
+class Payload:
+    "Unpickled, it would make a folder: proof that a load ran code from the file."
+    def __init__(self, marker): self.marker = marker
+    def __reduce__(self): return (os.mkdir, (str(self.marker),))
+
+def test_a_pickle_that_would_run_code_is_refused_not_run(tmp_path, capsys):
+    from domain_canine.model import ORIGINAL_STATE, write_original_checkpoint
+    source = write_original_checkpoint(tmp_path / 'original')  # the one format that holds a pickle: no checksums
+    torch.save({'args': Payload(tmp_path / 'ran')}, source / ORIGINAL_STATE)
+    assert main(['predict', '--model_path', str(source), 'example.c?m']) == 1
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f'domain-canine: error: cannot read {source}/{ORIGINAL_STATE} safely') and \
+        'Traceback' not in err, err
+    assert not (tmp_path / 'ran').exists()

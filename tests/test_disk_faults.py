@@ -1,7 +1,7 @@
 """Disks and files as they fail: every write path × every fault kind is one line naming the path and the reason, leaves no
 temporary file and loses no earlier checkpoint or prepared corpus. Faults are injected (runs everywhere); a small
 tmpfs, where the machine lets us mount one, checks the real command end to end."""
-import errno, gzip, json, os, shutil, subprocess, time
+import contextlib, errno, gzip, io, json, os, shutil, subprocess, sys, time
 from pathlib import Path
 import numpy as np
 import pytest
@@ -116,20 +116,20 @@ def make_corpus_case(tmp_path, monkeypatch, code):
     assert len((tmp_path / 'c.txt').read_text().splitlines()) == 20
     return str(e.value), tmp_path
 
-def logger_case(tmp_path, monkeypatch, code, which):
+def logger_case(tmp_path, monkeypatch, fault, which):
     "TensorBoard's event file or the W&B run: the logger's write fails after its first line."
     from types import SimpleNamespace
     from domain_canine.config import resolve_config
     trainer = SimpleNamespace(cfg=resolve_config('tiny', output_dir=str(tmp_path)), state=TrainState())
-    if which == 'wandb':
-        import wandb
-        monkeypatch.setattr(wandb, 'init', lambda **k: SimpleNamespace(log=raiser(os_error(code)), finish=lambda: None))
+    if which == 'wandb':  # a stand-in module: runs where wandb is not installed
+        run = SimpleNamespace(log=raiser(fault), finish=lambda: None)
+        monkeypatch.setitem(sys.modules, 'wandb', SimpleNamespace(init=lambda **k: run))
         logger = callbacks_module.WandbLogger()
     else: logger = callbacks_module.TensorBoardLogger()
     logger.on_train_start(trainer)
     if which == 'tensorboard':
         logger.on_log(trainer, dict(step=1, loss=1.0))
-        monkeypatch.setattr(logger.writer, 'flush', raiser(os_error(code)))
+        monkeypatch.setattr(logger.writer, 'flush', raiser(fault))
     with pytest.raises(WriteError) as e: logger.on_log(trainer, dict(step=2, loss=0.5))
     monkeypatch.undo()
     if which == 'tensorboard': logger.on_train_end(trainer)
@@ -144,15 +144,33 @@ def import_original_case(tmp_path, monkeypatch, code):
     assert not (tmp_path / 'imported').exists()
     return str(e.value), tmp_path
 
+def device_check_case(tmp_path, monkeypatch, code):
+    "The device check's JSON: replaced after each phase; a failure is its one line, the earlier file kept."
+    from domain_canine.bench import DeviceCheck, device_check_main
+    target = tmp_path / 'device_check.json'
+    target.write_text('earlier\n')
+    monkeypatch.setattr(torch, 'set_num_threads', lambda n: None)  # the dry run's one thread: not for later tests
+    every = ','.join(p.name for p in DeviceCheck(True).phases())
+    monkeypatch.setattr(os, 'replace', raiser(os_error(code)))
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        assert device_check_main(['--dry_run', '--skip', every, '--out', str(target)]) == 1
+    monkeypatch.undo()
+    assert target.read_text() == 'earlier\n'
+    lines = err.getvalue().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('device check: '), lines
+    return lines[0][len('device check: '):], tmp_path
+
 PATHS = ['make-corpus', 'corpus-files', 'corpus-arrays', 'run.json', 'metrics.jsonl-rewrite', 'metrics.jsonl-append', 'probes.jsonl',
-         'embeddings.npy', 'embeddings.parquet', 'checkpoint', 'tensorboard', 'wandb', 'import-original']
+         'embeddings.npy', 'embeddings.parquet', 'checkpoint', 'tensorboard', 'wandb', 'import-original',
+         'device_check.json']
 
 def run_case(path, code, tmp_path, monkeypatch, model):
     if path == 'make-corpus': return make_corpus_case(tmp_path, monkeypatch, code)
     if path.startswith('corpus'): return corpus_case(tmp_path, monkeypatch, code, path.split('-')[1])
     if path == 'checkpoint': return checkpoint_case(tmp_path, monkeypatch, model, os_error(code))
-    if path in ('tensorboard', 'wandb'): return logger_case(tmp_path, monkeypatch, code, path)
+    if path in ('tensorboard', 'wandb'): return logger_case(tmp_path, monkeypatch, os_error(code), path)
     if path == 'import-original': return import_original_case(tmp_path, monkeypatch, code)
+    if path == 'device_check.json': return device_check_case(tmp_path, monkeypatch, code)
     if path == 'metrics.jsonl-append': return metrics_append_case(tmp_path, monkeypatch, code)
     if path.startswith('embeddings'): return embeddings_case(tmp_path, monkeypatch, code, path[len('embeddings'):])
     return atomic_case(tmp_path, monkeypatch, code, path.split('-')[0])
@@ -177,6 +195,18 @@ def test_a_library_write_error_is_one_line(library, tmp_path, monkeypatch, model
     assert message.startswith(f'could not write checkpoint {tmp_path}/checkpoint-step-8: {expected}'), message
     assert '\n' not in message and hidden_leftovers(folder) == []
 
+class LoggerLibraryError(Exception):
+    "A logger library's own error, as W&B's and TensorBoard's are: no errno to read."
+
+@pytest.mark.parametrize('which', ['tensorboard', 'wandb'])
+def test_a_logger_library_error_is_one_line(which, tmp_path, monkeypatch):
+    fault = LoggerLibraryError('the run file could not be written')
+    message, folder = logger_case(tmp_path, monkeypatch, fault, which)
+    what = 'TensorBoard events' if which == 'tensorboard' else 'the W&B run'
+    assert message == f'could not write {what} {tmp_path}/{which}: LoggerLibraryError: the run file could not be ' \
+                      'written', message
+    assert hidden_leftovers(folder) == []
+
 # --- the command: checked at start, and the I/O errors of inputs ------------------------------------------------
 
 TINY = ['train', '--preset', 'tiny', '--num_samples', '300', '--max_steps', '4', '--save_steps', '2', '--eval_steps', '2']
@@ -192,11 +222,21 @@ def truncated_gz(path: Path, lines: int) -> Path:
     path.write_bytes(whole[:len(whole) * 3 // 4])
     return path
 
+def file_at(path: Path) -> Path:
+    "An empty file at `path` (its folders made): where a folder should be."
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('')
+    return path
+
 START_CASES = {  # what a run meets before it prepares anything, and (for the large .gz) while preparing
     'output_dir-under-a-file': (lambda t: ['--output_dir', str(t / 'a-file' / 'run')],
                                 'cannot write to --output_dir {t}/a-file/run: a part of the path is a file, not a folder'),
     'cache_dir-a-file': (lambda t: ['--output_dir', str(t / 'run'), '--cache_dir', str(t / 'a-file')],
                          'cannot write to --cache_dir {t}/a-file: it is a file, not a folder'),
+    'tensorboard-a-file': (lambda t: ['--output_dir', str(file_at(t / 'run' / 'tensorboard').parent), '--tensorboard'],
+                           'cannot write to the TensorBoard folder {t}/run/tensorboard: it is a file, not a folder'),
+    'wandb-a-file': (lambda t: ['--output_dir', str(file_at(t / 'run' / 'wandb').parent), '--use_wandb'],
+                     'cannot write to the W&B folder {t}/run/wandb: it is a file, not a folder'),
     'truncated-gz-small': (lambda t: ['--output_dir', str(t / 'run'), '--dataset', str(truncated_gz(t / 's.txt.gz', 2000))],
                            '{t}/s.txt.gz is truncated or damaged'),
     'truncated-gz-large': (lambda t: ['--output_dir', str(t / 'run'), '--dataset', str(truncated_gz(t / 'l.txt.gz', 300_000)),
@@ -215,6 +255,38 @@ def test_a_run_that_stops_at_its_data_leaves_no_output_folder(tmp_path, capsys):
     line = one_line_error(capsys, TINY + ['--output_dir', str(tmp_path / 'runs' / 'run'),
                                           '--dataset', str(tmp_path / 'missing.txt')])
     assert 'missing.txt' in line and not (tmp_path / 'runs').exists(), line
+
+def test_the_start_sweeps_what_killed_runs_left(tmp_path, model):
+    "What the README lists, each as a kill leaves it; one start check removes them and puts the set-aside checkpoint back."
+    from domain_canine.config import resolve_config
+    from domain_canine.training import check_disk
+    out, corpora = tmp_path / 'run', tmp_path / 'cache' / 'corpora'
+    save_checkpoint(out / '.old-best-model', model, None, TrainState(step=4), {})  # set aside mid-rename
+    (out / '.tmp-checkpoint-step-8').mkdir()  # a checkpoint being written
+    (out / '.metrics.jsonl.tmp-123').write_text('{"step": ')  # a file being replaced
+    (corpora / 'sample-300.tmp-123').mkdir(parents=True)  # a preparation being built
+    check_disk(resolve_config('tiny', output_dir=str(out), cache_dir=str(tmp_path / 'cache')))
+    assert [p.name for p in out.iterdir()] == ['best-model'] and verify_checkpoint(out / 'best-model') is None
+    assert not list(corpora.glob('*.tmp-*'))
+
+def test_a_failing_logger_stops_the_run_in_one_line(tmp_path, capsys, monkeypatch):
+    pytest.importorskip('tensorboard')
+    from torch.utils.tensorboard import SummaryWriter
+    monkeypatch.setattr(SummaryWriter, 'flush', raiser(os_error(errno.ENOSPC)))
+    assert main(TINY + ['--output_dir', str(tmp_path / 'run'), '--tensorboard', '--logging_steps', '1']) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (f'domain-canine: error: could not write TensorBoard events '
+                                            f'{tmp_path}/run/tensorboard: no space left on the device') and \
+        'Traceback' not in err, err
+    assert not (tmp_path / 'run' / 'final-model').exists()
+
+def test_import_original_refuses_a_target_that_is_not_empty(tmp_path, capsys):
+    source = model_module.write_original_checkpoint(tmp_path / 'original')
+    (tmp_path / 'taken').mkdir()
+    (tmp_path / 'taken' / 'notes.txt').write_text('mine')
+    line = one_line_error(capsys, ['import-original', str(source), str(tmp_path / 'taken')])
+    assert line == f'domain-canine: error: {tmp_path}/taken already exists: give a new folder for the imported model'
+    assert [p.name for p in (tmp_path / 'taken').iterdir()] == ['notes.txt'] and hidden_leftovers(tmp_path) == []
 
 def test_epoch_checkpoints_are_counted_once_the_epochs_are_known(tmp_path, capsys, monkeypatch):
     import domain_canine.training as training_module

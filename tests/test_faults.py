@@ -1,13 +1,13 @@
 "Fault tolerance: kill -9, full disks, NaN losses, corrupt checkpoints, interrupts and failing streams."
-import errno, json, signal, subprocess, sys, time
+import errno, json, os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 import torch
 from conftest import cli, ROOT
 import domain_canine.checkpoint as checkpoint_module
 import domain_canine.run_data as run_data_module
-from domain_canine.checkpoint import (CheckpointError, TrainState, load_checkpoint, save_checkpoint, sweep_checkpoints,
-                                      verify_checkpoint)
+from domain_canine.checkpoint import (MARKER, CheckpointError, TrainState, latest_checkpoint, load_checkpoint,
+                                      save_checkpoint, sweep_checkpoints, verify_checkpoint)
 from domain_canine.crash_test import crash_test, final_state, training_command
 from domain_canine.data import DataError, SAMPLE_CORPUS, open_source
 from domain_canine.model import DomainCanineMLM, build_model
@@ -34,7 +34,7 @@ def test_disk_full_during_checkpoint_stops_cleanly_and_keeps_earlier_ones(tmp_pa
         return real_save(obj, path, *a, **kw)
     monkeypatch.setattr(checkpoint_module.torch, 'save', failing_save)
     with pytest.raises(CheckpointError, match='could not write checkpoint .*: no space left on the device'):
-        Trainer.from_config(tiny(tmp_path), **QUIET).fit()
+        Trainer.from_config(tiny(tmp_path, save_total_limit=2), **QUIET).fit()  # step 12, whole, would remove step 4
     monkeypatch.undo()
     for name in ('checkpoint-step-4', 'checkpoint-step-8'):
         assert verify_checkpoint(tmp_path / name) is None
@@ -101,6 +101,31 @@ def test_sigterm_writes_a_checkpoint_and_resume_is_exact(tmp_path):
     assert subprocess.run(training_command(run, 120), capture_output=True).returncode == 0
     (a, la), (b, lb) = final_state(tmp_path / 'reference'), final_state(run)
     assert all(torch.equal(a[k], b[k]) for k in a) and la == lb
+
+class SignalAt(Callback):
+    "Sends this process `sig` after step `k`, as Ctrl-C (SIGINT) would."
+    def __init__(self, k, sig): self.k, self.sig = k, sig
+    def on_step(self, trainer):
+        if trainer.state.step == self.k: os.kill(os.getpid(), self.sig)
+
+def test_ctrl_c_finishes_the_step_and_writes_its_checkpoint(tmp_path):
+    said = []
+    t = Trainer.from_config(tiny(tmp_path, save_steps=100), [SignalAt(3, signal.SIGINT)],
+                            log=lambda *a, **k: said.append(' '.join(map(str, a))))
+    t.fit()  # no KeyboardInterrupt: the step ends, its checkpoint is written
+    assert 3 <= t.state.step < 12 and any('SIGINT' in s for s in said), said
+    assert verify_checkpoint(tmp_path / f'checkpoint-step-{t.state.step}') is None
+    assert not (tmp_path / 'final-model').exists()
+
+def test_latest_skips_and_reports_incomplete_and_corrupt_checkpoints(tmp_path):
+    model = build_model(None, 'tiny')
+    for step in (4, 8, 12): save_checkpoint(tmp_path / f'checkpoint-step-{step}', model, None, TrainState(step=step), {})
+    (tmp_path / 'checkpoint-step-12' / MARKER).unlink()  # killed before its list of checksums was written
+    with open(tmp_path / 'checkpoint-step-8' / 'model.safetensors', 'r+b') as f: f.truncate(100)  # damaged since
+    said = []
+    assert latest_checkpoint(tmp_path, said.append) == tmp_path / 'checkpoint-step-4'
+    assert len(said) == 2 and all(s.startswith('skipping ') for s in said), said
+    assert any('checkpoint-step-12' in s for s in said) and any('checkpoint-step-8' in s for s in said), said
 
 class FlakySource:
     "A source whose batches raise ConnectionError after `after` chunks of 50 lines, on the openings `fails(n)` picks."
