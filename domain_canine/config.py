@@ -212,11 +212,14 @@ def _contradictions(c: TrainConfig) -> list[tuple[bool, str]]:
     ]
 
 # %% ../nbs/07_config.ipynb #2dc38565
-def check_config(cfg: TrainConfig) -> TrainConfig:
+def check_config(cfg: TrainConfig, # or a subclass of it, with its own fields
+                 accepts: dict | None = None, # what each field accepts (default: `ACCEPTS`, training's)
+                ) -> TrainConfig:
     "`cfg` if each setting is one its declaration accepts and none contradicts another; `ConfigError` otherwise."
+    accepts = accepts or ACCEPTS
     for f in fields(cfg):
         value = getattr(cfg, f.name)
-        if value is not None or 'None' not in str(f.type): ACCEPTS[f.name].check(f.name, value)
+        if value is not None or 'None' not in str(f.type): accepts[f.name].check(f.name, value)
     for broken, why in _contradictions(cfg):
         if broken: raise ConfigError(why)
     return cfg

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import copy, functools, json, random, tempfile
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from torch import nn
 from transformers import CanineConfig, CanineForSequenceClassification, CanineTokenizer
 from transformers.utils import logging as hf_logging
 from .core import ConfigError, check_folder, pick_device, write_atomic, writing
-from .config import ACCEPTS, Accepts, TrainConfig, _contradictions
+from .config import ACCEPTS, Accepts, TrainConfig, check_config
 from .data import DataError, EncodedDomains, count_summary
 from .masking import CharVocab, EpochOrder, PAD, evaluation_order, pad_batch, padded_length
 from .model import ModelError, build_model, canine_config, note_unverified, use_sdpa, verify_model_dir
@@ -57,12 +57,8 @@ FINETUNE_DEFAULTS = dict(  # fine-tuning wants a short run: a few epochs, no lon
 
 # %% ../nbs/13d_finetune.ipynb #95781026
 def check_finetune_config(cfg: FinetuneConfig) -> FinetuneConfig:
-    "`cfg` if each setting is one its declaration accepts and none contradicts another; `ConfigError` otherwise."
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        if value is not None or 'None' not in str(f.type): FINETUNE_ACCEPTS[f.name].check(f.name, value)
-    for broken, why in _contradictions(cfg):
-        if broken: raise ConfigError(why)
+    "`cfg` if training's checks and the task's declarations accept it, and it reads its file whole; else `ConfigError`."
+    check_config(cfg, FINETUNE_ACCEPTS)
     if cfg.streaming: raise ConfigError('fine-tuning reads its labelled file whole: --streaming is for pre-training')
     return cfg
 
