@@ -103,9 +103,11 @@ def load_task(cfg: FinetuneConfig,
     max_positions = max_positions or source_config(cfg).max_position_embeddings
     fits = np.array([padded_length(len(t)) <= max_positions for t in data.texts])
     rejected = data.rejected + Counter(too_long=int((~fits).sum()))
-    keep = lambda side: np.flatnonzero((sides == side) & fits)
-    parts = {s: TaskSide([data.texts[i] for i in keep(s)], EncodedDomains.from_strings([data.texts[i] for i in keep(s)]),
-                         data.labels[keep(s)]) for s in SIDES}
+    def side(name: str) -> TaskSide:  # the rows of one side that fit
+        rows = np.flatnonzero((sides == name) & fits)
+        texts = [data.texts[i] for i in rows]
+        return TaskSide(texts, EncodedDomains.from_strings(texts), data.labels[rows])
+    parts = {s: side(s) for s in SIDES}
     if len(parts['train'].texts) == 0: raise DataError(f'{cfg.dataset} has no training rows after the split')
     report = split_report(data, np.where(fits, sides, 'rejected'), by)
     longest = max(len(t) for t, ok in zip(data.texts, fits) if ok)
