@@ -10,8 +10,8 @@ from pathlib import Path
 
 
 # %% auto #0
-__all__ = ['MODEL_CONFIGS', 'CANINE_MAX_POSITIONS', 'ConfigError', 'WriteError', 'free_space', 'format_bytes', 'write_reason',
-           'remove_path', 'writing', 'write_atomic', 'sweep_temporaries', 'nearest_folder', 'check_folder',
+__all__ = ['MODEL_CONFIGS', 'CANINE_MAX_POSITIONS', 'ConfigError', 'WriteError', 'nearest_folder', 'free_space', 'format_bytes',
+           'write_reason', 'remove_path', 'writing', 'write_atomic', 'sweep_temporaries', 'check_folder',
            'max_positions', 'pick_device', 'pick_precision']
 
 # %% ../nbs/00_core.ipynb #4399dc1c
@@ -27,11 +27,15 @@ _REASONS = {errno.ENOSPC: 'no space left on the device', errno.EDQUOT: 'the disk
             errno.EPERM: 'permission denied', errno.ENOTDIR: 'a part of the path is a file, not a folder',
             errno.EEXIST: 'a file is in the way', errno.EISDIR: 'it is a folder'}
 
+def nearest_folder(path) -> Path:
+    "`path` if it exists, else the closest existing path above it: where `path` would be created."
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent: path = path.parent
+    return path
+
 def free_space(path) -> int:
     "Bytes free on the device of `path`, or of its nearest existing parent."
-    p = Path(path).absolute()
-    while not p.exists() and p != p.parent: p = p.parent
-    return shutil.disk_usage(p).free
+    return shutil.disk_usage(nearest_folder(path)).free
 
 def format_bytes(n: float) -> str:
     "A size in binary units, as `df -h` shows it: '3.0 MiB'."
@@ -97,12 +101,6 @@ def sweep_temporaries(folder, patterns=('.*.tmp-*',)) -> list[Path]:
     return found
 
 # %% ../nbs/00_core.ipynb #b99db64f
-def nearest_folder(path) -> Path:
-    "`path` if it exists, else the closest existing path above it: where `path` would be created."
-    path = Path(path).absolute()
-    while not path.exists() and path != path.parent: path = path.parent
-    return path
-
 def check_folder(folder, what: str, # e.g. '--output_dir', as the message names it
                  need: int = 0, # bytes the job will write there
                  needed_for: str = 'the run'): # what needs them, for the message
