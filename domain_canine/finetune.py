@@ -4,7 +4,7 @@
 
 # %% ../nbs/13d_finetune.ipynb #86ef72a0
 from __future__ import annotations
-import copy, functools, json, random, tempfile
+import copy, functools, json, tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,23 +15,23 @@ from fastcore.basics import patch
 from torch import nn
 from transformers import CanineConfig, CanineForSequenceClassification, CanineTokenizer
 from transformers.utils import logging as hf_logging
-from .core import ConfigError, check_folder, pick_device, write_atomic, writing
+from .core import ConfigError, check_folder, write_atomic, writing
 from .config import ACCEPTS, Accepts, TrainConfig, check_config
 from .data import DataError, EncodedDomains, count_summary
 from .masking import CharVocab, EpochOrder, PAD, evaluation_order, pad_batch, padded_length
 from .model import ModelError, build_model, canine_config, note_unverified, use_sdpa, verify_model_dir
 from .checkpoint import sweep_checkpoints
-from .distributed import init_distributed, shutdown_distributed, topology_from_env
+from .distributed import shutdown_distributed
 from .run_data import RunData, _no_validation
-from .training import Trainer, set_dropout
+from .training import Trainer, join_job, set_dropout
 from .tasks import SIDES, SPLIT_BY, read_labelled, split_report, split_sides
 
 # %% auto #0
 __all__ = ['FINETUNE_ACCEPTS', 'FINETUNE_DEFAULTS', 'FinetuneConfig', 'check_finetune_config', 'finetune_config', 'TaskSide',
            'LabelledTask', 'load_task', 'LabelledBatches', 'LabelledRunBatches', 'task_run_data', 'ClassifierOutput',
            'DomainCanineClassifier', 'tokenizer_files', 'is_classifier_dir', 'source_config',
-           'pretrained_encoder_state', 'classifier_config', 'build_classifier', 'finetune_trainer', 'predict_side',
-           'test_results', 'finetune']
+           'pretrained_encoder_state', 'classifier_config', 'build_classifier', 'check_output_dir', 'finetune_trainer',
+           'predict_side', 'test_results', 'finetune']
 
 # %% ../nbs/13d_finetune.ipynb #9a1662ff
 @dataclass
@@ -260,17 +260,14 @@ def build_classifier(cfg: FinetuneConfig, classes: list[str]) -> DomainCanineCla
     return use_sdpa(model, cfg.attention == 'sdpa')
 
 # %% ../nbs/13d_finetune.ipynb #ab8c199b
+def check_output_dir(cfg: FinetuneConfig):
+    "`--output_dir` writable (nothing made yet) and swept of what killed runs left; no preparation to make room for."
+    check_folder(cfg.output_dir, '--output_dir')
+    sweep_checkpoints(cfg.output_dir)
+
 def finetune_trainer(cfg: FinetuneConfig, callbacks=None, log=print) -> Trainer:
     "A `Trainer` of a classifier on `cfg`'s task (one process, or one of a torchrun job)."
-    topo = topology_from_env()
-    device = pick_device(cfg.device, topo.local_rank if topo.enabled else None)
-    topo = init_distributed(device.type, cfg.ddp_timeout)
-    if topo.is_main:
-        check_folder(cfg.output_dir, '--output_dir')
-        sweep_checkpoints(cfg.output_dir)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    topo, device = join_job(cfg, check_output_dir)
     task = load_task(cfg)
     model = build_classifier(cfg, task.classes).to(device)
     if topo.is_main:  # the start check made nothing: the task is read, the run begins here

@@ -29,7 +29,7 @@ from .distributed import (Topology, topology_from_env, init_distributed, shutdow
 
 # %% auto #0
 __all__ = ['COMPILE_WIDTH', 'make_optimizer', 'set_dropout', 'compile_encoder', 'round_width', 'compiled_graphs', 'Trainer',
-           'checkpoint_bytes', 'check_disk', 'TrainingDiverged', 'stop_on_signals', 'train']
+           'checkpoint_bytes', 'check_disk', 'join_job', 'TrainingDiverged', 'stop_on_signals', 'train']
 
 # %% ../nbs/10_training.ipynb #b6be2c04
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device,
@@ -152,14 +152,19 @@ def check_disk(cfg: TrainConfig, # the run's settings
     check_folder(out, '--output_dir', n * size, ckpts)
 
 # %% ../nbs/10_training.ipynb #bf0cef7f
-@patch(cls_method=True)
-def from_config(cls: Trainer, cfg: TrainConfig, callbacks: list[Callback] | None = None, log=print) -> Trainer:
-    "A trainer with every part built from `cfg`: this process's place in the job, its device, the data, the model."
+def join_job(cfg: TrainConfig, check=None) -> tuple[Topology, torch.device]:
+    "This process's place in the job and its device; the main one runs `check(cfg)` (`check_disk`); all are seeded."
     topo = topology_from_env()
     device = pick_device(cfg.device, topo.local_rank if topo.enabled else None)
     topo = init_distributed(device.type, cfg.ddp_timeout)
-    if topo.is_main: check_disk(cfg)  # before hours of preparation: the folders, and room for what the run writes
+    if topo.is_main: (check or check_disk)(cfg)  # before hours of preparation: folders, room for what is written
     random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
+    return topo, device
+
+@patch(cls_method=True)
+def from_config(cls: Trainer, cfg: TrainConfig, callbacks: list[Callback] | None = None, log=print) -> Trainer:
+    "A trainer with every part built from `cfg`: this process's place in the job, its device, the data, the model."
+    topo, device = join_job(cfg)
     data = load_run_data(cfg, topo.world_size, log if topo.is_main else (lambda *a, **k: None))
     if topo.is_main and data.steps_per_epoch: check_disk(cfg, epochs=data.total_steps // data.steps_per_epoch)
     model = build_model(cfg.model_name_or_path, cfg.model_config or 'demo', data.vocab).to(device)
