@@ -16,7 +16,7 @@ from .config import ACCEPTS, Accepts, TrainConfig, PRESETS, resolve_config
 
 # %% auto #0
 __all__ = ['SPLITS', 'TASKS', 'TASK_NAMES', 'SPLIT_BY', 'ARMS', 'USER_ERRORS', 'ARGUMENTS', 'FINETUNE_DEFAULTS', 'FINETUNE_FLAGS',
-           'COMMANDS', 'user_errors', 'OneLineParser', 'add_flags', 'add_train_flags', 'train_command',
+           'ARM_FLAGS', 'COMMANDS', 'user_errors', 'OneLineParser', 'add_flags', 'add_train_flags', 'train_command',
            'predict_command', 'import_original_command', 'evaluate_command', 'score_command', 'embed_command',
            'probe_command', 'bench_command', 'bench_scale_command', 'make_corpus_command', 'make_task_command',
            'finetune_command', 'compare_command', 'crash_test_command', 'build_parser', 'parse_args', 'main']
@@ -26,7 +26,8 @@ SPLITS = ('all', 'train', 'valid')  # the evaluation chapter's, named here witho
 TASKS = ('ranking', 'linear_probes')  # the probes chapter's, likewise
 TASK_NAMES = ('lookalike', 'tld')  # the tasks chapter's built-in tasks, likewise
 SPLIT_BY = ('auto', 'column', 'group', 'hash')  # the tasks chapter's splits, likewise
-ARMS = ('tfidf', 'majority')  # the comparison chapter's arms that need no model, likewise
+ARMS = ('tfidf', 'majority', 'finetuned', 'frozen', 'scratch')  # the comparison chapter's and the fine-tuning
+# chapter's arms, likewise
 USER_ERRORS = ('domain_canine.data.DataError', 'domain_canine.model.ModelError', 'domain_canine.checkpoint.CheckpointError',
                'domain_canine.core.ConfigError', 'domain_canine.inference.InputError',
                'domain_canine.training.TrainingDiverged', 'domain_canine.distributed.DistributedError',
@@ -76,6 +77,7 @@ ARGUMENTS = {  # what the other commands' numbers and named values accept, by pa
     'window_steps': Accepts(int, 1), 'sizes': Accepts(int, 1), 'steps': Accepts(int, 1), 'evals': Accepts(int, 1),
     'repeats': Accepts(int, 1), 'n': Accepts(int, 1), 'moments': Accepts(int, 1), 'limit': Accepts(int, 1),
     'seeds': Accepts(int, 1), 'arms': Accepts(choices=ARMS), 'test_fraction': Accepts(float, 0, 1, True, True),
+    'frozen_learning_rate': ACCEPTS['learning_rate'],
 }
 
 def _checked(accepts: Accepts):
@@ -412,8 +414,7 @@ def make_task_command(name: typing.Literal[TASK_NAMES], # lookalike: real domain
     return 0
 
 # %% ../nbs/17_cli.ipynb #91f35561
-SPLIT_BY = ('auto', 'column', 'group', 'hash')  # the tasks chapter's ways to split, named here without loading it
-FINETUNE_DEFAULTS = dict(  # the fine-tuning chapter's, likewise (checked below)
+FINETUNE_DEFAULTS = dict(  # the fine-tuning chapter's, named here without loading it (checked below)
     epochs=3, batch_size=32, learning_rate=5e-5, warmup_steps=0, eval_steps=100, save_steps=500,
     logging_steps=10, output_dir='runs/finetune')
 FINETUNE_FLAGS = (  # the training settings that finetune takes (the masking and streaming ones are pre-training's)
@@ -422,7 +423,6 @@ FINETUNE_FLAGS = (  # the training settings that finetune takes (the masking and
     'warmup_steps', 'weight_decay', 'gradient_clip_val', 'early_stopping_patience', 'max_bad_steps', 'precision',
     'device', 'output_dir', 'save_steps', 'save_total_limit', 'eval_steps', 'logging_steps', 'resume_from', 'seed',
     'ddp_timeout', 'num_workers', 'use_wandb', 'wandb_project', 'wandb_run_name', 'tensorboard', 'length_bucketing')
-ARGUMENTS['test_fraction'] = Accepts(float, 0, 1, open_low=True, open_high=True)
 
 # %% ../nbs/17_cli.ipynb #d48881d8
 def finetune_command(*, task: str | None = None, # the labelled file: CSV, TSV, JSON lines, Parquet, a saved dataset folder or a hub id
@@ -447,29 +447,61 @@ def finetune_command(*, task: str | None = None, # the labelled file: CSV, TSV, 
     return 0
 
 # %% ../nbs/17_cli.ipynb #0ea2fcec
+ARM_FLAGS = (  # the training settings of compare's fine-tuned arms: one budget for all of them
+    'epochs', 'max_steps', 'batch_size', 'gradient_accumulation_steps', 'learning_rate', 'warmup_steps', 'weight_decay',
+    'dropout', 'attention', 'precision', 'device', 'length_bucketing')
+
+def _write_finetune_records(models: list[str], records: list[dict], output_dir: str | None) -> list[Path]:
+    "`output_dir` gets every record; each run directory among `models`, its checkpoints' and the model-free ones."
+    from domain_canine.compare import append_finetune
+    written = [append_finetune(output_dir, records)] if output_dir else []
+    for run in map(Path, models):
+        if (run / 'config.json').is_file() or not run.is_dir(): continue  # a model directory or a hub id
+        mine = [r for r in records if r['model'] is None or Path(r['model']).parent == run]
+        written.append(append_finetune(run, mine))
+    return written
+
+def _compare_arms(arms: list[str] | None, models: list[str], frozen_learning_rate: float, settings: dict) -> tuple[list, int | None]:
+    "The arms named (default: each that applies), every model's built, and the fewest positions of their models."
+    from domain_canine.compare import ARMS as baselines
+    from domain_canine.finetune import ARM_KINDS, arm_models, classifier_arms, model_positions
+    chosen = list(dict.fromkeys(arms or [a for a in ARMS if a in baselines or models]))
+    if unknown := sorted(set(chosen) - set(ARMS)): raise DataError(f"unknown --arms {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+    if (kinds := [a for a in chosen if a in ARM_KINDS]) and not models:
+        raise DataError(f"the arms {', '.join(kinds)} start from a model: give it with --models")
+    paths = arm_models(models) if kinds else []  # checksums verified, hub ids read: before the task is built
+    log = lambda *a, **k: print(*a, **k, file=sys.stderr)  # the runs' lines: stdout is the table's
+    tuned = classifier_arms(paths, kinds, log, frozen_learning_rate, **settings)
+    return [baselines[a] for a in chosen if a in baselines] + tuned, min(map(model_positions, paths), default=None)
+
 def compare_command(*, task: str, # a labelled file (CSV, TSV, JSON lines, Parquet), a saved dataset or hub id, or a built-in task: lookalike, tld
-                    arms: list[str] = ARMS, # the classifiers: tfidf (character 1-4-gram TF-IDF, logistic regression) and/or majority
+                    models: list[str] = (), # models to fine-tune from: model or checkpoint directories, run directories (each checkpoint), hub ids
+                    arms: list[str] | None = None, # tfidf, majority (no model); finetuned, frozen, scratch (per model; default: every arm that applies)
                     seeds: int = 3, # seeds per arm with randomness (0, 1, ...; tfidf and majority run once): the spread shows the noise
                     split_by: typing.Literal[SPLIT_BY] = 'auto', # auto: the split column, else the group column, else a hash of the text
                     test_fraction: float = 0.2, # share of the test side (group and hash splits)
-                    validation_fraction: float = 0.1, # share of the validation side, kept out of the baselines' training
+                    validation_fraction: float = 0.1, # share of the validation side, kept out of every arm's training
                     seed: int = 0, # decides the split and a built-in task's sample
                     limit: int | None = None, # domains sampled for a built-in task (default: as make-task)
+                    frozen_learning_rate: float = 1e-3, # the frozen arms' learning rate (a head alone on fixed features)
                     output_dir: str | None = None, # a run or results folder: the records are appended to its finetune.jsonl
                     json_: bool = False, # one JSON record per arm and seed instead of the table
+                    **settings, # the fine-tuned arms' budget and training settings: fine-tuning's flags in ARM_FLAGS
                    ) -> int:
-    """Judge classifiers on one split of a labelled task: accuracy, macro-F1, ROC-AUC (binary tasks), per-class
-    precision and recall, over seeds with their spread. E.g. domain-canine compare --task tld --output_dir runs/demo"""
+    """Judge classifiers on one split of a labelled task: TF-IDF and the majority class, and per model a classifier
+    fine-tuned from it, its frozen encoder under a trained head, and its architecture from scratch, on one budget;
+    accuracy, macro-F1, ROC-AUC (binary tasks), per-class precision and recall, over seeds with their spread. A run
+    directory among --models gets its records in finetune.jsonl. E.g. domain-canine compare --task tld --models runs/demo"""
     from domain_canine.core import check_folder
-    from domain_canine.compare import ARMS as by_name, append_finetune, compare, format_comparison, load_task, summarise
-    if unknown := sorted(set(arms) - set(ARMS)): raise DataError(f"unknown --arms {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+    from domain_canine.compare import compare, format_comparison, summarise
+    from domain_canine.tasks import load_task
     if output_dir: check_folder(output_dir, '--output_dir')  # before the work, not after it
-    split = load_task(task, split_by, test_fraction, validation_fraction, seed, limit)
-    print(f'{split.name}: {len(split.classes)} classes, split by {split.split_by}: {len(split.train.texts):,} train, '
-          f'{len(split.validation.texts):,} validation, {len(split.test.texts):,} test', file=sys.stderr)
-    records = compare(split, {a: by_name[a] for a in dict.fromkeys(arms)}, range(seeds))
+    chosen, positions = _compare_arms(arms, models, frozen_learning_rate, settings)
+    split = load_task(task, split_by, test_fraction, validation_fraction, seed, limit, max_positions=positions)
+    print(split.summary(), file=sys.stderr)
+    records = compare(split, chosen, range(seeds))
     print('\n'.join(map(json.dumps, records)) if json_ else format_comparison(summarise(records)))
-    if output_dir: print(f'records appended to {append_finetune(output_dir, records)}', file=sys.stderr)
+    for path in _write_finetune_records(models, records, output_dir): print(f'records appended to {path}', file=sys.stderr)
     return 0
 
 # %% ../nbs/17_cli.ipynb #c0fc1c56
@@ -499,7 +531,7 @@ COMMANDS = {  # name: (the function it runs, its line in `domain-canine --help`)
     'bench-scale': (bench_scale_command, 'corpus preparation, and optionally training, at growing sizes'),
     'make-corpus': (make_corpus_command, 'write a synthetic corpus for scale tests'),
     'make-task': (make_task_command, 'write a labelled task built from the bundled corpus: lookalike or tld'),
-    'compare': (compare_command, 'judge classifiers on a labelled task over seeds: TF-IDF and majority baselines'),
+    'compare': (compare_command, 'judge classifiers on a labelled task over seeds: fine-tuned, frozen, from scratch, TF-IDF'),
     'finetune': (finetune_command, 'fine-tune a sequence classifier on a labelled file (an encoder and a new head)'),
     'crash-test': (crash_test_command, 'kill a training run at random moments and check that resuming is exact'),
 }
@@ -515,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
         if func is train_command: add_train_flags(p)
         else: add_flags(p, func)
         if func is finetune_command: add_train_flags(p, FINETUNE_FLAGS, FINETUNE_DEFAULTS)  # training's own settings
+        if func is compare_command: add_train_flags(p, ARM_FLAGS, FINETUNE_DEFAULTS)  # the fine-tuned arms'
         p.set_defaults(func=func)
     return parser
 

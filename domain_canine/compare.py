@@ -12,14 +12,12 @@ import numpy as np
 from .core import write_atomic, writing
 from .data import DataError
 from .analysis import read_finetune
-from .probes import checkpoint_step, majority_class, tfidf_pipeline
-from .tasks import (SIDES, TASK_NAMES, LabelledData, labelled_data, make_task, read_labelled,
-                                 split_sides)
+from .probes import majority_class, tfidf_pipeline
+from .tasks import LabelledTask, labelled_data, load_task
 
 # %% auto #0
-__all__ = ['Arm', 'ARMS', 'FIGURES', 'FINETUNE_FILE', 'classifier_metrics', 'Side', 'TaskSplit', 'task_split', 'load_task',
-           'tfidf_arm', 'majority_arm', 'run_arm', 'compare', 'arm_name', 'summarise', 'within_noise',
-           'format_comparison', 'append_finetune']
+__all__ = ['ARMS', 'FIGURES', 'FINETUNE_FILE', 'classifier_metrics', 'Arm', 'tfidf_predict', 'majority_predict', 'run_arm',
+           'compare', 'arm_name', 'summarise', 'within_noise', 'format_comparison', 'append_finetune']
 
 # %% ../nbs/13c_compare.ipynb #92c69b81
 def _number(x) -> float | None: return None if np.isnan(x) else float(x)
@@ -49,103 +47,66 @@ def classifier_metrics(y_true, # class ids of the test items (0 .. len(labels) -
                 roc_auc=float(roc_auc_score(truth, proba[:, 1])) if binary else None,
                 per_class=_per_class(truth, predicted, labels))
 
-# %% ../nbs/13c_compare.ipynb #6107f967
-@dataclass
-class Side:
-    "One side of a task: texts and their class ids."
-    texts: list[str]
-    labels: np.ndarray
-
-@dataclass
-class TaskSplit:
-    "A labelled task cut into sides: what every arm of a comparison trains on and is measured on."
-    name: str           # the task, as records name it
-    classes: list[str]  # class names: the columns of an arm's probabilities
-    train: Side
-    validation: Side
-    test: Side
-    split_by: str = ''  # how the sides were decided: column, group or hash
-
-# %% ../nbs/13c_compare.ipynb #805ae167
-def task_split(data: LabelledData, sides: np.ndarray, # one of SIDES per row of `data`
-               name: str = '', split_by: str = '') -> TaskSplit:
-    "The sides of `data`; an error when the train side has fewer than two classes or the test side is empty."
-    def side(s: str) -> Side:
-        rows = np.flatnonzero(np.asarray(sides) == s)
-        return Side([data.texts[i] for i in rows], data.labels[rows])
-    split = TaskSplit(name or data.source, list(data.classes), *map(side, SIDES), split_by)
-    if len(set(split.train.labels.tolist())) < 2 or not split.test.texts:
-        raise DataError(f'{split.name}: a comparison needs two classes on the train side and a test side, got '
-                        f'{len(split.train.texts)} train and {len(split.test.texts)} test rows')
-    return split
-
-# %% ../nbs/13c_compare.ipynb #df741993
-def load_task(task: str, # a built-in task (lookalike, tld) or a labelled file or dataset read by `read_labelled`
-              split_by: str = 'auto', test_fraction: float = 0.2, validation_fraction: float = 0.1,
-              seed: int = 0, # decides the split (and a built-in task's sample)
-              limit: int | None = None, # domains sampled for a built-in task
-             ) -> TaskSplit:
-    "A task read or built, and cut into sides as the tasks chapter cuts it."
-    if task in TASK_NAMES:
-        cols = make_task(task, seed, limit)
-        data = labelled_data(cols['domain'], cols['label'], cols.get('group'), source=task)
-    elif limit is not None:
-        raise DataError(f'a limit applies to the built-in tasks ({", ".join(TASK_NAMES)}) only')
-    else: data = read_labelled(task)
-    sides, by = split_sides(data, split_by, test_fraction, validation_fraction, seed)
-    return task_split(data, sides, task, by)
-
 # %% ../nbs/13c_compare.ipynb #4ef70511
-Arm = Callable  # arm(task: TaskSplit, seed: int) -> np.ndarray of shape (len(task.test.texts), len(task.classes))
+@dataclass
+class Arm:
+    "A classifier of a comparison: `fit_predict(task, seed)` trains on the train side, gives the test side's probabilities."
+    name: str              # what the records call it: tfidf, majority, finetuned, frozen, scratch
+    fit_predict: Callable  # (task, seed) -> (len(task.test.texts), len(task.classes)) array, columns in task.classes order
+    model: str | None = None  # the model it starts from (None: none)
+    step: int | None = None   # that model's pre-training step (None: not a checkpoint, or its weights unused)
+    seeded: bool = True       # False: the seed changes nothing, and `compare` runs the arm once
 
+    def __call__(self, task: LabelledTask, seed: int = 0) -> np.ndarray: return self.fit_predict(task, seed)
+
+# %% ../nbs/13c_compare.ipynb #557492c2
 def _all_columns(proba: np.ndarray, seen: np.ndarray, n_classes: int) -> np.ndarray:
     "Probabilities over the classes a classifier saw, placed in the task's columns (0 for a class it never saw)."
     out = np.zeros((len(proba), n_classes))
     out[:, seen] = proba
     return out
 
-def tfidf_arm(task: TaskSplit, seed: int = 0, balanced: bool = True) -> np.ndarray:
+def tfidf_predict(task: LabelledTask, seed: int = 0, balanced: bool = True) -> np.ndarray:
     "Character 1- to 4-gram TF-IDF and logistic regression (L2, C = 1, balanced class weights) on the train side."
     clf = tfidf_pipeline(seed, balanced).fit(task.train.texts, task.train.labels)
     return _all_columns(clf.predict_proba(task.test.texts), clf.classes_, len(task.classes))
 
-def majority_arm(task: TaskSplit, seed: int = 0) -> np.ndarray:
+def majority_predict(task: LabelledTask, seed: int = 0) -> np.ndarray:
     "Probability 1 for the most frequent class of the train side: the floor every classifier must clear."
     proba = np.zeros((len(task.test.texts), len(task.classes)))
     proba[:, majority_class(task.train.labels)] = 1.0
     return proba
 
-tfidf_arm.seeded = majority_arm.seeded = False  # the seed changes nothing: `compare` runs them once
-ARMS = {'tfidf': tfidf_arm, 'majority': majority_arm}  # the arms that need no model
+ARMS = {name: Arm(name, f, seeded=False)  # the arms that need no model; the seed changes nothing in them
+        for name, f in (('tfidf', tfidf_predict), ('majority', majority_predict))}
 
 # %% ../nbs/13c_compare.ipynb #62a6bf2f
-def run_arm(arm: Arm, task: TaskSplit, seed: int) -> tuple[np.ndarray, float]:
+def run_arm(arm: Arm, task: LabelledTask, seed: int) -> tuple[np.ndarray, float]:
     "The arm's test-side probabilities, checked, and its wall time in seconds."
     start = time.perf_counter()
     proba = np.asarray(arm(task, seed), dtype=float)
     seconds = time.perf_counter() - start
     want = (len(task.test.texts), len(task.classes))
     if proba.shape != want:
-        raise ValueError(f'the arm {getattr(arm, "__name__", arm)} gave probabilities of shape {proba.shape}, '
+        raise ValueError(f'the arm {getattr(arm, "name", arm)} gave probabilities of shape {proba.shape}, '
                          f'expected {want}')
     return proba, seconds
 
 # %% ../nbs/13c_compare.ipynb #0faeb034
 FIGURES = ('accuracy', 'macro_f1', 'roc_auc')
 
-def compare(task: TaskSplit, arms: dict[str, Arm], # name -> arm
-            seeds=(0,), # the seeds each arm runs with
-            model: str | None = None) -> list[dict]: # the model the arms start from (None: none)
+def compare(task: LabelledTask, arms: list[Arm],
+            seeds=(0,)) -> list[dict]: # the seeds each arm runs with
     "One record per arm and seed (the first seed only for an arm whose `seeded` is False): figures, time, sizes."
-    step, seeds = None if model is None else checkpoint_step(model), list(seeds)
-    records = []
-    for name, arm in arms.items():
-        for seed in seeds if getattr(arm, 'seeded', True) else seeds[:1]:
+    if not task.test.texts: raise DataError(f'{task.name}: a comparison needs a test side, and this split has none')
+    records, seeds = [], list(seeds)
+    for arm in arms:
+        for seed in seeds if arm.seeded else seeds[:1]:
             proba, seconds = run_arm(arm, task, seed)
             figures = classifier_metrics(task.test.labels, proba, task.classes)
-            records.append(dict(task=task.name, arm=name, model=None if model is None else str(model), step=step,
-                                seed=int(seed), **figures, seconds=round(seconds, 3),
-                                n_train=len(task.train.texts), n_test=len(task.test.texts)))
+            records.append(dict(task=task.name, arm=arm.name, model=arm.model, step=arm.step, seed=int(seed),
+                                **figures, seconds=round(seconds, 3), n_train=len(task.train.texts),
+                                n_test=len(task.test.texts)))
     return records
 
 # %% ../nbs/13c_compare.ipynb #f12cfa18

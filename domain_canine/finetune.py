@@ -5,7 +5,6 @@
 # %% ../nbs/13d_finetune.ipynb #86ef72a0
 from __future__ import annotations
 import copy, functools, json, tempfile
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -17,21 +16,24 @@ from transformers import CanineConfig, CanineForSequenceClassification, CanineTo
 from transformers.utils import logging as hf_logging
 from .core import ConfigError, check_folder, write_atomic, writing
 from .config import ACCEPTS, Accepts, TrainConfig, check_config
-from .data import DataError, EncodedDomains, count_summary
-from .masking import CharVocab, EpochOrder, PAD, evaluation_order, pad_batch, padded_length
+from .data import DataError
+from .masking import CharVocab, EpochOrder, PAD, evaluation_order, pad_batch
 from .model import ModelError, build_model, canine_config, note_unverified, use_sdpa, verify_model_dir
 from .checkpoint import sweep_checkpoints
 from .distributed import shutdown_distributed
 from .run_data import RunData, _no_validation
 from .training import Trainer, join_job, set_dropout
-from .tasks import SIDES, SPLIT_BY, read_labelled, split_report, split_sides
+from .probes import checkpoint_step, model_dirs
+from .tasks import SPLIT_BY, LabelledTask, TaskSide, load_task
+from .compare import Arm
 
 # %% auto #0
-__all__ = ['FINETUNE_ACCEPTS', 'FINETUNE_DEFAULTS', 'FinetuneConfig', 'check_finetune_config', 'finetune_config', 'TaskSide',
-           'LabelledTask', 'load_task', 'LabelledBatches', 'LabelledRunBatches', 'task_run_data', 'ClassifierOutput',
-           'DomainCanineClassifier', 'tokenizer_files', 'is_classifier_dir', 'source_config',
+__all__ = ['FINETUNE_ACCEPTS', 'FINETUNE_DEFAULTS', 'ARM_KINDS', 'ARM_SETTINGS', 'FinetuneConfig', 'check_finetune_config',
+           'finetune_config', 'finetune_task', 'LabelledBatches', 'LabelledRunBatches', 'task_run_data',
+           'ClassifierOutput', 'DomainCanineClassifier', 'tokenizer_files', 'is_classifier_dir', 'source_config',
            'pretrained_encoder_state', 'classifier_config', 'build_classifier', 'check_output_dir', 'finetune_trainer',
-           'predict_side', 'test_results', 'finetune']
+           'predict_side', 'test_results', 'finetune', 'model_positions', 'classifier_arm', 'arm_models',
+           'classifier_arms']
 
 # %% ../nbs/13d_finetune.ipynb #9a1662ff
 @dataclass
@@ -68,50 +70,15 @@ def finetune_config(**settings) -> FinetuneConfig:
     if settings.get('model_config') and 'model_name_or_path' not in settings: values['model_name_or_path'] = None
     return check_finetune_config(FinetuneConfig(**values))
 
-# %% ../nbs/13d_finetune.ipynb #f882c858
-@dataclass
-class TaskSide:
-    "One side of a task: the texts, encoded as the corpus is, and their class ids."
-    texts: list[str]
-    enc: EncodedDomains
-    labels: np.ndarray
-
-@dataclass
-class LabelledTask:
-    "A task read and split: its sides, class names, the split report, and the longest input it makes."
-    sides: dict[str, TaskSide]
-    classes: list[str]
-    report: dict
-    max_length: int
-    rejected: Counter
-    source: str
-
-    def summary(self) -> str:
-        "One line: the source, the sides, the classes, the rejected rows (what the trainer's log shows)."
-        sizes = ', '.join(f'{len(s.texts):,} {k}' for k, s in self.sides.items())
-        return (f"{self.source}: {sizes}; {len(self.classes)} classes; split by {self.report['split_by']}; "
-                f"rejected: {count_summary(self.rejected) or 'none'}")
-
 # %% ../nbs/13d_finetune.ipynb #6866fbca
-def load_task(cfg: FinetuneConfig,
-              max_positions: int | None = None, # longest input of the model (default: its source's, read after the file)
-             ) -> LabelledTask:
-    "The labelled file of `cfg`, split into sides; rows longer than `max_positions` allow are rejected as too_long."
-    data = read_labelled(cfg.dataset, cfg.text_column, cfg.label_column, cfg.group_column, cfg.split_column,
-                         cfg.dataset_split)  # the file's errors come first: they cost nothing to find
-    sides, by = split_sides(data, cfg.split_by, cfg.test_fraction, cfg.validation_fraction, cfg.seed)
-    max_positions = max_positions or source_config(cfg).max_position_embeddings
-    fits = np.array([padded_length(len(t)) <= max_positions for t in data.texts])
-    rejected = data.rejected + Counter(too_long=int((~fits).sum()))
-    def side(name: str) -> TaskSide:  # the rows of one side that fit
-        rows = np.flatnonzero((sides == name) & fits)
-        texts = [data.texts[i] for i in rows]
-        return TaskSide(texts, EncodedDomains.from_strings(texts), data.labels[rows])
-    parts = {s: side(s) for s in SIDES}
-    if len(parts['train'].texts) == 0: raise DataError(f'{cfg.dataset} has no training rows after the split')
-    report = split_report(data, np.where(fits, sides, 'rejected'), by)
-    longest = max(len(t) for t, ok in zip(data.texts, fits) if ok)
-    return LabelledTask(parts, data.classes, report, padded_length(longest), rejected, cfg.dataset)
+def finetune_task(cfg: FinetuneConfig,
+                  max_positions: int | None = None, # the model's positions (default: its source's)
+                 ) -> LabelledTask:
+    "The labelled file (or built-in task) of `cfg`, cut into sides; names too long for the model rejected as too_long."
+    return load_task(cfg.dataset, cfg.split_by, cfg.test_fraction, cfg.validation_fraction, cfg.seed,
+                     max_positions=max_positions or (lambda: source_config(cfg).max_position_embeddings),
+                     text_column=cfg.text_column, label_column=cfg.label_column, group_column=cfg.group_column,
+                     split_column=cfg.split_column, split=cfg.dataset_split)
 
 # %% ../nbs/13d_finetune.ipynb #3e660eb1
 class LabelledBatches(torch.utils.data.Dataset):
@@ -265,10 +232,12 @@ def check_output_dir(cfg: FinetuneConfig):
     check_folder(cfg.output_dir, '--output_dir')
     sweep_checkpoints(cfg.output_dir)
 
-def finetune_trainer(cfg: FinetuneConfig, callbacks=None, log=print) -> Trainer:
+def finetune_trainer(cfg: FinetuneConfig, callbacks=None, log=print,
+                     task: LabelledTask | None = None, # the task, read already (default: `cfg`'s, read here)
+                    ) -> Trainer:
     "A `Trainer` of a classifier on `cfg`'s task (one process, or one of a torchrun job)."
     topo, device = join_job(cfg, check_output_dir)
-    task = load_task(cfg)
+    task = task or finetune_task(cfg)
     model = build_classifier(cfg, task.classes).to(device)
     if topo.is_main:  # the start check made nothing: the task is read, the run begins here
         out = Path(cfg.output_dir)
@@ -313,3 +282,62 @@ def finetune(cfg: FinetuneConfig, callbacks=None, log=print) -> Path:
             else: log('test: the task has no test rows')
         return final
     finally: shutdown_distributed()
+
+# %% ../nbs/13d_finetune.ipynb #1a9e675f
+ARM_KINDS = ('finetuned', 'frozen', 'scratch')
+ARM_SETTINGS = dict(save_steps=2**40, eval_steps=2**40)  # an arm keeps nothing and the test side judges it
+
+def _quiet(*args, **kwargs): pass
+
+def model_positions(model: str) -> int:
+    "The positions of `model`'s architecture (its configuration read without its weights)."
+    return source_config(finetune_config(model_name_or_path=str(model))).max_position_embeddings
+
+def classifier_arm(model: str, # a model or checkpoint directory, a classifier fine-tuned before, or a hub id
+                   kind: str = 'finetuned', # finetuned, frozen (a head on the fixed encoder) or scratch (random weights)
+                   log=_quiet, # where each run's lines go (the comparison's table owns stdout)
+                   workdir=None, # where its temporary run folder goes (default: the system's temporary folder)
+                   **settings, # the budget and the rest of `finetune_config`: epochs, max_steps, learning_rate, ...
+                  ) -> Arm:
+    "An arm that fine-tunes a classifier on `model` with `settings` in a temporary folder and predicts the test side."
+    if kind not in ARM_KINDS: raise ConfigError(f"unknown arm {kind!r}; choose from {', '.join(ARM_KINDS)}")
+    def fit_predict(task: LabelledTask, seed: int) -> np.ndarray:
+        if task.max_length > (n := model_positions(model)):
+            raise DataError(f'{task.name} has names of {task.max_length} positions and {model} takes {n}: '
+                            f'load the task with max_positions={n}')
+        with tempfile.TemporaryDirectory(prefix='arm-', dir=workdir) as out:
+            cfg = finetune_config(**{**ARM_SETTINGS, **settings}, dataset=task.name, model_name_or_path=str(model),
+                                  output_dir=out, seed=seed, from_scratch=kind == 'scratch',
+                                  freeze_encoder=kind == 'frozen')
+            try:
+                trainer = finetune_trainer(cfg, log=log, task=task)
+                trainer.fit()
+                return predict_side(trainer.model, task.test, cfg.batch_size, trainer.device)
+            finally: shutdown_distributed()
+    return Arm(kind, fit_predict, str(model), None if kind == 'scratch' else checkpoint_step(model))
+
+# %% ../nbs/13d_finetune.ipynb #8a15680f
+def arm_models(paths: list) -> list[str]:
+    "The models of `paths`: a run directory gives its checkpoints (`model_dirs`, checksums verified); a hub id stays."
+    models = [str(m) for p in paths for m in (model_dirs([p]) if Path(p).exists() else [p])]
+    for m in models: model_positions(m)  # a hub id that cannot be read fails here, before any work
+    return models
+
+def _architecture(model: str) -> str:
+    "`model`'s configuration without its name: equal for every checkpoint of one run."
+    config = source_config(finetune_config(model_name_or_path=str(model))).to_dict()
+    return json.dumps({k: v for k, v in config.items() if k not in ('_name_or_path', 'transformers_version')},
+                      sort_keys=True)
+
+def classifier_arms(models: list[str], kinds=ARM_KINDS, log=_quiet,
+                    frozen_learning_rate: float | None = None, # the frozen arms' (default: `settings`' learning rate)
+                    workdir=None, **settings) -> list[Arm]:
+    "Per model, an arm of each kind in `kinds`; one scratch arm per architecture, on the first model that has it."
+    arms, seen = [], set()
+    for model in models:
+        for kind in kinds:
+            if kind == 'scratch' and (shape := _architecture(model)) in seen: continue
+            if kind == 'scratch': seen.add(shape)
+            lr = dict(learning_rate=frozen_learning_rate) if kind == 'frozen' and frozen_learning_rate else {}
+            arms.append(classifier_arm(model, kind, log, workdir, **{**settings, **lr}))
+    return arms

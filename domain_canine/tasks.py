@@ -4,20 +4,21 @@
 
 # %% ../nbs/13b_tasks.ipynb #0fefa5bf
 from __future__ import annotations
-import csv, os, re
+import csv, functools, os, re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
-from .data import (SAMPLE_NAME, DataError, clean_domain, count_summary, find_column, load_corpus,
-                                normalise_domain, open_source)
+from .data import (SAMPLE_NAME, DataError, EncodedDomains, clean_domain, count_summary, find_column,
+                                load_corpus, normalise_domain, open_source)
+from .masking import padded_length
 from .probes import _sample, hash_split, lookalike_task, make_lookalikes, tld_task
 
 # %% auto #0
 __all__ = ['SIDES', 'LABEL_COLUMNS', 'GROUP_COLUMNS', 'SPLIT_COLUMNS', 'SPLIT_BY', 'TASK_NAMES', 'clean_text', 'label_value',
            'label_classes', 'dedupe', 'LabelledData', 'labelled_data', 'read_labelled', 'hash_sides', 'split_sides',
            'leaked_groups', 'split_report', 'format_split_report', 'plot_class_balance', 'lookalike_rows', 'tld_rows',
-           'make_task', 'check_output', 'write_columns', 'write_task']
+           'make_task', 'check_output', 'write_columns', 'write_task', 'TaskSide', 'LabelledTask', 'load_task']
 
 # %% ../nbs/13b_tasks.ipynb #e5e94b51
 def clean_text(text) -> tuple[str | None, str | None]:
@@ -310,3 +311,71 @@ def write_task(name: str, output: str | Path, seed: int = 0, limit: int | None =
     check_output(output, force)  # a refusal comes before the work, not after it
     columns = make_task(name, seed, limit, **kwargs)
     return write_columns(columns, output, force), columns
+
+# %% ../nbs/13b_tasks.ipynb #f4205b92
+@dataclass
+class TaskSide:
+    "One side of a task: the texts and their class ids; `enc`, the texts encoded as the corpus is, made when first used."
+    texts: list[str]
+    labels: np.ndarray  # int64 class ids
+
+    @functools.cached_property
+    def enc(self) -> EncodedDomains: return EncodedDomains.from_strings(self.texts)
+
+@dataclass
+class LabelledTask:
+    "A task cut into sides: what a fine-tuning run and every arm of a comparison learn from and are judged on."
+    name: str                   # the file, dataset or built-in task
+    classes: list[str]          # class names: the columns of a classifier's probabilities
+    sides: dict[str, TaskSide]  # train, validation and test: the rows kept
+    report: dict                # `split_report` of the rows, every rejected row counted
+    rejected: Counter           # the rows set aside, by reason (too_long: more than a model's positions)
+
+    train = property(lambda self: self.sides['train'])
+    validation = property(lambda self: self.sides['validation'])
+    test = property(lambda self: self.sides['test'])
+    split_by = property(lambda self: self.report['split_by'])
+
+    @property
+    def max_length(self) -> int:
+        "The padded length of the longest name kept: the positions a model needs."
+        return padded_length(max(len(t) for s in self.sides.values() for t in s.texts))
+
+    def summary(self) -> str:
+        "One line: the source, the sides, the classes, the rejected rows (what a run's log shows)."
+        sizes = ', '.join(f'{len(s.texts):,} {k}' for k, s in self.sides.items())
+        return (f"{self.name}: {sizes}; {len(self.classes)} classes; split by {self.split_by}; "
+                f"rejected: {count_summary(self.rejected) or 'none'}")
+
+# %% ../nbs/13b_tasks.ipynb #4b75ef2c
+def _task_data(task: str, seed: int, limit: int | None, columns: dict) -> LabelledData:
+    "A built-in task made, or a labelled file or dataset read."
+    if task in TASK_NAMES:
+        if named := [k for k, v in columns.items() if k.endswith('_column') and v is not None]:
+            raise DataError(f"the built-in task {task} has its own columns: --{', --'.join(named)} "
+                            'apply to a labelled file')
+        cols = make_task(task, seed, limit)
+        return labelled_data(cols['domain'], cols['label'], cols.get('group'), source=task)
+    if limit is not None: raise DataError(f'a limit applies to the built-in tasks ({", ".join(TASK_NAMES)}) only')
+    return read_labelled(task, **columns)
+
+def load_task(task: str, # a built-in task (lookalike, tld) or a labelled file or dataset read by `read_labelled`
+              split_by: str = 'auto', test_fraction: float = 0.2, validation_fraction: float = 0.1,
+              seed: int = 0, # decides the split (and a built-in task's sample)
+              limit: int | None = None, # domains sampled for a built-in task (default: as `make_task`)
+              max_positions=None, # a model's positions (or a function giving them, called once the data is read)
+              **columns, # `read_labelled`'s text_column, label_column, group_column, split_column and split
+             ) -> LabelledTask:
+    "A task read or built, cleaned and cut into sides; an error when the train side has fewer than two classes."
+    data = _task_data(task, seed, limit, columns)  # its errors come first: they cost nothing to find
+    if callable(max_positions): max_positions = max_positions()
+    sides, by = split_sides(data, split_by, test_fraction, validation_fraction, seed)
+    fits = np.array([max_positions is None or padded_length(len(t)) <= max_positions for t in data.texts], bool)
+    sides, rejected = np.where(fits, sides, 'rejected'), data.rejected + Counter(too_long=int((~fits).sum()))
+    rows = {s: np.flatnonzero(sides == s) for s in SIDES}
+    parts = {s: TaskSide([data.texts[i] for i in r], data.labels[r]) for s, r in rows.items()}
+    if (n := len(set(parts['train'].labels.tolist()))) < 2:
+        raise DataError(f"{task}: a classifier needs two classes on the train side, got {len(rows['train']):,} "
+                        f"train rows of {n} class{'' if n == 1 else 'es'}")
+    report = {**split_report(data, sides, by), 'rejected': dict(rejected.most_common())}
+    return LabelledTask(task, list(data.classes), parts, report, rejected)

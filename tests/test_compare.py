@@ -1,14 +1,15 @@
-"Judging classifiers (13c_compare): metrics against hand numbers and scikit-learn, arms, spread, finetune.jsonl, compare."
-import json, os, subprocess, sys
+"""Judging classifiers (13c_compare, and 13d_finetune's arms): metrics against hand numbers and scikit-learn, arms,
+spread, finetune.jsonl, the compare command with fine-tuned arms."""
+import json, os, shutil, subprocess, sys
 import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from domain_canine.analysis import read_finetune
 from domain_canine.cli import main
-from domain_canine.compare import (ARMS, TaskSplit, append_finetune, classifier_metrics, compare, format_comparison,
-                                   load_task, majority_arm, summarise, task_split, tfidf_arm, within_noise)
+from domain_canine.compare import (ARMS, Arm, append_finetune, classifier_metrics, compare, format_comparison,
+                                   majority_predict, summarise, within_noise)
 from domain_canine.core import WriteError
-from domain_canine.tasks import labelled_data
+from domain_canine.tasks import LabelledTask, load_task
 
 WORDS = {'com': ['shop', 'store', 'cloud', 'tech', 'online', 'market'],
          'de': ['laden', 'kaufen', 'schule', 'haus', 'welt', 'markt']}
@@ -19,11 +20,16 @@ def toy_rows() -> tuple[list[str], list[str]]:
     rows = [(f'{p}{w}', t) for t, ws in WORDS.items() for w in ws for p in PREFIXES]
     return [r[0] for r in rows], [r[1] for r in rows]
 
-@pytest.fixture(scope='module')
-def toy() -> TaskSplit:
+def write_toy(path, sides=None) -> str:
+    "The toy rows as a CSV file with a split column: every fourth row tested, unless `sides` says otherwise."
     texts, labels = toy_rows()
-    sides = np.array(['test' if i % 4 == 0 else 'train' for i in range(len(texts))])
-    return task_split(labelled_data(texts, labels), sides, 'toy', 'column')
+    sides = sides or ['test' if i % 4 == 0 else 'train' for i in range(len(texts))]
+    path.write_text('domain,label,split\n' + ''.join(f'{t},{l},{s}\n' for t, l, s in zip(texts, labels, sides)))
+    return str(path)
+
+@pytest.fixture(scope='module')
+def toy(tmp_path_factory) -> LabelledTask:
+    return load_task(write_toy(tmp_path_factory.mktemp('toy') / 'toy.csv'))
 
 def test_metrics_on_a_hand_made_binary_case():
     m = classifier_metrics([0, 0, 1, 1], [[.8, .2], [.2, .8], [.3, .7], [.1, .9]], ['no', 'yes'])
@@ -51,7 +57,7 @@ def test_metrics_edge_cases():
     with pytest.raises(ValueError, match=r'shape \(2, 2\)'): classifier_metrics([0, 1], [[1, 0]], ['no', 'yes'])
 
 def test_tfidf_beats_majority_and_runs_are_deterministic(toy):
-    first, again = compare(toy, ARMS, seeds=(0, 1, 2)), compare(toy, ARMS, seeds=(0, 1, 2))
+    first, again = (compare(toy, list(ARMS.values()), seeds=(0, 1, 2)) for _ in range(2))
     strip = lambda rs: [{k: v for k, v in r.items() if k != 'seconds'} for r in rs]
     assert strip(first) == strip(again)
     assert [r['arm'] for r in first] == ['tfidf', 'majority']  # deterministic arms: run once
@@ -61,7 +67,7 @@ def test_tfidf_beats_majority_and_runs_are_deterministic(toy):
 
 def test_a_seeded_arm_runs_per_seed_and_the_spread_is_measured(toy):
     noisy = lambda task, seed: np.random.default_rng(seed).dirichlet([1, 1], len(task.test.texts))
-    records = compare(toy, dict(noisy=noisy, tfidf=tfidf_arm), seeds=range(3))
+    records = compare(toy, [Arm('noisy', noisy), ARMS['tfidf']], seeds=range(3))
     assert [r['seed'] for r in records] == [0, 1, 2, 0]
     s = summarise(records)
     f1 = [r['macro_f1'] for r in records[:3]]
@@ -72,17 +78,19 @@ def test_a_seeded_arm_runs_per_seed_and_the_spread_is_measured(toy):
     assert table[0] == '| arm | accuracy | macro-F1 | ROC-AUC | time (s) | seeds |' and ' ± ' in table[2]
     assert '(best)' in table[3]
 
-def test_a_wrong_arm_and_a_task_without_two_classes_are_refused(toy):
-    with pytest.raises(ValueError, match='expected'): compare(toy, dict(bad=lambda task, seed: np.ones((1, 2))))
-    texts, labels = toy_rows()
-    with pytest.raises(Exception, match='two classes on the train side'):
-        task_split(labelled_data(texts, labels), np.where(np.array(labels) == 'com', 'train', 'test'))
+def test_a_wrong_arm_and_a_task_without_two_classes_are_refused(toy, tmp_path):
+    with pytest.raises(ValueError, match='expected'): compare(toy, [Arm('bad', lambda task, seed: np.ones((1, 2)))])
+    _, labels = toy_rows()
+    one_class = write_toy(tmp_path / 'one.csv', ['train' if l == 'com' else 'test' for l in labels])
+    with pytest.raises(Exception, match='two classes on the train side'): load_task(one_class)
+    untested = load_task(write_toy(tmp_path / 'untested.csv', ['train'] * len(labels)))
+    with pytest.raises(Exception, match='a comparison needs a test side'): compare(untested, [ARMS['tfidf']])
 
 def test_finetune_jsonl_round_trip_keeps_the_old_lines_on_failure(toy, tmp_path, monkeypatch):
     (tmp_path / 'checkpoint-40').mkdir()
     (tmp_path / 'checkpoint-40' / 'trainer_state.json').write_text(json.dumps(dict(step=40)))
-    tuned = compare(toy, dict(majority=majority_arm), model=tmp_path / 'checkpoint-40')
-    base = compare(toy, dict(majority=majority_arm))
+    tuned = compare(toy, [Arm('majority', majority_predict, str(tmp_path / 'checkpoint-40'), 40)])
+    base = compare(toy, [ARMS['majority']])
     assert tuned[0]['step'] == 40 and base[0]['step'] is None
     append_finetune(tmp_path, tuned)
     path = append_finetune(tmp_path, base)
@@ -114,3 +122,21 @@ def test_compare_command_bad_input_is_one_line(tmp_path, capsys):
     assert 'a limit applies to the built-in tasks' in capsys.readouterr().err
     with pytest.raises(SystemExit) as e: main(['compare', '--task', 'tld', '--seeds', '0'])
     assert e.value.code == 2 and 'must be an integer >= 1' in capsys.readouterr().err
+
+def test_fine_tuned_arms_from_every_checkpoint_of_a_run(tiny_run, tmp_path, capsys):
+    "The command with --models: per checkpoint a finetuned and a frozen arm, one scratch arm, the same test side."
+    run = shutil.copytree(tiny_run, tmp_path / 'run')
+    steps = sorted(int(p.name.rpartition('-')[2]) for p in run.glob('checkpoint-step-*'))
+    argv = ['compare', '--task', write_toy(tmp_path / 'toy.csv'), '--models', str(run), '--seeds', '2',
+            '--max_steps', '3', '--batch_size', '8', '--device', 'cpu', '--json']
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    printed = [json.loads(line) for line in out.splitlines()]
+    arms = [(r['arm'], r['step'], r['seed']) for r in printed]
+    tuned = [(k, s, seed) for s in steps for k in ('finetuned', 'frozen') for seed in (0, 1)]
+    assert sorted(arms, key=str) == sorted([('tfidf', None, 0), ('majority', None, 0), *tuned,
+                                            ('scratch', None, 0), ('scratch', None, 1)], key=str)
+    assert {r['n_test'] for r in printed} == {30} and 'records appended to' in err
+    assert read_finetune(run) == sorted(printed, key=lambda r: (r['step'] is not None, r['step'] or 0))
+    assert main(['compare', '--task', 'tld', '--arms', 'scratch']) == 1
+    assert 'start from a model: give it with --models' in capsys.readouterr().err
