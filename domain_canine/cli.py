@@ -175,11 +175,12 @@ def _interactive(predictor: Predictor, top_k: int, as_json: bool,
 
 # %% ../nbs/17_cli.ipynb #5a96c52b
 def _predictor(model_path: str, device: str | None) -> tuple[Predictor | Classifier, str]:
-    "The predictor of `model_path`, and what a user types for it: a fine-tuned classifier's, else the mask filler."
+    "The predictor of `model_path` and what to type for it: a fine-tuned classifier, else the mask filler."
     from domain_canine.model import is_model_dir, is_original_dir
     if not (is_model_dir(model_path) or is_original_dir(model_path)):
         from domain_canine.finetune import Classifier, is_classifier_dir
-        if is_classifier_dir(model_path): return Classifier.from_dir(model_path, device), 'a domain to classify'
+        if is_classifier_dir(model_path):
+            return Classifier.from_dir(model_path, device), 'a domain to classify'
     from domain_canine.inference import Predictor
     return Predictor.from_dir(model_path, device), 'a domain with ? or [MASK] for hidden characters'
 
@@ -191,8 +192,8 @@ def predict_command(domains: list[str] = (), # domains with ? or [MASK] for each
                     device: str | None = None, # cpu, cuda or mps (default: the best available)
                    ) -> int:
     """Fill the characters marked ? or [MASK], e.g. domain-canine predict --model_path runs/demo/final-model "goo?le.com";
-    with a classifier that finetune wrote, print each domain's most probable classes and their probabilities, e.g.
-    domain-canine predict --model_path runs/tld/final-model example"""
+    with a classifier that finetune wrote, print each domain's most probable classes with their probabilities,
+    e.g. domain-canine predict --model_path runs/tld/final-model example"""
     from domain_canine.inference import InputError
     if not domains and not interactive: raise InputError('give domains to predict, or --interactive')
     if top_k < 1: raise InputError('--top_k must be at least 1')

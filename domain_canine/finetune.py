@@ -319,7 +319,7 @@ def finetune(cfg: FinetuneConfig, callbacks=None, log=print) -> Path:
 
 # %% ../nbs/13d_finetune.ipynb #5ca4c835
 def longest_text(max_positions: int) -> int:
-    "The most characters a model of `max_positions` positions reads ([CLS], [SEP] and the spare block besides)."
+    "The most characters a model of `max_positions` positions reads ([CLS], [SEP] and a spare block besides)."
     return max(n for n in range(max_positions) if padded_length(n) <= max_positions)
 
 def clean_query(text: str, max_positions: int) -> str:
@@ -327,7 +327,8 @@ def clean_query(text: str, max_positions: int) -> str:
     d, reason = clean_text(text)
     if reason == 'empty': raise InputError('empty input: type a domain (or a name without its TLD)')
     if reason:
-        raise InputError(f"{str(text).strip()!r} is not a domain fine-tuning would accept ({reason.replace('_', ' ')})")
+        why = reason.replace('_', ' ')
+        raise InputError(f"{str(text).strip()!r} is not a domain fine-tuning would accept ({why})")
     if padded_length(len(d)) > max_positions:
         raise InputError(f'{d!r} is too long for the model: {len(d)} characters, '
                          f'it reads at most {longest_text(max_positions)}')
@@ -343,7 +344,8 @@ class Classification:
     @property
     def label(self) -> str: return self.top[0][0]
 
-    def __str__(self): return f"{self.query} → {self.label}  ({'  '.join(f'{c} {p:.1%}' for c, p in self.top)})"
+    def __str__(self):
+        return f"{self.query} → {self.label}  ({'  '.join(f'{c} {p:.1%}' for c, p in self.top)})"
 
     def to_dict(self) -> dict:
         return dict(query=self.query, text=self.text, label=self.label,
@@ -351,7 +353,7 @@ class Classification:
 
 # %% ../nbs/13d_finetune.ipynb #1d4898f3
 class Classifier:
-    "Class probabilities of typed domains from a fine-tuned classifier (a final model or a checkpoint), loaded once."
+    "Class probabilities of typed domains from a fine-tuned classifier (a final model or checkpoint)."
     def __init__(self, model: DomainCanineClassifier, device: str | torch.device | None = None):
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.model, config = model.to(self.device).eval(), model.clf.config
@@ -365,12 +367,13 @@ class Classifier:
 
     def clean(self, queries: list[str]) -> list[str]:
         "Every query cleaned as fine-tuning cleans its rows; an `InputError` for the first it would reject."
-        return [clean_query(q, self.max_positions) for q in ([queries] if isinstance(queries, str) else queries)]
+        queries = [queries] if isinstance(queries, str) else queries
+        return [clean_query(q, self.max_positions) for q in queries]
 
 # %% ../nbs/13d_finetune.ipynb #039ad1cf
 @patch
 def probabilities(self: Classifier, queries: list[str], batch_size: int = 256) -> np.ndarray:
-    "The class probabilities (queries, classes), in `classes` order; every query is checked before any is read."
+    "Class probabilities (queries, classes) in `classes` order; every query is checked before any is read."
     texts, out = self.clean(queries), []
     enc, to = EncodedDomains.from_strings(texts), lambda t: to_device(t, self.device)
     with torch.no_grad():
@@ -382,7 +385,8 @@ def probabilities(self: Classifier, queries: list[str], batch_size: int = 256) -
 
 # %% ../nbs/13d_finetune.ipynb #17fc33e3
 @patch
-def predict(self: Classifier, queries: list[str], top_k: int = 5, batch_size: int = 256) -> list[Classification]:
+def predict(self: Classifier, queries: list[str], top_k: int = 5,
+            batch_size: int = 256) -> list[Classification]:
     "The `top_k` most probable classes of each query, most probable first."
     queries = [queries] if isinstance(queries, str) else list(queries)
     texts = self.clean(queries)

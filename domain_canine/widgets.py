@@ -374,8 +374,8 @@ def predict(self: ClassifierWidget) -> Classification | None:
         try: c = self.predictor().predict([text], self.top_k_slider.value)[0]
         except (InputError, ModelError) as e: self.show_error(str(e)); return None
         self.message.value, self.predicted.value, self.bars.value = '', _html_predicted(c), _html_classes(c)
-        n = len(self.predictor().classes)
-        self.status.value = f'{c.text} → {c.label} ({len(c.top)} of {n} classes shown)  ({1000 * (time.perf_counter() - start):.0f} ms)'
+        ms, n = 1000 * (time.perf_counter() - start), len(self.predictor().classes)
+        self.status.value = f'{c.text} → {c.label} ({len(c.top)} of {n} classes shown)  ({ms:.0f} ms)'
         return c
 
 # %% ../nbs/14_widgets.ipynb #37c4ef0a

@@ -2,8 +2,8 @@
 
 Types a masked domain into the predictor and waits for its predictions, types a refused one and waits for the
 reason; types a brand into the look-alike explorer and waits for both rankings, then a refused one; types a domain
-into the classifier widget and waits for its class bars, then a refused one; moves the smoothing slider of the loss curves and checks that the plot was redrawn. Screenshots go to
-test-artifacts/browser/ (or $SHOT_DIR). Needs Debian's chromium (`apt-get install chromium`) and the playwright
+into the classifier widget and waits for its class bars, then a refused one; moves the smoothing slider of the loss
+curves and checks that the plot was redrawn. Screenshots go to test-artifacts/browser/ (or $SHOT_DIR). Needs Debian's chromium (`apt-get install chromium`) and the playwright
 package; without them it is skipped, except under CI=true, where it fails.
 """
 import json, os, re, shutil, time
@@ -97,7 +97,8 @@ def _classifier_steps(page, classes: list[str]):
     expect(bars).to_have_count(len(classes))
     shown = [re.fullmatch(r'(\S+)\s+([\d.]+)%', t.strip()).groups() for t in bars.all_inner_texts()]
     labels, percents = [c for c, _ in shown], [float(p) for _, p in shown]
-    assert sorted(labels) == classes and percents == sorted(percents, reverse=True) and abs(sum(percents) - 100) < 0.5, shown
+    assert sorted(labels) == classes and percents == sorted(percents, reverse=True), shown
+    assert abs(sum(percents) - 100) < 0.5, shown  # every class: all of the probability
     expect(widget.locator('.dc-predicted .dc-label')).to_have_text(labels[0])
     expect(widget.locator('.dc-message')).to_have_text('')
     widget.screenshot(path=str(SHOTS / 'classifier.png'))

@@ -157,10 +157,12 @@ def test_predict_prints_a_classifiers_classes(reference, capsys, monkeypatch):
     for line in lines:  # Example → com  (com 31.2%  net 20.5%  xyz 17.2%)
         label, shown = re.fullmatch(r'\S+ → (\w+)  \((.*)\)', line).groups()
         top = [(c, float(p)) for c, p in re.findall(r'(\w+) ([\d.]+)%', shown)]
-        assert len(top) == 3 and top[0][0] == label and [p for _, p in top] == sorted((p for _, p in top), reverse=True)
+        probs = [p for _, p in top]
+        assert len(top) == 3 and top[0][0] == label and probs == sorted(probs, reverse=True)
     assert main(['predict', '--model_path', final, '--json', '--top_k', '9', 'example']) == 0
     (answer,) = json.loads(capsys.readouterr().out)
-    assert sorted(t['label'] for t in answer['top']) == results['classes'] and answer['label'] == answer['top'][0]['label']
+    assert sorted(t['label'] for t in answer['top']) == results['classes']  # --top_k above the classes: all of them
+    assert answer['label'] == answer['top'][0]['label']
     assert answer['text'] == 'example' and abs(sum(t['prob'] for t in answer['top']) - 1) < 1e-5
     monkeypatch.setattr('sys.stdin', io.StringIO('example\nexa mple\nshop-online\n\n'))
     assert main(['predict', '--model_path', final, '--interactive']) == 0
@@ -176,5 +178,6 @@ def test_the_classifier_reads_domains_as_fine_tuning_did(reference):
     results = json.loads((reference / 'test_results.json').read_text())
     classifier = Classifier.from_dir(reference / 'final-model', 'cpu')
     assert classifier.classes == results['classes']
-    probs = classifier.probabilities([t.upper() + '.' for t in results['texts']], batch_size=16)  # cleaned back to the texts
+    typed = [t.upper() + '.' for t in results['texts']]  # cleaned back to the texts
+    probs = classifier.probabilities(typed, batch_size=16)
     assert probs.shape == (results['test_rows'], 5) and np.allclose(probs, results['probabilities'], atol=1e-5)
