@@ -164,9 +164,10 @@ def _show(predictions, as_json: bool):
     if as_json: print(json.dumps([p.to_dict() for p in predictions], ensure_ascii=False))
     else: print('\n'.join(map(str, predictions)))
 
-def _interactive(predictor: Predictor, top_k: int, as_json: bool):
+def _interactive(predictor: Predictor, top_k: int, as_json: bool,
+                 ask: str = 'a domain with ? or [MASK] for hidden characters'): # what the prompt asks for
     "A prompt loop: one domain per line, an empty line or end of input to quit; bad input is reported, not fatal."
-    print('Type a domain with ? or [MASK] for hidden characters (empty line to quit).', file=sys.stderr)
+    print(f'Type {ask} (empty line to quit).', file=sys.stderr)
     while True:
         try: line = input('domain> ')
         except EOFError: return
@@ -175,20 +176,32 @@ def _interactive(predictor: Predictor, top_k: int, as_json: bool):
         except ValueError as e: print(f'error: {e}', file=sys.stderr)
 
 # %% ../nbs/17_cli.ipynb #5a96c52b
-def predict_command(domains: list[str] = (), # domains with ? or [MASK] for each hidden character
-                    *, model_path: str, # a model or checkpoint directory written by training
-                    top_k: int = 5, # candidates to show per masked character
+def _predictor(model_path: str, device: str | None) -> tuple[Predictor | Classifier, str]:
+    "The predictor of `model_path` and what to type for it: a fine-tuned classifier, else the mask filler."
+    from domain_canine.model import is_model_dir, is_original_dir
+    if not (is_model_dir(model_path) or is_original_dir(model_path)):
+        from domain_canine.finetune import Classifier, is_classifier_dir
+        if is_classifier_dir(model_path):
+            return Classifier.from_dir(model_path, device), 'a domain to classify'
+    from domain_canine.inference import Predictor
+    return Predictor.from_dir(model_path, device), 'a domain with ? or [MASK] for hidden characters'
+
+def predict_command(domains: list[str] = (), # domains with ? or [MASK] for each hidden character (for a classifier: domains)
+                    *, model_path: str, # a model or checkpoint directory written by training, or a classifier written by finetune
+                    top_k: int = 5, # candidates to show per masked character (for a classifier: classes shown)
                     json_: bool = False, # print the predictions as one JSON list
                     interactive: bool = False, # read domains from a prompt until an empty line
                     device: str | None = None, # cpu, cuda or mps (default: the best available)
                    ) -> int:
-    'Fill the characters marked ? or [MASK], e.g. domain-canine predict --model_path runs/demo/final-model "goo?le.com"'
-    from domain_canine.inference import InputError, Predictor
+    """Fill the characters marked ? or [MASK], e.g. domain-canine predict --model_path runs/demo/final-model "goo?le.com";
+    with a classifier that finetune wrote, print each domain's most probable classes with their probabilities,
+    e.g. domain-canine predict --model_path runs/tld/final-model example"""
+    from domain_canine.inference import InputError
     if not domains and not interactive: raise InputError('give domains to predict, or --interactive')
     if top_k < 1: raise InputError('--top_k must be at least 1')
-    predictor = Predictor.from_dir(model_path, device)
+    predictor, ask = _predictor(model_path, device)
     if domains: _show(predictor.predict(domains, top_k), json_)
-    if interactive: _interactive(predictor, top_k, json_)
+    if interactive: _interactive(predictor, top_k, json_, ask)
     return 0
 
 def import_original_command(source: str, # the original checkpoint directory
@@ -521,7 +534,7 @@ def crash_test_command(*, moments: int = 20, # how many kills
 # %% ../nbs/17_cli.ipynb #be46c92a
 COMMANDS = {  # name: (the function it runs, its line in `domain-canine --help`)
     'train': (train_command, 'train or continue training a model'),
-    'predict': (predict_command, 'fill masked characters of domains'),
+    'predict': (predict_command, 'fill masked characters of domains, or classify domains with a fine-tuned classifier'),
     'import-original': (import_original_command, 'convert a checkpoint of the original single-script project'),
     'evaluate': (evaluate_command, 'measure a model on a domain file, beside a character n-gram baseline'),
     'score': (score_command, 'pseudo-log-likelihood of domains'),

@@ -14,17 +14,18 @@ from fastcore.basics import patch
 from torch import nn
 from transformers import CanineConfig, CanineForSequenceClassification, CanineTokenizer
 from transformers.utils import logging as hf_logging
-from .core import ConfigError, check_folder, write_atomic, writing
+from .core import ConfigError, check_folder, pick_device, write_atomic, writing
 from .config import ACCEPTS, Accepts, TrainConfig, check_config
-from .data import DataError
-from .masking import CharVocab, EpochOrder, PAD, evaluation_order, pad_batch
+from .data import DataError, EncodedDomains
+from .masking import CharVocab, EpochOrder, PAD, evaluation_order, pad_batch, padded_length
 from .model import ModelError, build_model, canine_config, note_unverified, use_sdpa, verify_model_dir
 from .checkpoint import sweep_checkpoints
 from .distributed import shutdown_distributed
 from .run_data import RunData, _no_validation
 from .training import Trainer, join_job, set_dropout
 from .probes import checkpoint_step, model_dirs
-from .tasks import SPLIT_BY, LabelledTask, TaskSide, load_task
+from .inference import InputError, to_device
+from .tasks import SPLIT_BY, LabelledTask, TaskSide, clean_text, load_task
 from .compare import Arm
 
 # %% auto #0
@@ -33,7 +34,7 @@ __all__ = ['FINETUNE_ACCEPTS', 'FINETUNE_DEFAULTS', 'ARM_KINDS', 'ARM_SETTINGS',
            'ClassifierOutput', 'DomainCanineClassifier', 'tokenizer_files', 'is_classifier_dir', 'source_config',
            'pretrained_encoder_state', 'classifier_config', 'build_classifier', 'check_output_dir', 'finetune_trainer',
            'predict_side', 'test_results', 'finetune', 'model_positions', 'classifier_arm', 'arm_models',
-           'classifier_arms']
+           'classifier_arms', 'longest_text', 'clean_query', 'Classification', 'Classifier']
 
 # %% ../nbs/13d_finetune.ipynb #9a1662ff
 @dataclass
@@ -341,3 +342,81 @@ def classifier_arms(models: list[str], kinds=ARM_KINDS, log=_quiet,
             lr = dict(learning_rate=frozen_learning_rate) if kind == 'frozen' and frozen_learning_rate else {}
             arms.append(classifier_arm(model, kind, log, workdir, **{**settings, **lr}))
     return arms
+
+# %% ../nbs/13d_finetune.ipynb #5ca4c835
+def longest_text(max_positions: int) -> int:
+    "The most characters a model of `max_positions` positions reads ([CLS], [SEP] and a spare block besides)."
+    return max(n for n in range(max_positions) if padded_length(n) <= max_positions)
+
+def clean_query(text: str, max_positions: int) -> str:
+    "`text` cleaned as fine-tuning cleans its rows; an `InputError` with the reason where it would reject it."
+    d, reason = clean_text(text)
+    if reason == 'empty': raise InputError('empty input: type a domain (or a name without its TLD)')
+    if reason:
+        why = reason.replace('_', ' ')
+        raise InputError(f"{str(text).strip()!r} is not a domain fine-tuning would accept ({why})")
+    if padded_length(len(d)) > max_positions:
+        raise InputError(f'{d!r} is too long for the model: {len(d)} characters, '
+                         f'it reads at most {longest_text(max_positions)}')
+    return d
+
+# %% ../nbs/13d_finetune.ipynb #fb3d43e4
+@dataclass
+class Classification:
+    query: str                    # what the user typed
+    text: str                     # what the classifier read: the query cleaned as fine-tuning cleans its rows
+    top: list[tuple[str, float]]  # the most probable classes with their probabilities, most probable first
+
+    @property
+    def label(self) -> str: return self.top[0][0]
+
+    def __str__(self):
+        return f"{self.query} → {self.label}  ({'  '.join(f'{c} {p:.1%}' for c, p in self.top)})"
+
+    def to_dict(self) -> dict:
+        return dict(query=self.query, text=self.text, label=self.label,
+                    top=[dict(label=c, prob=p) for c, p in self.top])
+
+# %% ../nbs/13d_finetune.ipynb #1d4898f3
+class Classifier:
+    "Class probabilities of typed domains from a fine-tuned classifier (a final model or checkpoint)."
+    def __init__(self, model: DomainCanineClassifier, device: str | torch.device | None = None):
+        self.device = device if isinstance(device, torch.device) else pick_device(device)
+        self.model, config = model.to(self.device).eval(), model.clf.config
+        self.classes = [config.id2label[i] for i in range(config.num_labels)]  # the order of every answer
+        self.max_positions = config.max_position_embeddings
+
+    @classmethod
+    def from_dir(cls, path, device=None) -> Classifier:
+        "A classifier of the fine-tuned directory `path`."
+        return cls(DomainCanineClassifier.load(path), device)
+
+    def clean(self, queries: list[str]) -> list[str]:
+        "Every query cleaned as fine-tuning cleans its rows; an `InputError` for the first it would reject."
+        queries = [queries] if isinstance(queries, str) else queries
+        return [clean_query(q, self.max_positions) for q in queries]
+
+# %% ../nbs/13d_finetune.ipynb #039ad1cf
+@patch
+def probabilities(self: Classifier, queries: list[str], batch_size: int = 256) -> np.ndarray:
+    "Class probabilities (queries, classes) in `classes` order; every query is checked before any is read."
+    texts, out = self.clean(queries), []
+    enc, to = EncodedDomains.from_strings(texts), lambda t: to_device(t, self.device)
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            ids, _ = pad_batch(enc, np.arange(start, min(start + batch_size, len(texts))))
+            logits = self.model(to(ids), to((ids != PAD).long())).logits
+            out.append(logits.float().softmax(-1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)), np.float32)
+
+# %% ../nbs/13d_finetune.ipynb #17fc33e3
+@patch
+def predict(self: Classifier, queries: list[str], top_k: int = 5,
+            batch_size: int = 256) -> list[Classification]:
+    "The `top_k` most probable classes of each query, most probable first."
+    queries = [queries] if isinstance(queries, str) else list(queries)
+    texts = self.clean(queries)
+    probs = self.probabilities(texts, batch_size)  # a clean text stays as it is
+    order = np.argsort(-probs, axis=1, kind='stable')[:, :top_k]
+    return [Classification(q, t, [(self.classes[j], float(p[j])) for j in o])
+            for q, t, p, o in zip(queries, texts, probs, order)]

@@ -22,6 +22,17 @@ def tiny_run(tmp_path_factory) -> Path:
     assert r.returncode == 0, r.stderr
     return out
 
+@pytest.fixture(scope='session')
+def tiny_classifier(tmp_path_factory, tiny_run) -> Path:
+    "Run folder of a classifier fine-tuned for 6 steps from the tiny run's final model on a small `make-task tld` file."
+    from domain_canine.cli import main  # in process: the command line is tested elsewhere, this saves a start-up
+    out = tmp_path_factory.mktemp('classifier')
+    assert main(['make-task', 'tld', '--output', str(out / 'tld.csv'), '--limit', '300']) == 0
+    assert main(['finetune', '--task', str(out / 'tld.csv'), '--model_name_or_path', str(tiny_run / 'final-model'),
+                 '--output_dir', str(out / 'tld'), '--max_steps', '6', '--batch_size', '16', '--learning_rate', '3e-3',
+                 '--eval_steps', '3', '--save_steps', '3', '--logging_steps', '3', '--device', 'cpu']) == 0
+    return out / 'tld'
+
 def pytest_configure(config):
     config.addinivalue_line('markers', 'browser: drives the widgets in JupyterLab from headless Chromium (select with -m browser)')
 

@@ -1,12 +1,12 @@
 """The widgets as a person meets them: the demo notebook run in a real JupyterLab, driven from headless Chromium.
 
 Types a masked domain into the predictor and waits for its predictions, types a refused one and waits for the
-reason; types a brand into the look-alike explorer and waits for both rankings, then a refused one; moves the
-smoothing slider of the loss curves and checks that the plot was redrawn. Screenshots go to
-test-artifacts/browser/ (or $SHOT_DIR). Needs Debian's chromium (`apt-get install chromium`) and the playwright
+reason; types a brand into the look-alike explorer and waits for both rankings, then a refused one; types a domain
+into the classifier widget and waits for its class bars, then a refused one; moves the smoothing slider of the loss
+curves and checks that the plot was redrawn. Screenshots go to test-artifacts/browser/ (or $SHOT_DIR). Needs Debian's chromium (`apt-get install chromium`) and the playwright
 package; without them it is skipped, except under CI=true, where it fails.
 """
-import os, re, shutil, time
+import json, os, re, shutil, time
 from pathlib import Path
 import pytest
 from conftest import ROOT
@@ -37,12 +37,13 @@ def browser():
 
 
 @pytest.fixture(scope='module')
-def lab(browser, tiny_run, tmp_path_factory):
-    "JupyterLab serving a copy of the demo notebook pointed at a runs folder holding the tiny run."
+def lab(browser, tiny_run, tiny_classifier, tmp_path_factory):
+    "JupyterLab serving a copy of the demo notebook pointed at a runs folder holding the tiny run and a tiny classifier."
     work = tmp_path_factory.mktemp('lab')
     root, runs = work / 'notebooks', work / 'runs'
     root.mkdir()
     shutil.copytree(tiny_run, runs / 'tiny', ignore=shutil.ignore_patterns('checkpoint-*'))  # whole models: a lost file is refused
+    shutil.copytree(tiny_classifier, runs / 'tld', ignore=shutil.ignore_patterns('checkpoint-*'))
     set_parameters(DEMO, root / DEMO.name, runs_dir=str(runs), preset='tiny')
     server = Lab(root).start()
     try: yield server
@@ -78,11 +79,36 @@ def _code_cells(nb: Path) -> int:
     return sum(c['cell_type'] == 'code' for c in json.loads(nb.read_text())['cells'])
 
 
-def test_demo_notebook_widgets(lab, page):
-    _shot_on_failure(page, 'demo-notebook', lambda page: _demo_steps(lab, page))
+def test_demo_notebook_widgets(lab, page, tiny_classifier):
+    classes = json.loads((tiny_classifier / 'task.json').read_text())['classes']
+    _shot_on_failure(page, 'demo-notebook', lambda page: _demo_steps(lab, page, classes))
 
 
-def _demo_steps(lab, page):
+def _classifier_steps(page, classes: list[str]):
+    "A domain, then its classes as bars with percentages, most probable first, the first named; then a refused one."
+    from playwright.sync_api import expect
+    widget = page.locator('.dc-classifier')
+    typed, status = widget.locator('.dc-classify-input input'), widget.locator('.dc-status')
+    bars = widget.locator('.dc-class-bars .dc-bar-row')
+    expect(typed).to_have_value('example')
+    expect(status).to_contain_text('example → ', timeout=60_000)
+    typed.fill('shop-online')
+    expect(status).to_contain_text('shop-online → ', timeout=30_000)  # set after the bars
+    expect(bars).to_have_count(len(classes))
+    shown = [re.fullmatch(r'(\S+)\s+([\d.]+)%', t.strip()).groups() for t in bars.all_inner_texts()]
+    labels, percents = [c for c, _ in shown], [float(p) for _, p in shown]
+    assert sorted(labels) == classes and percents == sorted(percents, reverse=True), shown
+    assert abs(sum(percents) - 100) < 0.5, shown  # every class: all of the probability
+    expect(widget.locator('.dc-predicted .dc-label')).to_have_text(labels[0])
+    expect(widget.locator('.dc-message')).to_have_text('')
+    widget.screenshot(path=str(SHOTS / 'classifier.png'))
+    typed.fill('shop online')  # refused as fine-tuning refuses it: the reason, and no stale bars
+    expect(widget.locator('.dc-message')).to_contain_text('not a domain fine-tuning would accept')
+    expect(bars).to_have_count(0)
+    expect(status).to_have_text('invalid input')
+
+
+def _demo_steps(lab, page, classes: list[str]):
     from playwright.sync_api import expect
     t0 = time.monotonic()
     open_notebook(page, lab, DEMO.name)
@@ -122,6 +148,8 @@ def _demo_steps(lab, page):
     brand.fill('ab--cd.com')  # dnstwist cannot read it: the reason, and no stale rankings
     expect(explorer.locator('.dc-message')).to_contain_text('dnstwist cannot read')
     expect(explorer.locator('table.dc-ranking')).to_have_count(0)
+
+    _classifier_steps(page, classes)
 
     # the loss curves: three steps of the smoothing slider redraw the plot
     plot_status, img = page.locator('.dc-plot-status'), page.locator('img.dc-plot')

@@ -1,11 +1,12 @@
 "Fine-tuning: the saved classifier leaves the workbench, resume is exact, bad input is one line, the comparison's arms."
-import json, subprocess, sys, textwrap
+import io, json, re, subprocess, sys, textwrap
+import numpy as np
 import pytest
 import torch
 from transformers import CanineForSequenceClassification, CanineModel
 from domain_canine.cli import main
 from domain_canine.callbacks import Callback
-from domain_canine.finetune import build_classifier, finetune, finetune_config
+from domain_canine.finetune import Classifier, build_classifier, finetune, finetune_config
 from domain_canine.model import DomainCanineMLM, canine_config
 from domain_canine.tasks import write_task
 
@@ -145,3 +146,38 @@ def test_from_scratch_loads_none_of_the_pretrained_weights(task):
     assert all(torch.equal(v, pretrained[k]) for k, v in loaded.items())
     assert not any(torch.equal(v, pretrained[k]) for k, v in scratch.items())
     assert {k: v.shape for k, v in scratch.items()} == {k: v.shape for k, v in pretrained.items()}
+
+
+def test_predict_prints_a_classifiers_classes(reference, capsys, monkeypatch):
+    "`predict` on a classifier directory: each domain's top classes, high to low; JSON; the prompt; bad input in one line."
+    final, results = str(reference / 'final-model'), json.loads((reference / 'test_results.json').read_text())
+    assert main(['predict', '--model_path', final, '--top_k', '3', 'Example', 'shop-online']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [l.split(' → ')[0] for l in lines] == ['Example', 'shop-online']
+    for line in lines:  # Example → com  (com 31.2%  net 20.5%  xyz 17.2%)
+        label, shown = re.fullmatch(r'\S+ → (\w+)  \((.*)\)', line).groups()
+        top = [(c, float(p)) for c, p in re.findall(r'(\w+) ([\d.]+)%', shown)]
+        probs = [p for _, p in top]
+        assert len(top) == 3 and top[0][0] == label and probs == sorted(probs, reverse=True)
+    assert main(['predict', '--model_path', final, '--json', '--top_k', '9', 'example']) == 0
+    (answer,) = json.loads(capsys.readouterr().out)
+    assert sorted(t['label'] for t in answer['top']) == results['classes']  # --top_k above the classes: all of them
+    assert answer['label'] == answer['top'][0]['label']
+    assert answer['text'] == 'example' and abs(sum(t['prob'] for t in answer['top']) - 1) < 1e-5
+    monkeypatch.setattr('sys.stdin', io.StringIO('example\nexa mple\nshop-online\n\n'))
+    assert main(['predict', '--model_path', final, '--interactive']) == 0
+    out, err = capsys.readouterr()
+    assert 'a domain to classify' in err and 'not a domain fine-tuning would accept' in err and out.count(' → ') == 2
+    assert run_main(['predict', '--model_path', final, 'example', 'goo?le']) == 1  # one refused: nothing printed
+    out, err = capsys.readouterr()
+    assert out == '' and err.startswith('domain-canine: error: ') and len(err.strip().splitlines()) == 1
+    assert "'goo?le' is not a domain fine-tuning would accept (invalid character)" in err
+
+def test_the_classifier_reads_domains_as_fine_tuning_did(reference):
+    "Its probabilities for the test side are the ones the run wrote: the same cleaning, encoding and class order."
+    results = json.loads((reference / 'test_results.json').read_text())
+    classifier = Classifier.from_dir(reference / 'final-model', 'cpu')
+    assert classifier.classes == results['classes']
+    typed = [t.upper() + '.' for t in results['texts']]  # cleaned back to the texts
+    probs = classifier.probabilities(typed, batch_size=16)
+    assert probs.shape == (results['test_rows'], 5) and np.allclose(probs, results['probabilities'], atol=1e-5)

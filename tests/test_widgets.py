@@ -1,18 +1,22 @@
 "The notebook widgets without a browser: their methods, as the user interface calls them, on a real tiny run."
-import json, shutil
+import json, re, shutil
 import numpy as np
 import pytest
 import domain_canine.widgets as widgets_module
 from domain_canine.model import build_model
 from domain_canine.analysis import read_metrics
-from domain_canine.widgets import LossCurves, MaskPredictor, draw_curves, ema, find_models, find_runs
+from domain_canine.evaluation import CharNgramLM
+from domain_canine.finetune import Classifier, is_classifier_dir
+from domain_canine.widgets import (ClassifierWidget, LookalikeExplorer, LossCurves, MaskPredictor, draw_curves, ema,
+                                   find_models, find_runs)
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory, tiny_run):
-    "A runs folder: the tiny run (its final and best models, one checkpoint) and a second model without metrics."
+def runs(tmp_path_factory, tiny_run, tiny_classifier):
+    "A runs folder: the tiny run (final and best models, checkpoints), a model without metrics, a fine-tuning run."
     root = tmp_path_factory.mktemp('runs')
     shutil.copytree(tiny_run, root / 'tiny')  # whole: a checkpoint missing a file its checkpoint.json lists is refused
+    shutil.copytree(tiny_classifier, root / 'tld')
     build_model(None, 'tiny').save(root / 'other' / 'final-model')
     return root
 
@@ -42,7 +46,7 @@ def test_find_models_and_runs(runs):
     found = [str(p.relative_to(runs)) for p in find_models(runs)]
     assert found[:3] == ['other/final-model', 'tiny/final-model', 'tiny/best-model']
     assert found[3:] == ['tiny/checkpoint-step-30', 'tiny/checkpoint-step-20', 'tiny/checkpoint-epoch-1']
-    assert find_runs(runs) == [runs / 'tiny']
+    assert find_runs(runs) == [runs / 'tiny', runs / 'tld']  # the loss curves show fine-tuning runs too
     assert find_models(runs / 'missing') == [] and find_runs(runs / 'missing') == []
 
 
@@ -129,3 +133,58 @@ def test_loss_curves_auto_reload(tmp_path, tiny_run, fake_timers):
     assert w.step_range.max == 30 and len(fake_timers.made) == 2 and w._timer is fake_timers.made[-1]
     w.auto_reload.value = False
     assert w._timer is None and fake_timers.made[-1].cancelled and fake_timers.fire_pending() == 0
+
+
+CLASSIFIERS = ['tld/final-model', 'tld/best-model', 'tld/checkpoint-step-6', 'tld/checkpoint-step-3']
+
+def test_each_tool_offers_only_the_directories_it_can_use(runs):
+    assert [str(p.relative_to(runs)) for p in find_models(runs, is_classifier_dir)] == CLASSIFIERS
+    masks = MaskPredictor(runs, delay=0, device='cpu')
+    lookalikes = LookalikeExplorer(runs, ngram=CharNgramLM(2).fit(['example.com']), delay=0, device='cpu')
+    classes = ClassifierWidget(runs, delay=0, device='cpu')
+    offered = lambda w: [label for label, _ in w.model_select.options]
+    assert offered(masks) == offered(lookalikes) == [str(p.relative_to(runs)) for p in find_models(runs)]
+    assert not [o for o in offered(masks) if o.startswith('tld/')] and offered(classes) == CLASSIFIERS
+    masks.path_input.value = classes.path_input.value = str(runs / 'tld' / 'final-model')
+    masks.load_path()
+    assert 'is not a model directory' in masks.message.value and masks.model_select.value != classes.path_input.value
+    classes.path_input.value = str(runs / 'tiny' / 'final-model')  # a masked-language model is no classifier
+    classes.load_path()
+    assert 'is not a classifier directory' in classes.message.value
+    assert 'no classifier directory under' in ClassifierWidget(runs / 'tiny', delay=0).message.value
+
+
+def shown_bars(w: ClassifierWidget) -> list[tuple[str, float]]:
+    "The (class, percentage) of every bar the widget shows, top to bottom."
+    return [(c, float(p)) for c, p in re.findall(r'<code>([^<]*)</code>.*?<span>([\d.]+)%</span>', w.bars.value)]
+
+
+def test_classifier_widget_shows_the_classes_most_probable_first(runs):
+    classes = json.loads((runs / 'tld' / 'task.json').read_text())['classes']
+    w = ClassifierWidget(runs, text=' Example ', delay=0, device='cpu')
+    answer, bars = w.predict(), shown_bars(w)
+    assert w.model_select.value == str(runs / 'tld' / 'final-model') and answer.text == 'example'
+    assert sorted(c for c, _ in bars) == classes  # all of them: 5 classes, 10 shown at most
+    assert abs(sum(p for _, p in bars) - 100) < 0.5
+    probs = Classifier.from_dir(runs / 'tld' / 'final-model', 'cpu').probabilities(['example'])[0]
+    assert [c for c, _ in bars] == [classes[i] for i in np.argsort(-probs, kind='stable')]  # high to low
+    assert [p for _, p in bars] == [round(100 * float(probs[classes.index(c)]), 1) for c, _ in bars]
+    assert f'<b class="dc-label">{bars[0][0]}</b>' in w.predicted.value and w.message.value == ''
+    assert re.fullmatch(rf'example → {bars[0][0]} \(5 of 5 classes shown\)  \(\d+ ms\)', w.status.value)
+    w.top_k_slider.value = 2
+    assert shown_bars(w) == bars[:2]
+    w.model_select.value = str(runs / 'tld' / 'checkpoint-step-3')  # another checkpoint: loaded, and asked
+    assert set(w._predictors) == {str(runs / 'tld' / n) for n in ('final-model', 'checkpoint-step-3')}
+
+
+def test_classifier_widget_refuses_what_fine_tuning_would(runs):
+    w = ClassifierWidget(runs, text='example', delay=0, device='cpu')
+    for typed, reason in (('exa mple', 'whitespace or control'), ('goo?le', 'invalid character'),
+                          ('a' * 64 + '.com', 'label too long'), ('-shop', 'hyphen at label edge')):
+        w.domain_input.value = typed
+        assert reason in w.message.value and 'fine-tuning would accept' in w.message.value, (typed, w.message.value)
+        assert w.bars.value == w.predicted.value == '' and w.status.value == 'invalid input'
+    w.domain_input.value = '  '
+    assert w.message.value == w.bars.value == '' and w.status.value.startswith('type a domain')
+    w.domain_input.value = 'shop-online'
+    assert len(shown_bars(w)) == 5 and w.message.value == ''
