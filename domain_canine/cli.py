@@ -438,7 +438,7 @@ FINETUNE_FLAGS = (  # the training settings that finetune takes (the masking and
     'ddp_timeout', 'num_workers', 'use_wandb', 'wandb_project', 'wandb_run_name', 'tensorboard', 'length_bucketing')
 
 # %% ../nbs/17_cli.ipynb #d48881d8
-def finetune_command(*, task: str | None = None, # the labelled file: CSV, TSV, JSON lines, Parquet, a saved dataset folder or a hub id
+def finetune_command(*, task: str | None = None, # the labelled file: CSV, TSV, JSON lines, Parquet, a saved dataset folder, a hub id, or a built-in task: lookalike, tld
                      dataset: str | None = None, # the same as --task
                      label_column: str | None = None, # column of the labels (default: label, labels, class, target or category)
                      group_column: str | None = None, # rows of a group stay on one side (default: group, when present)
