@@ -483,8 +483,7 @@ def _compare_arms(arms: list[str] | None, models: list[str], frozen_learning_rat
     if (kinds := [a for a in chosen if a in ARM_KINDS]) and not models:
         raise DataError(f"the arms {', '.join(kinds)} start from a model: give it with --models")
     paths = arm_models(models) if kinds else []  # checksums verified, hub ids read: before the task is built
-    log = lambda *a, **k: print(*a, **k, file=sys.stderr)  # the runs' lines: stdout is the table's
-    tuned = classifier_arms(paths, kinds, log, frozen_learning_rate, **settings)
+    tuned = classifier_arms(paths, kinds, frozen_learning_rate=frozen_learning_rate, **settings)
     return [baselines[a] for a in chosen if a in baselines] + tuned, min(map(model_positions, paths), default=None)
 
 def compare_command(*, task: str, # a labelled file (CSV, TSV, JSON lines, Parquet), a saved dataset or hub id, or a built-in task: lookalike, tld
@@ -512,7 +511,7 @@ def compare_command(*, task: str, # a labelled file (CSV, TSV, JSON lines, Parqu
     chosen, positions = _compare_arms(arms, models, frozen_learning_rate, settings)
     split = load_task(task, split_by, test_fraction, validation_fraction, seed, limit, max_positions=positions)
     print(split.summary(), file=sys.stderr)
-    records = compare(split, chosen, range(seeds))
+    records = compare(split, chosen, range(seeds), lambda line: print(line, file=sys.stderr))  # stdout: the table
     print('\n'.join(map(json.dumps, records)) if json_ else format_comparison(summarise(records)))
     for path in _write_finetune_records(models, records, output_dir): print(f'records appended to {path}', file=sys.stderr)
     return 0

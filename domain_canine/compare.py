@@ -96,7 +96,8 @@ def run_arm(arm: Arm, task: LabelledTask, seed: int) -> tuple[np.ndarray, float]
 FIGURES = ('accuracy', 'macro_f1', 'roc_auc')
 
 def compare(task: LabelledTask, arms: list[Arm],
-            seeds=(0,)) -> list[dict]: # the seeds each arm runs with
+            seeds=(0,), # the seeds each arm runs with
+            log=None) -> list[dict]: # where one line per finished run goes (a long comparison's progress)
     "One record per arm and seed (the first seed only for an arm whose `seeded` is False): figures, time, sizes."
     if not task.test.texts: raise DataError(f'{task.name}: a comparison needs a test side, and this split has none')
     records, seeds = [], list(seeds)
@@ -107,6 +108,8 @@ def compare(task: LabelledTask, arms: list[Arm],
             records.append(dict(task=task.name, arm=arm.name, model=arm.model, step=arm.step, seed=int(seed),
                                 **figures, seconds=round(seconds, 3), n_train=len(task.train.texts),
                                 n_test=len(task.test.texts)))
+            if log: log(f"{arm.name} {arm.model or ''}".rstrip() + f", seed {seed}: macro-F1 {figures['macro_f1']:.3f} "
+                        f"({seconds:.1f} s)")
     return records
 
 # %% ../nbs/13c_compare.ipynb #f12cfa18
