@@ -16,10 +16,11 @@ from .config import ACCEPTS, Accepts, TrainConfig, PRESETS, resolve_config
 
 # %% auto #0
 __all__ = ['SPLITS', 'TASKS', 'TASK_NAMES', 'SPLIT_BY', 'ARMS', 'USER_ERRORS', 'ARGUMENTS', 'FINETUNE_DEFAULTS', 'FINETUNE_FLAGS',
-           'ARM_FLAGS', 'COMMANDS', 'user_errors', 'OneLineParser', 'add_flags', 'add_train_flags', 'train_command',
-           'predict_command', 'import_original_command', 'evaluate_command', 'score_command', 'embed_command',
-           'probe_command', 'bench_command', 'bench_scale_command', 'make_corpus_command', 'make_task_command',
-           'finetune_command', 'compare_command', 'crash_test_command', 'build_parser', 'parse_args', 'main']
+           'ARM_FLAGS', 'COMMANDS', 'user_errors', 'OneLineParser', 'add_flag', 'add_flags', 'add_train_flags',
+           'train_command', 'predict_command', 'import_original_command', 'evaluate_command', 'score_command',
+           'embed_command', 'probe_command', 'bench_command', 'bench_scale_command', 'make_corpus_command',
+           'make_task_command', 'finetune_command', 'compare_command', 'crash_test_command', 'build_parser',
+           'parse_args', 'main']
 
 # %% ../nbs/17_cli.ipynb #41ec757a
 SPLITS = ('all', 'train', 'valid')  # the evaluation chapter's, named here without loading it (checked below)
@@ -62,10 +63,6 @@ class OneLineParser(argparse.ArgumentParser):
         unknown = [w for w in getattr(self, 'given', []) if w.startswith('--') and w.split('=')[0] not in options]
         self.exit(2, f'{self.prog}: error: {message}{_guess(message, options, unknown)} (see --help)\n')
 
-def _flag_type(annotation: str):
-    a = annotation.replace(' ', '')
-    return bool if a.startswith('bool') else int if a.startswith('int') else float if a.startswith('float') else str
-
 # %% ../nbs/17_cli.ipynb #599facb9
 ARGUMENTS = {  # what the other commands' numbers and named values accept, by parameter name (train's: ACCEPTS)
     'top_k': Accepts(int, 1), 'batch_size': Accepts(int, 1), 'validation_fraction': ACCEPTS['validation_fraction'],
@@ -88,15 +85,15 @@ def _checked(accepts: Accepts):
     return parse
 
 # %% ../nbs/17_cli.ipynb #b460b3a4
-def _arg_options(name: str, anno) -> dict:
-    "argparse `type`, `nargs` or `choices` of a parameter: int, float, str, `X | None`, `list[X]`, `Literal[...]`."
+def _arg_options(anno, accepts: Accepts | None) -> dict:
+    "argparse `type`, `nargs` or `choices` of an annotation: int, float, str, `X | None`, `list[X]`, `Literal[...]`."
     args = typing.get_args(anno)
     if type(None) in args: anno = next(a for a in args if a is not type(None))  # X | None: an optional X
     if typing.get_origin(anno) is typing.Literal: return dict(choices=list(typing.get_args(anno)))
     many = typing.get_origin(anno) is list
-    kind = typing.get_args(anno)[0] if many else anno
-    accepts = ARGUMENTS[name] if kind in (int, float) else ARGUMENTS.get(name, Accepts())  # a number must declare
-    return dict(type=_checked(accepts), **(dict(nargs='+') if many else {}))
+    if accepts is None and (typing.get_args(anno)[0] if many else anno) in (int, float):
+        raise TypeError('a number must declare what it accepts (ARGUMENTS or ACCEPTS)')
+    return dict(type=_checked(accepts or Accepts()), **(dict(nargs='+') if many else {}))
 
 def _shown(default) -> str:
     "A default as `--help` shows it."
@@ -111,23 +108,32 @@ def _help(doc: str, default=None, switch_off: bool = False) -> str:
     if shown and '(default:' not in doc: help += f' (default: {_shown(default)})'
     return help.replace('%', '%%')  # argparse formats help with %
 
+def add_flag(p: argparse.ArgumentParser, name: str, anno, doc: str, default=inspect.Parameter.empty,
+             accepts: Accepts | None = None, # what a value must be (a number must say)
+             given_only: bool = False, # a flag not given is absent from the result (its default is the caller's)
+             aliases: tuple[str, ...] = ()): # other spellings of the flag
+    "One optional flag: a switch for a bool (`--no_X` when on by default), else a checked value; `json_` is --json."
+    absent = dict(default=argparse.SUPPRESS) if given_only else {}
+    flag, required = '--' + name.rstrip('_'), default is inspect.Parameter.empty
+    if anno is bool and default:  # on by default: the flag turns it off
+        return p.add_argument(f'--no_{name}', dest=name, action='store_false', help=_help(doc, switch_off=True), **absent)
+    if anno is bool: return p.add_argument(flag, *aliases, dest=name, action='store_true', help=_help(doc), **absent)
+    opts, shown = _arg_options(anno, accepts), None if required else default
+    if 'choices' not in opts: opts['metavar'] = name.rstrip('_').upper()  # choices show themselves
+    p.add_argument(flag, *aliases, dest=name, required=required, help=_help(doc, shown),
+                   **{'default': shown, **absent, **opts})
+
 def add_flags(p: argparse.ArgumentParser, func):
     "One argument of `p` per parameter of `func`, from its annotation, default and comment."
     docs, params = docments(func, full=True, returns=False, eval_str=True), inspect.signature(func).parameters
     for name, d in docs.items():
         if params[name].kind is params[name].VAR_KEYWORD: continue  # `**settings`: flags of their own (finetune's)
-        param, doc, opts = params[name], d.docment or '', _arg_options(name, d.anno)
+        param, doc, accepts = params[name], d.docment or '', ARGUMENTS.get(name)
         if param.kind is param.POSITIONAL_OR_KEYWORD:  # before `*`: positional (a list takes any number)
+            opts = _arg_options(d.anno, accepts)
             if 'nargs' in opts: opts.update(nargs='*', default=param.default)
-            p.add_argument(name, help=_help(doc), **opts); continue
-        flag, required = '--' + name.rstrip('_'), param.default is param.empty  # json_ is --json
-        if d.anno is bool and param.default:
-            p.add_argument(f'--no_{name}', dest=name, action='store_false', help=_help(doc, switch_off=True))
-        elif d.anno is bool: p.add_argument(flag, dest=name, action='store_true', help=_help(doc))
-        else:
-            default = None if required else param.default
-            if 'choices' not in opts: opts['metavar'] = name.rstrip('_').upper()  # choices show themselves
-            p.add_argument(flag, dest=name, required=required, default=default, help=_help(doc, default), **opts)
+            p.add_argument(name, help=_help(doc), **opts)
+        else: add_flag(p, name, d.anno, doc, param.default, accepts)
 
 # %% ../nbs/17_cli.ipynb #22b735ce
 def add_train_flags(p: argparse.ArgumentParser,
@@ -136,17 +142,11 @@ def add_train_flags(p: argparse.ArgumentParser,
     "One flag per `TrainConfig` field, documented by the field's comment, plus --preset and the precision toggles."
     presets = '; '.join(f"{k}: {', '.join(f'{a}={b}' for a, b in v.items()) or 'the defaults'}" for k, v in PRESETS.items())
     if only is None: p.add_argument('--preset', help=f'start from a named set of settings, overridden by any flag given. {presets}')
-    docs, defaults = docments(TrainConfig), defaults or {}
+    docs, types, defaults = docments(TrainConfig), typing.get_type_hints(TrainConfig), defaults or {}
     for f in (f for f in fields(TrainConfig) if only is None or f.name in only):
-        default = defaults.get(f.name, f.default)
-        kind, help = _flag_type(f.type), _help(docs[f.name], default, switch_off=f.default is True)
-        if f.name == 'model_config': help += f" [{', '.join(MODEL_CONFIGS)}]"
-        names = [f'--{f.name}', *(['--config'] if f.name == 'model_config' else [])]  # --config: the short spelling
-        if kind is bool and f.default:  # on by default: the flag turns it off
-            p.add_argument(f'--no_{f.name}', dest=f.name, action='store_false', default=argparse.SUPPRESS, help=help)
-        elif kind is bool: p.add_argument(*names, action='store_true', default=argparse.SUPPRESS, help=help)
-        else: p.add_argument(*names, type=_checked(ACCEPTS[f.name]), default=argparse.SUPPRESS,
-                             metavar=f.name.upper(), help=help)
+        doc = docs[f.name] + (f" [{', '.join(MODEL_CONFIGS)}]" if f.name == 'model_config' else '')
+        add_flag(p, f.name, types[f.name], doc, defaults.get(f.name, f.default), ACCEPTS[f.name], given_only=True,
+                 aliases=('--config',) if f.name == 'model_config' else ())  # --config: the short spelling
     for flag, value in (('--bf16', 'bf16'), ('--fp16', 'fp16'), ('--no_mixed_precision', 'fp32')):
         p.add_argument(flag, dest='precision', action='store_const', const=value, default=argparse.SUPPRESS,
                        help=f'same as --precision {value}')
