@@ -346,8 +346,8 @@ def probe_command(*, model_path: list[str], # model or checkpoint directories, a
     pseudo-log-likelihood, and probes its embeddings linearly (TLD; real or look-alike), beside a character n-gram
     model and a TF-IDF classifier. A run directory gives every checkpoint, and gets the results as probes.jsonl.
     E.g. domain-canine probe --model_path runs/demo"""
-    from domain_canine.probes import InputError, model_dirs, probe_checkpoints, probe_set
-    if unknown := sorted(set(tasks) - set(TASKS)): raise InputError(f"unknown --tasks {', '.join(unknown)}; choose from {', '.join(TASKS)}")
+    from domain_canine.probes import check_tasks, model_dirs, probe_checkpoints, probe_set
+    check_tasks(tasks)
     model_dirs(model_path)  # a wrong path fails before the look-alikes are made
     probes = probe_set(dataset, split, validation_fraction, ngram_order, num_domains=num_domains, per_domain=per_domain,
                        tld_domains=tld_domains, top_tlds=top_tlds, seed=seed)

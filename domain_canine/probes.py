@@ -25,7 +25,7 @@ from .inference import InputError
 __all__ = ['LOOKALIKE_KINDS', 'TASKS', 'OneGlyphFuzzer', 'domain_variants', 'domain_rng', 'cap_variants', 'Lookalikes',
            'usable_originals', 'make_lookalikes', 'ranking_figures', 'ranking_report', 'ngram_scores', 'model_scores',
            'hash_split', 'ProbeTask', 'tld_task', 'lookalike_task', 'embedding_probe', 'tfidf_pipeline', 'tfidf_probe',
-           'majority_class', 'majority_probe', 'ProbeSet', 'prepare_probes', 'probe_set', 'probe_model',
+           'majority_class', 'majority_probe', 'ProbeSet', 'prepare_probes', 'probe_set', 'check_tasks', 'probe_model',
            'format_probe_report', 'load_probe_model', 'checkpoint_step', 'probe', 'model_dirs', 'probe_checkpoints',
            'format_probe_series']
 
@@ -341,7 +341,8 @@ def probe_set(dataset: str = SAMPLE_NAME, # 'sample', a text file or a hub datas
 # %% ../nbs/13a_probes.ipynb #5df2df11
 TASKS = ('ranking', 'linear_probes')
 
-def _check_tasks(tasks: tuple[str, ...]):
+def check_tasks(tasks: tuple[str, ...]):
+    "An `InputError` unless `tasks` names at least one probe task, and only those (every caller, the CLI too)."
     if not tasks or (unknown := sorted(set(tasks) - set(TASKS))):
         raise InputError(f"unknown or no probe tasks: {', '.join(unknown) if tasks else '(none)'}; choose from {', '.join(TASKS)}")
 
@@ -364,7 +365,7 @@ def probe_model(model: DomainCanineMLM, # the model (the probes use only its enc
                 progress: bool = False, # progress bars on stderr
                ) -> dict:
     "The report of one model: look-alike ranking and linear probes, beside the baselines (JSON-able)."
-    _check_tasks(tasks)
+    check_tasks(tasks)
     out, timings = dict(settings=dict(probes.settings), counts=dict(probes.counts)), dict(probes.timings)
     if 'ranking' in tasks:
         start = time.perf_counter()
@@ -453,7 +454,7 @@ def probe(model_path, # a model, checkpoint or bare CANINE encoder directory
           progress: bool = False, # progress bars on stderr
          ) -> dict:
     "The report of the model in `model_path`, with the directory and the training step (JSON-able)."
-    _check_tasks(tasks)
+    check_tasks(tasks)
     if 'ranking' in tasks and _bare_encoder(Path(model_path)):  # said before loading: no other line before it
         raise ModelError(f"{model_path} has no MLM head: the look-alike ranking needs one to score domains; ask for tasks=('linear_probes',)")
     dev, start = pick_device(device), time.perf_counter()
@@ -495,7 +496,7 @@ def probe_checkpoints(paths: list, # model directories and/or run directories (e
                       progress: bool = False, # progress bars on stderr
                      ) -> list[dict]:
     "A report per model, sorted by training step (models without a step first)."
-    _check_tasks(tasks)
+    check_tasks(tasks)
     dirs = model_dirs(paths, verify=False)  # each load below verifies its model
     probes = probes or probe_set()
     return sorted((probe(d, probes, tasks, batch_size, device, progress) for d in dirs), key=_by_step)
