@@ -16,7 +16,7 @@ from transformers import CanineModel
 from .data import EncodedDomains, load_corpus, prepare_corpus
 from .masking import CharVocab, MaskedBatches, MASK, CLS, SEP, PAD, padding_fraction, padded_length
 from .model import DomainCanineMLM, canine_config, mlm_head, use_sdpa
-from .core import ConfigError, WriteError, check_folder, pick_device, pick_precision, write_atomic
+from .core import ConfigError, WriteError, autocast, check_folder, pick_device, pick_precision, write_atomic
 from .config import resolve_config
 from .callbacks import Callback
 from .distributed import shutdown_distributed
@@ -87,7 +87,7 @@ def training_flops(model: nn.Module, loss_of, batch: dict, device, amp_dtype) ->
     from torch.utils.flop_counter import FlopCounterMode
     batch = {k: v.to(device) for k, v in batch.items()}
     with FlopCounterMode(display=False) as counter:
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             loss = loss_of(model, batch)
         loss.backward()
     model.zero_grad(set_to_none=True)
@@ -127,7 +127,7 @@ def time_training(model: nn.Module, batches: list[dict], # built before timing: 
     def step(batch):
         if device.type == 'cuda': torch.compiler.cudagraph_mark_step_begin()  # a new step for CUDA graphs (else a no-op)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             loss = loss_of(model, batch)
         loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
     seconds, timed = [], [batches[warmup + w * window_steps:][:window_steps] for w in range(windows)]
@@ -328,7 +328,7 @@ def _train_config(args: list[str]):
 def _late_checkpoint(args: list[str], source: Path, epoch: float) -> tuple[Path, int]:
     "A copy of checkpoint `source` that claims to be `epoch` epochs in (what a long run would leave), and its step."
     code = ('from domain_canine.bench import _train_config; from domain_canine.training import Trainer; '
-            f't = Trainer.from_config(_train_config({[*args, "--resume_from", str(source)]!r}), log=lambda *a: None); '
+            f't = Trainer.from_config(_train_config({[*args, "--resume_from", str(source)]!r}), log=lambda *a: None); t.resume(); '
             f's = t.state; s.step = round({epoch} * t.steps_per_epoch); s.epoch, s.batch_in_epoch = divmod(s.step, t.steps_per_epoch); '
             'print(s.step, t.save(f"checkpoint-step-{s.step}"))')
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
@@ -473,7 +473,7 @@ def sdpa_kernels(config: str, batch_size: int, device: torch.device, amp_dtype) 
     batch = MaskedBatches(EncodedDomains.from_strings(_domains(batch_size)), CharVocab(), batch_size, seed=0)[0]
     batch = {k: v.to(device) for k, v in batch.items()}
     with profile(activities=[ProfilerActivity.CPU]) as prof:  # the CPU side records every operator, on any device
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             loss = model(**batch).loss
         loss.backward()
     ran = {e.name.removeprefix('aten::') for e in prof.events()}
@@ -651,7 +651,7 @@ def trainer(self: DeviceCheck, out: dict) -> dict:
         first.fit()
         t1 = time.perf_counter()
         second = Trainer.from_config(cfg(max_steps=steps + extra, resume_from=last), log=logs.append)
-        resumed_at = second.state.step
+        resumed_at = second.resume().step  # what `fit` does first
         second.fit()
         t2 = time.perf_counter()
     finally: shutdown_distributed()

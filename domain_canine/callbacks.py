@@ -4,11 +4,11 @@
 
 # %% ../nbs/09_callbacks.ipynb #a72b27ed
 from __future__ import annotations
-import json, math, os, secrets
+import json, os, secrets
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from .core import ConfigError, WriteError, write_atomic, write_reason, writing
+from .core import ConfigError, WriteError, perplexity, write_atomic, write_reason, writing
 
 # %% auto #0
 __all__ = ['Callback', 'MetricsFile', 'ProgressBar', 'logging_into', 'WandbLogger', 'TensorBoardLogger']
@@ -54,7 +54,7 @@ class ProgressBar(Callback):
         self.window.append((m['loss'] * m['window_steps'], m['window_steps']))
         while sum(n for _, n in self.window[1:]) >= 100: self.window.pop(0)
         loss = sum(s for s, _ in self.window) / sum(n for _, n in self.window)
-        self.bar.set_postfix(loss=f'{loss:.4f}', lr=f"{m['lr']:.2e}", ppl=f'{math.exp(min(loss, 50)):.2f}',
+        self.bar.set_postfix(loss=f'{loss:.4f}', lr=f"{m['lr']:.2e}", ppl=f'{perplexity(loss):.2f}',
                              dom_s=f"{m['domains_per_s']:,.0f}", mem=f"{m['memory_mb']:,.0f}MB", refresh=False)
     def on_eval(self, trainer, m): self.bar.write(f"step {m['step']}: val_loss {m['val_loss']:.4f}, "
                                                   f"val_accuracy {m['val_accuracy']:.3f}")

@@ -11,10 +11,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
-from .core import writing
+from .core import perplexity, writing
 from .data import EncodedDomains, clean_domain, count_summary, load_corpus, source_lines
 from .masking import DOMAIN_CHARS, MASK, PAD, CharVocab, MaskedBatches, evaluation_order, pad_batch
 from .model import DomainCanineMLM
+from .training import eval_outputs
 from .inference import InputError, to_device
 
 # %% auto #0
@@ -52,6 +53,11 @@ def ranks(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/13_evaluation.ipynb #1896335a
 def _to(batch: dict, device) -> dict: return {k: to_device(v, device) for k, v in batch.items()}
 
+def _own_mask(batch: dict, mask_id: int) -> dict:
+    "`batch` with training's mask replaced, in place, by the model's `mask_id` (a hub checkpoint's)."
+    if mask_id != MASK: batch['input_ids'].masked_fill_(batch['input_ids'] == MASK, mask_id)
+    return batch
+
 @torch.no_grad()
 def masked_eval(model: DomainCanineMLM, # the model (any module with `.vocab` that returns an `MLMOutput`)
                 enc: EncodedDomains, # the domains
@@ -62,19 +68,21 @@ def masked_eval(model: DomainCanineMLM, # the model (any module with `.vocab` th
                 progress: bool = True, # show a progress bar
                ) -> dict[str, np.ndarray]:
     "Domain, position, loss and rank of the right class for every masked character."
-    model.eval()
     order = evaluation_order(enc, None, seed)  # shortest first, as training's periodic evaluation: the same masks
-    batches = MaskedBatches(enc, model.vocab, batch_size, seed, epoch=0, order=order, mlm_probability=mlm_probability)
+    batches = MaskedBatches(enc, model.vocab, batch_size, seed, epoch=0, order=order,
+                            mlm_probability=mlm_probability)
     host, dev = dict(domain=[], position=[]), dict(loss=[], rank=[])
-    for b, batch in enumerate(_bar(batches, 'masked characters', len(batches), progress)):
+    move = lambda batch: _to(_own_mask(batch, model.mask_id), device)
+    outputs = eval_outputs(model, batches, device, to_device=move)  # training's evaluation loop
+    for b, batch, out in _bar(outputs, 'masked characters', len(batches), progress):
         idx, width = batch['masked_index'].numpy(), batch['input_ids'].shape[1]
-        if model.mask_id != MASK: batch['input_ids'].masked_fill_(batch['input_ids'] == MASK, model.mask_id)
-        out = model(**_to(batch, device))
         logits = out.logits.float()
-        host['domain'].append(order[b * batch_size + idx // width]); host['position'].append(idx % width - 1)
+        host['domain'].append(order[b * batch_size + idx // width])
+        host['position'].append(idx % width - 1)
         dev['loss'].append(F.cross_entropy(logits, out.labels, reduction='none'))
         dev['rank'].append(ranks(logits, out.labels))
-    return {**{k: np.concatenate(v) for k, v in host.items()}, **{k: torch.cat(v).cpu().numpy() for k, v in dev.items()}}
+    back = lambda parts: torch.cat(parts).cpu().numpy()  # one copy back: the results
+    return {**{k: np.concatenate(v) for k, v in host.items()}, **{k: back(v) for k, v in dev.items()}}
 
 # %% ../nbs/13_evaluation.ipynb #ba3e4b3e
 def cloze_positions(lengths: np.ndarray, seed: int = 42) -> np.ndarray:
@@ -214,7 +222,7 @@ def group_figures(masked: dict, cloze: dict, ngram: dict | None, sel_masked: np.
     r, c = masked['rank'][sel_masked], cloze['rank'][sel_cloze]
     loss = _rate(masked['loss'][sel_masked])
     out = dict(n_masked=int(len(r)), masked_accuracy=_rate(r == 0), masked_top5=_rate(r < 5), loss=loss,
-               perplexity=None if loss is None else math.exp(min(loss, 50)),
+               perplexity=None if loss is None else perplexity(loss),
                n_cloze=int(len(c)), cloze_top1=_rate(c == 0), cloze_top5=_rate(c < 5))
     if ngram is not None:
         g = ngram['rank'][sel_cloze]

@@ -22,7 +22,7 @@ from .model import ModelError, build_model, canine_config, note_unverified, use_
 from .checkpoint import sweep_checkpoints
 from .distributed import shutdown_distributed
 from .run_data import RunData, _no_validation
-from .training import Trainer, join_job, set_dropout
+from .training import Trainer, join_job, run_loggers, set_dropout
 from .probes import checkpoint_step, model_dirs
 from .inference import InputError, to_device
 from .tasks import SPLIT_BY, LabelledTask, TaskSide, clean_text, load_task
@@ -246,7 +246,7 @@ def finetune_trainer(cfg: FinetuneConfig, callbacks=None, log=print,
         write_atomic(out / 'task.json', json.dumps(
             dict(report=task.report, classes=task.classes, max_length=task.max_length), indent=2))
     data = task_run_data(cfg, task, topo.world_size, log if topo.is_main else (lambda *a, **k: None))
-    return Trainer(cfg, model, data, callbacks, log, topo, device)
+    return Trainer(cfg, model, data, [*(callbacks or []), *run_loggers(cfg)], log, topo, device)
 
 # %% ../nbs/13d_finetune.ipynb #6abeaf6e
 @torch.no_grad()

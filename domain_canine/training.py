@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_training.ipynb #37f6126c
 from __future__ import annotations
-import json, math, os, platform, random, resource, threading, time
+import json, os, platform, random, resource, threading, time
 from contextlib import nullcontext
 from dataclasses import asdict
 from functools import partial
@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fastcore.basics import patch
+from fastcore.basics import GetAttr, patch
 from transformers import CanineConfig, CanineModel
-from .core import (ConfigError, check_folder, format_bytes, nearest_folder, pick_device, pick_precision,
-                                 write_atomic, writing)
+from .core import (ConfigError, autocast, check_folder, format_bytes, nearest_folder, perplexity,
+                                pick_device, pick_precision, write_atomic, writing)
 from .config import TrainConfig, lr_at
 from .run_data import masking_options, RunData, StreamBatches, load_run_data
 from .callbacks import Callback, MetricsFile, ProgressBar, WandbLogger, TensorBoardLogger
@@ -29,7 +29,8 @@ from .distributed import (Topology, topology_from_env, init_distributed, shutdow
 
 # %% auto #0
 __all__ = ['COMPILE_WIDTH', 'make_optimizer', 'set_dropout', 'compile_encoder', 'round_width', 'compiled_graphs', 'Trainer',
-           'checkpoint_bytes', 'check_disk', 'join_job', 'TrainingDiverged', 'stop_on_signals', 'train']
+           'checkpoint_bytes', 'check_disk', 'run_loggers', 'join_job', 'eval_outputs', 'TrainingDiverged',
+           'stop_on_signals', 'train']
 
 # %% ../nbs/10_training.ipynb #b6be2c04
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device,
@@ -79,37 +80,43 @@ def compiled_graphs() -> int:
     return counters['stats']['unique_graphs']
 
 # %% ../nbs/10_training.ipynb #cc82775f
-class Trainer:
+class Trainer(GetAttr):
     "Continues pre-training a CANINE model with masked-character prediction (one process, or one of a torchrun job)."
-    def __init__(self, cfg: TrainConfig, model: DomainCanineMLM, # on its device, built from the same seed in every process
+    _default = 'data'  # what the trainer lacks, its data has: `t.total_steps` is `t.data.total_steps`
+    def __init__(self, cfg: TrainConfig,
+                 model: DomainCanineMLM, # on its device, built from the same seed in every process
                  data: RunData, # what `load_run_data` gives
                  callbacks: list[Callback] | None = None, log=print,
                  topo: Topology = Topology(), # this process's place in the job (`init_distributed` has joined it)
                  device: torch.device | None = None): # default: the model's
-        self.cfg, self.model, self.topo = cfg, model, topo
+        self.cfg, self.model, self.data, self.topo = cfg, model, data, topo
         self.device = device or next(model.parameters()).device
-        self.log = log if topo.is_main else (lambda *a, **k: None)  # the other processes speak only through errors
-        self.__dict__.update(vars(data))  # the run's data as attributes: vocab, corpus, train_enc, total_steps, ...
-        self.amp_dtype, use_scaler = pick_precision(cfg.precision, self.device)
-        self.scaler = torch.amp.GradScaler('cuda') if use_scaler else None
-        if topo.rank: torch.manual_seed(cfg.seed + topo.rank)  # same initial weights, other dropout masks
-        # gradients live in DDP's all-reduce buckets (no copy in and out of them each step); each bucket is all-reduced
-        # as soon as its gradients are ready, overlapping the backward pass. (static_graph=True changed the updates of
-        # the 2-process equality test after its first step here, so it stays off.) The model's only buffers are
-        # constants (checked below): no broadcast of them before every forward.
-        self.ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
-            gradient_as_bucket_view=True, broadcast_buffers=False) if topo.enabled else None
-        self._graphs_before = compiled_graphs()  # `compiles` counts from here
-        self.optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, self.device)
-        self.state = TrainState(world_size=topo.world_size)
-        self.stream_position = None  # --streaming: the place in the stream of the last micro-batch taken
-        self.callbacks = [MetricsFile(), ProgressBar(), *(callbacks or [])]
-        if cfg.use_wandb: self.callbacks.append(WandbLogger())
-        if cfg.tensorboard: self.callbacks.append(TensorBoardLogger())
-        if not topo.is_main: self.callbacks = []  # one process writes metrics, bars and logs
-        if cfg.resume_from: self.resume(cfg.resume_from)
-        self.start_counters()
+        self.log = log if topo.is_main else (lambda *a, **k: None)  # the others speak through errors
+        # one process writes metrics, bars and logs
+        self.callbacks = [MetricsFile(), ProgressBar(), *(callbacks or [])] if topo.is_main else []
+        self.to_resume = cfg.resume_from  # loaded as `fit` starts (`resume`)
+        self.prepare()
+
+# %% ../nbs/10_training.ipynb #02412475
+@patch
+def prepare(self: Trainer):
+    "What an update needs: precision, the data-parallel wrapper, the optimizer; a fresh state, counters."
+    cfg, topo = self.cfg, self.topo
+    self.amp_dtype, use_scaler = pick_precision(cfg.precision, self.device)
+    self.scaler = torch.amp.GradScaler('cuda') if use_scaler else None
+    if topo.rank: torch.manual_seed(cfg.seed + topo.rank)  # same initial weights, other dropout masks
+    # gradients live in DDP's all-reduce buckets (no copy in and out of them each step); each bucket
+    # is all-reduced as soon as its gradients are ready, overlapping the backward pass. (static_graph=True
+    # changed the updates of the 2-process equality test after its first step here, so it stays off.)
+    # The model's only buffers are constants (checked below): no broadcast of them before every forward.
+    self.ddp = torch.nn.parallel.DistributedDataParallel(
+        self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
+        gradient_as_bucket_view=True, broadcast_buffers=False) if topo.enabled else None
+    self._graphs_before = compiled_graphs()  # `compiles` counts from here
+    self.optimizer = make_optimizer(self.model, cfg.learning_rate, cfg.weight_decay, self.device)
+    self.state = TrainState(world_size=topo.world_size)
+    self.stream_position = None  # --streaming: the place in the stream of the last micro-batch taken
+    self.start_counters()
 
 # %% ../nbs/10_training.ipynb #4c267b65
 def checkpoint_bytes(cfg: TrainConfig) -> int | None:
@@ -151,6 +158,12 @@ def check_disk(cfg: TrainConfig, # the run's settings
     check_folder(cache, cache_name, prep, 'preparing the corpus')
     check_folder(out, '--output_dir', n * size, ckpts)
 
+# %% ../nbs/10_training.ipynb #87d2c902
+def run_loggers(cfg: TrainConfig) -> list[Callback]:
+    "The loggers `cfg`'s flags ask for: W&B (`--use_wandb`), TensorBoard (`--tensorboard`)."
+    asked = ((cfg.use_wandb, WandbLogger), (cfg.tensorboard, TensorBoardLogger))
+    return [logger() for on, logger in asked if on]
+
 # %% ../nbs/10_training.ipynb #bf0cef7f
 def join_job(cfg: TrainConfig, check=None) -> tuple[Topology, torch.device]:
     "This process's place in the job and its device; the main one runs `check(cfg)` (`check_disk`); all are seeded."
@@ -163,7 +176,7 @@ def join_job(cfg: TrainConfig, check=None) -> tuple[Topology, torch.device]:
 
 @patch(cls_method=True)
 def from_config(cls: Trainer, cfg: TrainConfig, callbacks: list[Callback] | None = None, log=print) -> Trainer:
-    "A trainer with every part built from `cfg`: this process's place in the job, its device, the data, the model."
+    "A trainer with every part built from `cfg`: its place in the job, device, data, model and loggers."
     topo, device = join_job(cfg)
     data = load_run_data(cfg, topo.world_size, log if topo.is_main else (lambda *a, **k: None))
     if topo.is_main and data.steps_per_epoch: check_disk(cfg, epochs=data.total_steps // data.steps_per_epoch)
@@ -171,7 +184,7 @@ def from_config(cls: Trainer, cfg: TrainConfig, callbacks: list[Callback] | None
     if cfg.dropout is not None: set_dropout(model, cfg.dropout)
     use_sdpa(model, cfg.attention == 'sdpa')
     if cfg.compile: compile_encoder(model, cuda_graphs=cfg.cuda_graphs)
-    return cls(cfg, model, data, callbacks, log, topo, device)
+    return cls(cfg, model, data, [*(callbacks or []), *run_loggers(cfg)], log, topo, device)
 
 # %% ../nbs/10_training.ipynb #6a595149
 @patch
@@ -261,7 +274,7 @@ def optimizer_step(self: Trainer, micro_batches: list[dict]) -> tuple[torch.Tens
         batch = self.on_device(batch)
         # data-parallel: gradients are all-reduced once per step, in the backward pass of the last micro-batch
         with self.ddp.no_sync() if self.ddp and i < len(micro_batches) - 1 else nullcontext():
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            with autocast(self.device, self.amp_dtype):
                 loss = (self.ddp or self.model)(**batch).loss / len(micro_batches)
             (self.scaler.scale(loss) if self.scaler else loss).backward()
         total += loss.detach()
@@ -313,31 +326,46 @@ def flush(self: Trainer):
         raise TrainingDiverged(f"training diverged: {round(max_run)} consecutive steps with a NaN/inf loss or gradient "
                                f"(up to step {s.step}); the last checkpoint before it is {last or 'none'}")
 
+# %% ../nbs/10_training.ipynb #a7e7cadc
+@torch.no_grad()
+def eval_outputs(model: torch.nn.Module, batches, # indexable: masked batches, or a classifier's
+                 device: torch.device,
+                 amp_dtype: torch.dtype | None = None, # the autocast dtype (None: fp32)
+                 share: tuple[int, int] = (0, 1), # (rank, processes): each takes every processes-th batch
+                 to_device=None): # a host batch on `device` (default: each tensor's `.to(device)`)
+    "(index, host batch, output) of each batch of this process's share: in eval mode, eagerly, autocast."
+    move = to_device or (lambda b: {k: v.to(device, non_blocking=True) for k, v in b.items()})
+    training = model.training
+    model.eval()
+    try:
+        with torch.compiler.set_stance('force_eager'):  # a compiled encoder runs eagerly: no new graphs
+            for i in range(share[0], len(batches), share[1]):
+                batch = batches[i]
+                with autocast(device, amp_dtype): out = model(**move(batch))
+                yield i, batch, out
+    finally: model.train(training)  # as it was: training's model goes on training
+
 # %% ../nbs/10_training.ipynb #bde5edee
 @patch
 @torch.no_grad()
 def evaluate(self: Trainer) -> dict | None:
     "Validation loss, perplexity and accuracy: of masked characters, or of the run's own `valid_batches` (a classifier's)."
     if len(self.eval_order) == 0: return None
-    self.model.eval(); t0 = time.perf_counter()
+    t0, topo = time.perf_counter(), self.topo
     exact = torch.float32 if self.device.type == 'mps' else torch.float64  # counts of millions stay exact
     sums = torch.zeros(3, device=self.device, dtype=exact)  # loss sum, correct predictions, masked characters
     batches = self.valid_batches if self.valid_batches is not None else MaskedBatches(
         self.valid_enc, self.vocab, self.cfg.batch_size, self.cfg.seed, epoch=0, order=self.eval_order,
         **masking_options(self.cfg))
-    with torch.compiler.set_stance('force_eager'):  # a compiled encoder runs eagerly here: no graphs to compile
-        for i in range(self.topo.rank, len(batches), self.topo.world_size):  # data-parallel: each a share, then sum
-            batch = self.on_device(batches[i])
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                enabled=self.amp_dtype is not None):
-                out = self.model(**batch)
-            sums += torch.stack([out.loss.float() * len(out.labels), (out.logits.argmax(-1) == out.labels).sum(),
-                                 torch.tensor(len(out.labels), device=self.device)])
-    self.model.train()
-    loss_sum, correct, n = all_reduce_sum(sums, self.topo).tolist()
+    share = (topo.rank, topo.world_size)  # data-parallel: each process a share, then the sums add up
+    for _, _, out in eval_outputs(self.model, batches, self.device, self.amp_dtype, share, self.on_device):
+        right = (out.logits.argmax(-1) == out.labels).sum()
+        n = torch.tensor(len(out.labels), device=self.device)
+        sums += torch.stack([out.loss.float() * len(out.labels), right, n])
+    loss_sum, correct, n = all_reduce_sum(sums, topo).tolist()
     loss = loss_sum / n
     return dict(type='eval', step=self.state.step, epoch=self.epoch_progress(), val_loss=loss,
-                val_perplexity=math.exp(min(loss, 50)), val_accuracy=correct / n, val_masked_chars=int(n),
+                val_perplexity=perplexity(loss), val_accuracy=correct / n, val_masked_chars=int(n),
                 val_domains=len(self.eval_order), eval_s=time.perf_counter() - t0, time=time.time())
 
 # %% ../nbs/10_training.ipynb #a7a13562
@@ -370,9 +398,9 @@ def log_train(self: Trainer):
     s, now = self.state, time.perf_counter()
     loss = s.window_loss_sum / max(s.window_steps, 1)  # flushed just before
     secs = max(now - self._window_start, 1e-9)
-    m = dict(type='train', step=s.step, epoch=self.epoch_progress(), loss=loss, perplexity=math.exp(min(loss, 50)),
-             lr=lr_at(s.step - 1, self.total_steps, self.cfg.warmup_steps, self.cfg.learning_rate), window_steps=s.window_steps,
-             skipped_steps=s.skipped_steps,
+    lr = lr_at(s.step - 1, self.total_steps, self.cfg.warmup_steps, self.cfg.learning_rate)
+    m = dict(type='train', step=s.step, epoch=self.epoch_progress(), loss=loss,
+             perplexity=perplexity(loss), lr=lr, window_steps=s.window_steps, skipped_steps=s.skipped_steps,
              domains_per_s=self._window_domains / secs, chars_per_s=self._window_chars / secs,
              memory_mb=_memory_mb(self.device), compiles=self.compiles(), elapsed_s=now - self._start, time=time.time())
     s.metrics['train'] = m
@@ -433,24 +461,35 @@ def _other_shape(path: Path, model: DomainCanineMLM, cfg: TrainConfig) -> str | 
             f"({shape(mine)}): resume with the model settings it was trained with")
 
 @patch
-def resume(self: Trainer, ref: str):
-    path = latest_checkpoint(self.cfg.output_dir, self.log) if ref == 'latest' else Path(ref)
-    if path is None: self.log(f"no complete checkpoint in {self.cfg.output_dir}: starting from step 0"); return
-    if problem := _other_shape(path, self.model, self.cfg): raise ConfigError(problem)
-    self.state = load_checkpoint(path, self.model, self.optimizer, self.scaler, rank=self.topo.rank)
-    if self.state.step > self.total_steps:  # it would end at once and write its weights as this run's final model
-        raise ConfigError(f"{path.name} is at step {self.state.step:,}, past this run's last step {self.total_steps:,}: "
-                          "give a larger --max_steps (or --epochs) to continue it")
+def resume(self: Trainer,
+           ref: str | None = None, # a checkpoint folder or 'latest' (default: --resume_from)
+          ) -> TrainState:
+    "Load checkpoint `ref` into the model, optimizer, state and generators (`fit` calls it first)."
+    ref, self.to_resume, c = ref or self.to_resume, None, self.cfg
+    if ref == 'latest': path = latest_checkpoint(c.output_dir, self.log)
+    else: path = Path(ref) if ref else None
+    if path is None:
+        if ref: self.log(f"no complete checkpoint in {c.output_dir}: starting from step 0")
+        return self.state
+    if problem := _other_shape(path, self.model, c): raise ConfigError(problem)
+    s = self.state = load_checkpoint(path, self.model, self.optimizer, self.scaler,
+                                     rank=self.topo.rank)
+    if s.step > self.total_steps:  # it would end at once and write its weights as this run's final model
+        raise ConfigError(f"{path.name} is at step {s.step:,}, past this run's last step "
+                          f"{self.total_steps:,}: give a larger --max_steps (or --epochs) to continue it")
     saved = json.loads((path / 'training_config.json').read_text())
-    changed = [k for k in _DATA_ORDER_KEYS if saved.get(k) != getattr(self.cfg, k)]
+    changed = [k for k in _DATA_ORDER_KEYS if saved.get(k) != getattr(c, k)]
     # micro-batches per step: accumulation × processes; trading one for the other keeps the data order
-    before, now = saved.get('gradient_accumulation_steps', 1) * self.state.world_size, self.cfg.gradient_accumulation_steps * self.topo.world_size
-    if before != now or (self.cfg.streaming and self.state.world_size != self.topo.world_size):
+    before = saved.get('gradient_accumulation_steps', 1) * s.world_size
+    now = c.gradient_accumulation_steps * self.topo.world_size
+    if before != now or (c.streaming and s.world_size != self.topo.world_size):
         changed.append(f'micro-batches per step (accumulation × processes: {before} → {now})')
-    self.state.world_size = self.topo.world_size
-    if changed:
-        self.log(f"warning: {', '.join(changed)} changed since {path.name}: the data order will differ from the original run")
-    self.log(f"resumed from {path} at step {self.state.step} (epoch {self.state.epoch}, batch {self.state.batch_in_epoch} of the epoch)")
+    s.world_size = self.topo.world_size
+    if changed: self.log(f"warning: {', '.join(changed)} changed since {path.name}: "
+                         "the data order will differ from the original run")
+    self.log(f"resumed from {path} at step {s.step} "
+             f"(epoch {s.epoch}, batch {s.batch_in_epoch} of the epoch)")
+    return s
 
 # %% ../nbs/10_training.ipynb #433970b9
 @patch
@@ -521,6 +560,7 @@ def announce(self: Trainer):
 @patch
 def fit(self: Trainer) -> Path:
     "Train until `max_steps`/`epochs` (or early stopping); returns the `final-model` directory."
+    self.resume()  # --resume_from: before anything reads the state
     s, W = self.state, self.topo.world_size
     if self.topo.is_main: self.announce()
     self.start_counters()

@@ -82,7 +82,8 @@ def test_a_stopped_and_resumed_run_is_bit_for_bit_the_uninterrupted_one(task, re
     s = settings(task, 'stopped')
     stopped = finetune(finetune_config(**s), [StopAt(6)], **QUIET)
     assert stopped.name == 'checkpoint-step-6' and not (stopped.parent / 'final-model').exists()
-    final = finetune(finetune_config(**s, resume_from='latest'), **QUIET)
+    final = finetune(finetune_config(**s, resume_from='latest', tensorboard=True), **QUIET)  # its loggers too
+    assert list((stopped.parent / 'tensorboard').glob('events.out.tfevents.*'))
     a, b = (CanineForSequenceClassification.from_pretrained(p).state_dict() for p in (reference / 'final-model', final))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert train_losses(reference) == train_losses(stopped.parent)

@@ -50,9 +50,9 @@ def test_training_steps_and_evaluations_never_touch_the_whole_corpus(corpus60k, 
     t = Trainer.from_config(cfg, **QUIET)
     assert len(t.train_enc) > 50_000 and len(t.valid_enc) > 5_000
     # no single operation may read more than 20,000 elements: less than either split, more than a bucketing pool (64 x 256)
-    t.train_enc = t.run_batches.enc = guarded(t.train_enc, 20_000)
-    t.valid_enc = guarded(t.valid_enc, 20_000)
-    t.total_steps = t.steps_per_epoch + 3  # into the second epoch: its first batch is drawn under the guard too
+    t.data.train_enc = t.run_batches.enc = guarded(t.train_enc, 20_000)
+    t.data.valid_enc = guarded(t.valid_enc, 20_000)
+    t.data.total_steps = t.steps_per_epoch + 3  # into the second epoch: its first batch is drawn under the guard too
     t.fit()
     rows = [json.loads(l) for l in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
     evals = [r for r in rows if r['type'] == 'eval']
@@ -60,7 +60,7 @@ def test_training_steps_and_evaluations_never_touch_the_whole_corpus(corpus60k, 
     assert {r['val_domains'] for r in evals} == {2_000}
     t.state.step = 7 * t.steps_per_epoch + 5  # as if resumed in epoch 7
     t.state.epoch, t.state.batch_in_epoch = 7, 5
-    t.total_steps = t.state.step + 2
+    t.data.total_steps = t.state.step + 2
     t.fit()
     assert t.state.step == 7 * t.steps_per_epoch + 7
 
@@ -124,7 +124,7 @@ def test_workers_share_the_order_without_files_and_a_crash_leaves_nothing(tmp_pa
         for k in batch: assert torch.equal(batch[k], rb[g][k])  # what two workers computed, each for itself
     t.callbacks.append(Crash(t.steps_per_epoch + 2))
     t.state.step = t.state.batch_in_epoch = t.steps_per_epoch - 2  # as if resumed near the end of epoch 0
-    t.total_steps = t.steps_per_epoch + 5
+    t.data.total_steps = t.steps_per_epoch + 5
     with pytest.raises(RuntimeError, match='simulated crash'): t.fit()
     assert _files(tmp_path / 'cache') == before  # no order file, no temporary file: nothing to sweep after a crash
 
