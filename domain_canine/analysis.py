@@ -6,11 +6,14 @@
 from __future__ import annotations
 import json
 from pathlib import Path
+import numpy as np
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 # %% auto #0
-__all__ = ['PROBE_PANELS', 'FINETUNE_FIGURES', 'read_metrics', 'plot_runs', 'read_probes', 'plot_probes', 'read_finetune',
-           'plot_finetune']
+__all__ = ['METRICS', 'RUN_PANELS', 'PROBE_PANELS', 'FINETUNE_FIGURES', 'read_metrics', 'ema', 'draw_curves', 'plot_runs',
+           'read_probes', 'plot_probes', 'read_finetune', 'plot_finetune']
 
 # %% ../nbs/12_analysis.ipynb #04de8dc1
 def read_metrics(run_dir) -> dict[str, list[dict]]:
@@ -23,23 +26,89 @@ def read_metrics(run_dir) -> dict[str, list[dict]]:
     for v in records.values(): v.sort(key=lambda m: m['step'])
     return records
 
-# %% ../nbs/12_analysis.ipynb #3adea7c4
-def plot_runs(run_dirs: list, log_loss: bool = False) -> plt.Figure:
+# %% ../nbs/12_analysis.ipynb #cce82c13
+def ema(values, smoothing: float) -> np.ndarray:
+    "Exponential moving average with bias correction; `smoothing` 0 returns the values unchanged."
+    out, acc = np.empty(len(values)), 0.0
+    for i, v in enumerate(values):
+        acc = smoothing * acc + (1 - smoothing) * v
+        out[i] = acc / (1 - smoothing ** (i + 1))
+    return out
+
+# %% ../nbs/12_analysis.ipynb #e19691ae
+METRICS = {  # name: (key of train records, key of eval records, panel title, smoothed)
+    'loss': ('loss', 'val_loss', 'loss (masked characters)', True),
+    'perplexity': ('perplexity', 'val_perplexity', 'perplexity', True),
+    'accuracy': (None, 'val_accuracy', 'validation accuracy', False),
+    'learning rate': ('lr', None, 'learning rate', False),  # a schedule, not a noisy measurement
+    'domains/s': ('domains_per_s', None, 'domains / s', True),
+}
+
+# %% ../nbs/12_analysis.ipynb #08c36747
+def _series(records: list[dict], key: str | None, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    "Steps and values of `key` in `records` within steps [lo, hi]."
+    pts = [(r['step'], r[key]) for r in records if key and key in r and lo <= r['step'] <= hi]
+    return np.array([s for s, _ in pts]), np.array([v for _, v in pts], dtype=float)
+
+def _draw_run(ax, m: dict, metric: str, colour: str, name: str, smoothing: float, steps: tuple,
+              show_eval: bool):
+    "One run's curves of one metric on `ax`."
+    train_key, eval_key, _, smoothed = METRICS[metric]
+    smoothing = smoothing if smoothed else 0.0
+    x, y = _series(m['train'], train_key, *steps)
+    if len(x):
+        if smoothing: ax.plot(x, y, color=colour, alpha=0.25, lw=1)
+        ax.plot(x, ema(y, smoothing), color=colour, lw=1.8, label=f'{name} train')
+    x, y = _series(m['eval'], eval_key, *steps)
+    if len(x) and (show_eval or train_key is None):
+        ax.plot(x, y, 'o--', color=colour, ms=5, lw=1, label=f'{name} validation')
+
+# %% ../nbs/12_analysis.ipynb #4d505d42
+def _log_axis(ax):
+    "A logarithmic y axis labelled with plain numbers (minor ticks too, when it spans about a decade)."
+    ax.set_yscale('log')
+    plain = FuncFormatter(lambda v, _: f'{v:g}')
+    lo, hi = ax.get_ylim()
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain if hi / lo < 20 else NullFormatter())
+
+# %% ../nbs/12_analysis.ipynb #0e8f2c67
+def draw_curves(runs: dict[str, dict], # run name: its `read_metrics` records
+                metrics=('loss', 'accuracy'), # panels, names of METRICS
+                smoothing: float = 0.0, # EMA smoothing of the training curves, 0 to 0.99
+                log_scale: bool = False, # logarithmic y axes (not for accuracy)
+                steps: tuple[int, int] = (0, 2**62), # first and last optimizer step shown
+                show_eval: bool = True, # evaluation points on the loss and perplexity panels
+                figure=Figure, # makes the figure: `Figure` (its own) or `plt.figure` (one pyplot shows)
+               ) -> Figure:
+    "One panel per metric, one colour per run."
+    metrics = list(metrics) or ['loss']
+    fig = figure(figsize=(max(4.6 * len(metrics), 6), 3.4), dpi=100, layout='constrained')
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics):
+        for i, (name, m) in enumerate(runs.items()):
+            _draw_run(ax, m, metric, f'C{i}', name, smoothing, steps, show_eval)
+        ax.set_title(METRICS[metric][2], fontsize=11)
+        ax.set_xlabel('optimizer step')
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if log_scale and metric != 'accuracy' and ax.lines: _log_axis(ax)
+        if ax.lines: ax.legend(fontsize=8)
+    if not runs:
+        axes[0].text(0.5, 0.5, 'select one or more runs', ha='center', va='center',
+                     transform=axes[0].transAxes)
+    return fig
+
+# %% ../nbs/12_analysis.ipynb #415eecf7
+RUN_PANELS = ('loss', 'accuracy', 'learning rate', 'domains/s')  # the panels of `plot_runs`
+
+def plot_runs(run_dirs: list, log_loss: bool = False) -> Figure:
     "Loss (train and validation), validation accuracy, learning rate and throughput of several runs."
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
-    for i, run in enumerate(map(Path, run_dirs)):
-        m, colour, name = read_metrics(run), f'C{i}', run.name
-        tr, ev = m['train'], m['eval']
-        axes[0].plot([r['step'] for r in tr], [r['loss'] for r in tr], color=colour, label=f'{name} train')
-        axes[0].plot([r['step'] for r in ev], [r['val_loss'] for r in ev], 'o--', color=colour, label=f'{name} validation')
-        axes[1].plot([r['step'] for r in ev], [r['val_accuracy'] for r in ev], 'o-', color=colour, label=name)
-        axes[2].plot([r['step'] for r in tr], [r['lr'] for r in tr], color=colour, label=name)
-        axes[3].plot([r['step'] for r in tr], [r['domains_per_s'] for r in tr], color=colour, label=name)
-    for ax, title in zip(axes, ('loss (masked characters)', 'validation accuracy', 'learning rate', 'domains / s')):
-        ax.set_title(title); ax.set_xlabel('optimizer step'); ax.grid(alpha=0.3)
-    if log_loss: axes[0].set_yscale('log')
-    axes[0].legend(fontsize=8); axes[1].legend(fontsize=8)
-    fig.tight_layout()
+    paths = [Path(r) for r in run_dirs]
+    names = [p.name for p in paths]
+    if len(set(names)) < len(names): names = [str(p) for p in paths]  # runs of one name: their paths
+    fig = draw_curves({n: read_metrics(p) for n, p in zip(names, paths)}, RUN_PANELS, figure=plt.figure)
+    if log_loss and fig.axes[0].lines: _log_axis(fig.axes[0])
     return fig
 
 # %% ../nbs/12_analysis.ipynb #f2c4b8a1

@@ -18,7 +18,7 @@ from .data import SAMPLE_NAME, clean_domain, count_summary, first_error_line, lo
 from .model import HEAD_CONFIG, DomainCanineMLM, ModelError, is_model_dir, is_original_dir, read_original_state
 from .model import note_unverified, verify_model_dir
 from .checkpoint import MARKER, step_checkpoints
-from .evaluation import SPLITS, CharNgramLM, embed_domains, pseudo_log_likelihood, tld_of
+from .evaluation import SPLITS, CharNgramLM, _pct, embed_domains, pseudo_log_likelihood, tld_of
 from .inference import InputError
 
 # %% auto #0
@@ -377,8 +377,6 @@ def probe_model(model: DomainCanineMLM, # the model (the probes use only its enc
 
 # %% ../nbs/13a_probes.ipynb #1f504f78
 _SCORERS = (('pll', 'PLL'), ('pll_per_char', 'PLL/char'), ('ngram', 'n-gram'), ('ngram_per_char', 'n-gram/char'))
-
-def _pct(x) -> str: return '–' if x is None else f'{x:.1%}'
 
 def _ranking_table(ranking: dict) -> list[str]:
     "The AUC of each scorer over all pairs and by kind, then the share of domains ranked first."

@@ -5,24 +5,24 @@
 # %% ../nbs/14_widgets.ipynb #39563cff
 from __future__ import annotations
 import html, io, threading, time
+from typing import NamedTuple
 from pathlib import Path
 import numpy as np
 import ipywidgets as widgets
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 from fastcore.basics import patch
 from .model import ModelError, is_model_dir, is_original_dir
 from .inference import InputError, Prediction, Predictor
 from .data import clean_domain, load_corpus
-from .analysis import read_metrics
+from .analysis import METRICS, draw_curves, read_metrics
 from .evaluation import CharNgramLM
 from .model import DomainCanineMLM
 from .probes import cap_variants, domain_rng, domain_variants, model_scores, ngram_scores
 from .finetune import Classification, Classifier, is_classifier_dir
 
 # %% auto #0
-__all__ = ['METRICS', 'is_mlm_dir', 'find_models', 'find_runs', 'ModelWidget', 'MaskPredictor', 'rank_lookalikes',
-           'LookalikeExplorer', 'ClassifierWidget', 'ema', 'draw_curves', 'png_bytes', 'LossCurves']
+__all__ = ['is_mlm_dir', 'find_models', 'find_runs', 'SliderSpec', 'ModelWidget', 'MaskPredictor', 'rank_lookalikes',
+           'LookalikeExplorer', 'ClassifierWidget', 'png_bytes', 'LossCurves']
 
 # %% ../nbs/14_widgets.ipynb #58b62312
 def _kind_order(p: Path) -> tuple:
@@ -98,67 +98,88 @@ def _classed(w: widgets.Widget, name: str) -> widgets.Widget:
     w.add_class(name); return w
 
 # %% ../nbs/14_widgets.ipynb #a5b3d0f2
+class SliderSpec(NamedTuple):
+    "A tool's slider: the attribute that holds it, its label, its range, where it starts, its CSS class."
+    name: str
+    label: str
+    lo: int
+    hi: int
+    start: int
+    css: str
+
 class ModelWidget:
-    "What the notebook tools that ask a model share: the model list, loaded models, a pause before acting, errors."
-    outputs: tuple[str, ...] = ()  # names of the widgets showing results, emptied when an error is shown
+    "The skeleton of the notebook tools that ask a model; each tool supplies its hooks."
     accepts = staticmethod(is_mlm_dir)  # the directories the model list offers and Load takes
     loader = staticmethod(Predictor.from_dir)  # loads one of them: `loader(path, device)`
     kind, hint = 'model directory', 'train one'  # what the messages call them, and how to make one
-    def __init__(self, runs_dir='runs', delay: float = 0.3, device: str | None = None):
+    css, input_css, placeholder = 'dc-model-widget', 'dc-input', 'example.com'  # the tool's look
+    slider = SliderSpec('top_k_slider', 'top-k', 1, 10, 5, 'dc-top-k')  # how many answers are shown
+    outputs: dict[str, str] = {}  # widgets showing an answer (attribute: CSS class), emptied without one
+    empty = 'type a domain'  # the status line while the input is empty
+    def __init__(self, runs_dir='runs', # folder searched for the directories the tool takes (`accepts`)
+                 model_path=None, # a directory to select (added to the list if not under `runs_dir`)
+                 text: str = '', # the domain to start with
+                 top_k: int | None = None, # answers shown: the slider's value (None: where it starts)
+                 delay: float = 0.3, # seconds of quiet typing before answering (0: at once)
+                 device: str | None = None, # cpu, cuda or mps (default: the best available)
+                ):
         self.runs_dir, self.delay, self.device = Path(runs_dir), delay, device
         self._predictors, self._timer, self._lock = {}, None, threading.Lock()
+        self._build(self.slider.start if top_k is None else top_k)
+        self._wire(model_path, text)
+    def answer(self, text: str, n: int):
+        "The hook that answers: the loaded model's answer for `text`, `n` shown."
+        return self.predictor().predict([text], n)[0]
+    def render(self, answer, text: str, n: int) -> tuple[list[str], str]:
+        "The hook that shows an answer: the HTML of each of `outputs`, and the status line."
+        raise NotImplementedError(f'{type(self).__name__} shows no answer: it needs a `render`')
 
+# %% ../nbs/14_widgets.ipynb #e2351f9d
 @patch
 def _model_row(self: ModelWidget) -> widgets.HBox:
-    "Create the model list, the path box and its Load button, and the message and status lines; the row of the first three."
+    "Create the model list, path box, Load button, message and status lines; the row of the first three."
     w = widgets
-    self.model_select = _classed(w.Dropdown(description='model', layout=w.Layout(width='420px')), 'dc-model-select')
-    self.path_input = _classed(w.Text(placeholder=f'or a {self.kind}', layout=w.Layout(width='260px')), 'dc-model-path')
-    self.load_button = _classed(w.Button(description='Load', layout=w.Layout(width='70px')), 'dc-load-button')
+    select = w.Dropdown(description='model', layout=w.Layout(width='420px'))
+    self.model_select = _classed(select, 'dc-model-select')
+    path = w.Text(placeholder=f'or a {self.kind}', layout=w.Layout(width='260px'))
+    self.path_input = _classed(path, 'dc-model-path')
+    load = w.Button(description='Load', layout=w.Layout(width='70px'))
+    self.load_button = _classed(load, 'dc-load-button')
     self.message, self.status = _classed(w.HTML(), 'dc-message'), _classed(w.Label(), 'dc-status')
     return w.HBox([self.model_select, self.path_input, self.load_button])
 
+# %% ../nbs/14_widgets.ipynb #edbfb882
 @patch
-def _wire(self: ModelWidget, model_path, text: str, slider: widgets.Widget):
-    "Select a model, start with `text`, and act again on every change of the text, `slider` or the model."
+def _build(self: ModelWidget, top_k: int):
+    "Create the widgets from the hooks: model row, text box and slider, message, outputs, status."
+    w, models, s = widgets, self._model_row(), self.slider
+    text = w.Text(description='domain', placeholder=self.placeholder, continuous_update=True,
+                  layout=w.Layout(width='420px'))
+    self.domain_input = _classed(text, self.input_css)
+    count = w.IntSlider(value=top_k, min=s.lo, max=s.hi, description=s.label,
+                        layout=w.Layout(width='260px'))
+    setattr(self, s.name, _classed(count, s.css))
+    for name, css in self.outputs.items(): setattr(self, name, _classed(w.HTML(), css))
+    shown = [getattr(self, name) for name in self.outputs]
+    parts = [w.HTML(_STYLE), models, w.HBox([self.domain_input, count]), self.message, *shown,
+             self.status]
+    self.widget = _classed(w.VBox(parts), self.css)
+
+# %% ../nbs/14_widgets.ipynb #8a817600
+@patch
+def _wire(self: ModelWidget, model_path, text: str):
+    "Select a model, start with `text`, answer again on every change of the text, the slider or the model."
     self.refresh_models(model_path)
     self.domain_input.value = text
-    for w in (self.domain_input, slider, self.model_select): w.observe(self.on_change, 'value')
+    for w in (self.domain_input, getattr(self, self.slider.name), self.model_select):
+        w.observe(self.on_change, 'value')
     self.load_button.on_click(self.load_path)
     if text: self.predict()
-
-# %% ../nbs/14_widgets.ipynb #903089f3
-class MaskPredictor(ModelWidget):
-    "Type a domain with ? for hidden characters: the filled domain and each mask's top-k candidates, as you type."
-    outputs = ('filled', 'bars')
-    def __init__(self, runs_dir='runs', # folder searched for model directories
-                 model_path=None, # a model directory to select (added to the list if not under `runs_dir`)
-                 text: str = '', # the domain to start with
-                 top_k: int = 5, # candidates shown per mask
-                 delay: float = 0.3, # seconds of quiet typing before predicting (0: at once)
-                 device: str | None = None, # cpu, cuda or mps (default: the best available)
-                ):
-        super().__init__(runs_dir, delay, device)
-        self._build(top_k)
-        self._wire(model_path, text, self.top_k_slider)
-
-# %% ../nbs/14_widgets.ipynb #5e15bbba
-@patch
-def _build(self: MaskPredictor, top_k: int):
-    "Create the widgets and their layout."
-    w, models = widgets, self._model_row()
-    self.domain_input = _classed(w.Text(description='domain', placeholder='goo?le.com', continuous_update=True,
-                                        layout=w.Layout(width='420px')), 'dc-domain-input')
-    self.top_k_slider = _classed(w.IntSlider(value=top_k, min=1, max=10, description='top-k', layout=w.Layout(width='260px')), 'dc-top-k')
-    self.filled, self.bars = _classed(w.HTML(), 'dc-filled'), _classed(w.HTML(), 'dc-bars')
-    self.widget = _classed(w.VBox([w.HTML(_STYLE), models,
-                                   w.HBox([self.domain_input, self.top_k_slider]), self.message, self.filled, self.bars,
-                                   self.status]), 'dc-mask-predictor')
 
 # %% ../nbs/14_widgets.ipynb #bbf2b12d
 @patch
 def refresh_models(self: ModelWidget, select=None):
-    "List the model directories under the runs folder (plus `select`); select `select`, or keep the selection, or the first."
+    "List the tool's directories (plus `select`); select `select`, the kept one or the first."
     paths = find_models(self.runs_dir, self.accepts)
     if select is not None and Path(select) not in paths: paths.insert(0, Path(select))
     label = lambda p: str(p.relative_to(self.runs_dir)) if p.is_relative_to(self.runs_dir) else str(p)
@@ -166,8 +187,10 @@ def refresh_models(self: ModelWidget, select=None):
     self.model_select.options = [(label(p), str(p)) for p in paths]
     keep = str(select) if select is not None else current if current in map(str, paths) else None
     self.model_select.value = keep or (str(paths[0]) if paths else None)
-    if not paths: self.show_error(f'no {self.kind} under {self.runs_dir}: {self.hint}, or type a path and press Load')
+    if not paths:
+        self.show_error(f'no {self.kind} under {self.runs_dir}: {self.hint}, or type a path and press Load')
 
+# %% ../nbs/14_widgets.ipynb #20925e10
 @patch
 def load_path(self: ModelWidget, _=None):
     "Select the model directory typed in the path box (the Load button)."
@@ -185,36 +208,55 @@ def on_change(self: ModelWidget, change=None):
     self._timer.daemon = True
     self._timer.start()
 
+# %% ../nbs/14_widgets.ipynb #7a33a5ee
 @patch
 def predictor(self: ModelWidget) -> Predictor | Classifier:
     "The predictor of the selected directory, made by `loader` (once)."
     path = self.model_select.value
-    if path is None: raise ModelError(f'no {self.kind} under {self.runs_dir}: {self.hint}, or type a path and press Load')
+    if path is None:
+        raise ModelError(f'no {self.kind} under {self.runs_dir}: {self.hint}, or type a path and press Load')
     if path not in self._predictors: self._predictors[path] = self.loader(path, self.device)
     return self._predictors[path]
 
 # %% ../nbs/14_widgets.ipynb #1f8412db
 @patch
-def predict(self: MaskPredictor) -> Prediction | None:
-    "Predict the current input and show it; the prediction, or None for an empty or refused input."
+def predict(self: ModelWidget):
+    "Answer the current input and show it; the tool's answer, or None for an empty or refused input."
     with self._lock:
         text, start = self.domain_input.value, time.perf_counter()
-        if not text.strip():
-            self.message.value = self.filled.value = self.bars.value = ''
-            self.status.value = 'type a domain with ? for each hidden character'
-            return None
-        try: p = self.predictor().predict([text], self.top_k_slider.value)[0]
-        except (InputError, ModelError) as e: self.show_error(str(e)); return None
-        self.message.value, self.filled.value, self.bars.value = '', _html_filled(p), _html_bars(p)
-        self.status.value = f'{text} → {p.filled}  ({1000 * (time.perf_counter() - start):.0f} ms)'
-        return p
+        if not text.strip(): return self._show('', [''] * len(self.outputs), self.empty)
+        n = getattr(self, self.slider.name).value
+        try: answer = self.answer(text, n)
+        except (InputError, ModelError) as e: return self.show_error(str(e))
+        shown, status = self.render(answer, text, n)
+        self._show('', shown, f'{status}  ({1000 * (time.perf_counter() - start):.0f} ms)')
+        return answer
 
+# %% ../nbs/14_widgets.ipynb #c4202319
+@patch
+def _show(self: ModelWidget, message: str, shown: list[str], status: str):
+    "Set the message line, the outputs (in the order of `outputs`) and, last, the status line."
+    self.message.value = message
+    for name, value in zip(self.outputs, shown): getattr(self, name).value = value
+    self.status.value = status
+
+# %% ../nbs/14_widgets.ipynb #dd1dcd00
 @patch
 def show_error(self: ModelWidget, message: str):
-    "Show `message` in place of the results."
-    self.message.value = f'<span class="dc-error">⚠ {html.escape(message)}</span>'
-    for name in self.outputs: getattr(self, name).value = ''
-    self.status.value = 'invalid input' if self.domain_input.value.strip() else ''
+    "Show `message` in place of the answer."
+    status = 'invalid input' if self.domain_input.value.strip() else ''
+    error = f'<span class="dc-error">⚠ {html.escape(message)}</span>'
+    self._show(error, [''] * len(self.outputs), status)
+
+# %% ../nbs/14_widgets.ipynb #f5101e87
+class MaskPredictor(ModelWidget):
+    "Type a domain with ? for hidden characters: the filled domain, each mask's top-k candidates."
+    css, input_css, placeholder = 'dc-mask-predictor', 'dc-domain-input', 'goo?le.com'
+    slider = SliderSpec('top_k_slider', 'top-k', 1, 10, 5, 'dc-top-k')  # candidates shown per mask
+    outputs = {'filled': 'dc-filled', 'bars': 'dc-bars'}
+    empty = 'type a domain with ? for each hidden character'
+    def render(self, p: Prediction, text: str, top_k: int) -> tuple[list[str], str]:
+        return [_html_filled(p), _html_bars(p)], f'{text} → {p.filled}'
 
 # %% ../nbs/14_widgets.ipynb #ccd8c0e6
 @patch
@@ -267,59 +309,41 @@ def _html_lookalikes(rows: list[dict], n: int) -> str:
 # %% ../nbs/14_widgets.ipynb #d8e2a6f9
 class LookalikeExplorer(ModelWidget):
     "Type a domain (a brand): its look-alikes, most plausible to the model first, beside the n-gram's ranking."
-    outputs = ('rankings',)
+    css, input_css, placeholder = 'dc-lookalike-explorer', 'dc-brand-input', 'example.com'
+    slider = SliderSpec('rows_slider', 'rows', 3, 50, 10, 'dc-rows')  # look-alikes listed per ranking
+    outputs = {'rankings': 'dc-lookalikes'}
+    empty = 'type a domain, e.g. a brand: example.com'
     def __init__(self, runs_dir='runs', # folder searched for model directories
                  model_path=None, # a model directory to select (added to the list if not under `runs_dir`)
                  text: str = '', # the domain to start with
                  rows: int = 10, # look-alikes listed per ranking
-                 ngram: CharNgramLM | None = None, # the baseline (None: a 6-gram fitted on the bundled sample's train split)
+                 ngram: CharNgramLM | None = None, # the baseline (None: a 6-gram fitted on the sample)
                  max_variants: int = 200, # look-alikes scored per domain, at most
                  delay: float = 0.3, # seconds of quiet typing before ranking (0: at once)
                  device: str | None = None, # cpu, cuda or mps (default: the best available)
                 ):
-        super().__init__(runs_dir, delay, device)
         self.ngram = ngram if ngram is not None else CharNgramLM(6).fit(load_corpus('sample').train)
         self.max_variants, self._ranked = max_variants, None
-        self._build(rows)
-        self._wire(model_path, text, self.rows_slider)
+        super().__init__(runs_dir, model_path, text, rows, delay, device)
 
 # %% ../nbs/14_widgets.ipynb #e9f3b7a0
 @patch
-def _build(self: LookalikeExplorer, rows: int):
-    "Create the widgets and their layout."
-    w, models = widgets, self._model_row()
-    self.domain_input = _classed(w.Text(description='domain', placeholder='example.com', continuous_update=True,
-                                        layout=w.Layout(width='420px')), 'dc-brand-input')
-    self.rows_slider = _classed(w.IntSlider(value=rows, min=3, max=50, description='rows', layout=w.Layout(width='260px')), 'dc-rows')
-    self.rankings = _classed(w.HTML(), 'dc-lookalikes')
-    self.widget = _classed(w.VBox([w.HTML(_STYLE), models, w.HBox([self.domain_input, self.rows_slider]), self.message,
-                                   self.rankings, self.status]), 'dc-lookalike-explorer')
-
-@patch
-def ranked(self: LookalikeExplorer, text: str) -> list[dict]:
-    "The rows of `rank_lookalikes` for `text` and the selected model, computed once per pair (moving the slider reuses them)."
-    key = (self.model_select.value, text)
+def answer(self: LookalikeExplorer, text: str, rows: int) -> list[dict]:
+    "The rows of `rank_lookalikes` for `text` and the selected model, once per pair (not per slider move)."
+    key = (self.model_select.value, text.strip())
     if self._ranked is None or self._ranked[0] != key:
         p = self.predictor()
-        self._ranked = (key, rank_lookalikes(text, p.model, self.ngram, self.max_variants, p.device))
+        self._ranked = (key, rank_lookalikes(key[1], p.model, self.ngram, self.max_variants, p.device))
     return self._ranked[1]
 
 # %% ../nbs/14_widgets.ipynb #f0a4c8b1
 @patch
-def predict(self: LookalikeExplorer) -> list[dict] | None:
-    "Rank the look-alikes of the typed domain and show them; the rows, or None for an empty or refused input."
-    with self._lock:
-        text, start = self.domain_input.value.strip(), time.perf_counter()
-        if not text:
-            self.message.value = self.rankings.value = ''
-            self.status.value = 'type a domain, e.g. a brand: example.com'
-            return None
-        try: rows = self.ranked(text)
-        except (InputError, ModelError) as e: self.show_error(str(e)); return None
-        self.message.value, self.rankings.value, real = '', _html_lookalikes(rows, self.rows_slider.value), rows[0]
-        where = f"the real domain ranks {real['model_rank']} by the model" + (f", {real['ngram_rank']} by the n-gram" if 'ngram_rank' in real else '')
-        self.status.value = f"{real['domain']}: {len(rows) - 1} look-alikes; {where}  ({1000 * (time.perf_counter() - start):.0f} ms)"
-        return rows
+def render(self: LookalikeExplorer, rows: list[dict], text: str, n: int) -> tuple[list[str], str]:
+    "Both rankings, `n` rows each; the status line says where the real domain ranks."
+    real = rows[0]
+    where = f"the real domain ranks {real['model_rank']} by the model"
+    if 'ngram_rank' in real: where += f", {real['ngram_rank']} by the n-gram"
+    return [_html_lookalikes(rows, n)], f"{real['domain']}: {len(rows) - 1} look-alikes; {where}"
 
 # %% ../nbs/14_widgets.ipynb #76217580
 def _html_classes(c: Classification) -> str:
@@ -334,115 +358,16 @@ def _html_predicted(c: Classification) -> str:
 # %% ../nbs/14_widgets.ipynb #3a642a27
 class ClassifierWidget(ModelWidget):
     "Type a domain: a fine-tuned classifier's class probabilities as bars, most probable first, as you type."
-    outputs = ('predicted', 'bars')
     accepts, loader = staticmethod(is_classifier_dir), staticmethod(Classifier.from_dir)
     kind, hint = 'classifier directory', 'fine-tune one (domain-canine finetune)'
-    def __init__(self, runs_dir='runs', # folder searched for classifier directories (fine-tuning runs)
-                 model_path=None, # a classifier directory to select (added to the list if not under `runs_dir`)
-                 text: str = '', # the domain to start with
-                 top_k: int = 10, # classes shown, most probable first (all of them when there are fewer)
-                 delay: float = 0.3, # seconds of quiet typing before classifying (0: at once)
-                 device: str | None = None, # cpu, cuda or mps (default: the best available)
-                ):
-        super().__init__(runs_dir, delay, device)
-        self._build(top_k)
-        self._wire(model_path, text, self.top_k_slider)
-
-# %% ../nbs/14_widgets.ipynb #e4bd3976
-@patch
-def _build(self: ClassifierWidget, top_k: int):
-    "Create the widgets and their layout."
-    w, models = widgets, self._model_row()
-    self.domain_input = _classed(w.Text(description='domain', placeholder='example', continuous_update=True,
-                                        layout=w.Layout(width='420px')), 'dc-classify-input')
-    self.top_k_slider = _classed(w.IntSlider(value=top_k, min=1, max=20, description='classes',
-                                             layout=w.Layout(width='260px')), 'dc-classes-shown')
-    self.predicted, self.bars = _classed(w.HTML(), 'dc-predicted'), _classed(w.HTML(), 'dc-class-bars')
-    self.widget = _classed(w.VBox([w.HTML(_STYLE), models, w.HBox([self.domain_input, self.top_k_slider]),
-                                   self.message, self.predicted, self.bars, self.status]), 'dc-classifier')
-
-# %% ../nbs/14_widgets.ipynb #c469a622
-@patch
-def predict(self: ClassifierWidget) -> Classification | None:
-    "Classify the typed domain and show its classes; the answer, or None for an empty or refused input."
-    with self._lock:
-        text, start = self.domain_input.value, time.perf_counter()
-        if not text.strip():
-            self.message.value = self.predicted.value = self.bars.value = ''
-            self.status.value = 'type a domain, as the task wrote them (the tld task: a name without its TLD)'
-            return None
-        try: c = self.predictor().predict([text], self.top_k_slider.value)[0]
-        except (InputError, ModelError) as e: self.show_error(str(e)); return None
-        self.message.value, self.predicted.value, self.bars.value = '', _html_predicted(c), _html_classes(c)
-        ms, n = 1000 * (time.perf_counter() - start), len(self.predictor().classes)
-        self.status.value = f'{c.text} → {c.label} ({len(c.top)} of {n} classes shown)  ({ms:.0f} ms)'
-        return c
-
-# %% ../nbs/14_widgets.ipynb #37c4ef0a
-def ema(values, smoothing: float) -> np.ndarray:
-    "Exponential moving average with bias correction; `smoothing` 0 returns the values unchanged."
-    out, acc = np.empty(len(values)), 0.0
-    for i, v in enumerate(values):
-        acc = smoothing * acc + (1 - smoothing) * v
-        out[i] = acc / (1 - smoothing ** (i + 1))
-    return out
-
-# %% ../nbs/14_widgets.ipynb #e9ebf044
-METRICS = {  # name: (key of train records, key of eval records, panel title, smoothed)
-    'loss': ('loss', 'val_loss', 'loss (masked characters)', True),
-    'perplexity': ('perplexity', 'val_perplexity', 'perplexity', True),
-    'accuracy': (None, 'val_accuracy', 'validation accuracy', False),
-    'learning rate': ('lr', None, 'learning rate', False),  # a schedule, not a noisy measurement
-    'domains/s': ('domains_per_s', None, 'domains / s', True),
-}
-
-# %% ../nbs/14_widgets.ipynb #7851551a
-def _series(records: list[dict], key: str | None, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-    "Steps and values of `key` in `records` within steps [lo, hi]."
-    pts = [(r['step'], r[key]) for r in records if key and key in r and lo <= r['step'] <= hi]
-    return np.array([s for s, _ in pts]), np.array([v for _, v in pts], dtype=float)
-
-def _draw_run(ax, m: dict, metric: str, colour: str, name: str, smoothing: float, steps: tuple, show_eval: bool):
-    "One run's curves of one metric on `ax`."
-    train_key, eval_key, _, smoothed = METRICS[metric]
-    smoothing = smoothing if smoothed else 0.0
-    x, y = _series(m['train'], train_key, *steps)
-    if len(x):
-        if smoothing: ax.plot(x, y, color=colour, alpha=0.25, lw=1)
-        ax.plot(x, ema(y, smoothing), color=colour, lw=1.8, label=f'{name} train')
-    x, y = _series(m['eval'], eval_key, *steps)
-    if len(x) and (show_eval or train_key is None):
-        ax.plot(x, y, 'o--', color=colour, ms=5, lw=1, label=f'{name} validation')
-
-# %% ../nbs/14_widgets.ipynb #25999d1f
-def _log_axis(ax):
-    "A logarithmic y axis labelled with plain numbers (minor ticks too, when it spans little more than a decade)."
-    ax.set_yscale('log')
-    plain = FuncFormatter(lambda v, _: f'{v:g}')
-    lo, hi = ax.get_ylim()
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain if hi / lo < 20 else NullFormatter())
-
-# %% ../nbs/14_widgets.ipynb #cc0a43db
-def draw_curves(runs: dict[str, dict], # run name: its `read_metrics` records
-                metrics=('loss', 'accuracy'), # panels, names of METRICS
-                smoothing: float = 0.0, # EMA smoothing of the training curves, 0 to 0.99
-                log_scale: bool = False, # logarithmic y axes (not for accuracy)
-                steps: tuple[int, int] = (0, 2**62), # first and last optimizer step shown
-                show_eval: bool = True, # evaluation points on the loss and perplexity panels
-               ) -> Figure:
-    "One panel per metric, one colour per run."
-    metrics = list(metrics) or ['loss']
-    fig = Figure(figsize=(max(4.6 * len(metrics), 6), 3.4), dpi=100, layout='constrained')
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-    for ax, metric in zip(axes, metrics):
-        for i, (name, m) in enumerate(runs.items()): _draw_run(ax, m, metric, f'C{i}', name, smoothing, steps, show_eval)
-        ax.set_title(METRICS[metric][2], fontsize=11); ax.set_xlabel('optimizer step'); ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if log_scale and metric != 'accuracy' and ax.lines: _log_axis(ax)
-        if ax.lines: ax.legend(fontsize=8)
-    if not runs: axes[0].text(0.5, 0.5, 'select one or more runs', ha='center', va='center', transform=axes[0].transAxes)
-    return fig
+    css, input_css, placeholder = 'dc-classifier', 'dc-classify-input', 'example'
+    slider = SliderSpec('top_k_slider', 'classes', 1, 20, 10, 'dc-classes-shown')  # most probable first
+    outputs = {'predicted': 'dc-predicted', 'bars': 'dc-class-bars'}
+    empty = 'type a domain, as the task wrote them (the tld task: a name without its TLD)'
+    def render(self, c: Classification, text: str, top_k: int) -> tuple[list[str], str]:
+        n = len(self.predictor().classes)
+        status = f'{c.text} → {c.label} ({len(c.top)} of {n} classes shown)'
+        return [_html_predicted(c), _html_classes(c)], status
 
 # %% ../nbs/14_widgets.ipynb #e6869671
 def png_bytes(fig: Figure) -> bytes:
