@@ -22,7 +22,7 @@ from .model import ModelError, build_model, canine_config, note_unverified, use_
 from .checkpoint import sweep_checkpoints
 from .distributed import shutdown_distributed
 from .run_data import RunData, _no_validation
-from .training import Trainer, join_job, run_loggers, set_dropout
+from .training import Trainer, check_disk, join_job, run_loggers, set_dropout
 from .probes import checkpoint_step, model_dirs
 from .inference import InputError, to_device
 from .tasks import SPLIT_BY, LabelledTask, TaskSide, clean_text, load_task
@@ -229,24 +229,28 @@ def build_classifier(cfg: FinetuneConfig, classes: list[str]) -> DomainCanineCla
 
 # %% ../nbs/13d_finetune.ipynb #ab8c199b
 def check_output_dir(cfg: FinetuneConfig):
-    "`--output_dir` writable (nothing made yet) and swept of what killed runs left; no preparation to make room for."
+    "`--output_dir` writable (nothing made yet) and swept; its room is checked once the task says how long the run is."
     check_folder(cfg.output_dir, '--output_dir')
     sweep_checkpoints(cfg.output_dir)
 
 def finetune_trainer(cfg: FinetuneConfig, callbacks=None, log=print,
                      task: LabelledTask | None = None, # the task, read already (default: `cfg`'s, read here)
+                     keep: bool = True, # write checkpoints and the final model (False: a comparison's arm, scored once)
                     ) -> Trainer:
     "A `Trainer` of a classifier on `cfg`'s task (one process, or one of a torchrun job)."
     topo, device = join_job(cfg, check_output_dir)
     task = task or finetune_task(cfg)
-    model = build_classifier(cfg, task.classes).to(device)
-    if topo.is_main:  # the start check made nothing: the task is read, the run begins here
+    data = task_run_data(cfg, task, topo.world_size, log if topo.is_main else (lambda *a, **k: None))
+    if topo.is_main:  # room for its checkpoints, epoch ones included, before the model is built or anything written
+        if keep: check_disk(cfg, epochs=data.total_steps // data.steps_per_epoch)
         out = Path(cfg.output_dir)
-        with writing(out): out.mkdir(parents=True, exist_ok=True)
+        with writing(out): out.mkdir(parents=True, exist_ok=True)  # the run begins here
         write_atomic(out / 'task.json', json.dumps(
             dict(report=task.report, classes=task.classes, max_length=task.max_length), indent=2))
-    data = task_run_data(cfg, task, topo.world_size, log if topo.is_main else (lambda *a, **k: None))
-    return Trainer(cfg, model, data, [*(callbacks or []), *run_loggers(cfg)], log, topo, device)
+    model = build_classifier(cfg, task.classes).to(device)
+    trainer = Trainer(cfg, model, data, [*(callbacks or []), *run_loggers(cfg)], log, topo, device)
+    if not keep: trainer.save = lambda name: Path(cfg.output_dir) / name  # no checkpoint: not even the epochs' ones
+    return trainer
 
 # %% ../nbs/13d_finetune.ipynb #6abeaf6e
 @torch.no_grad()
@@ -286,7 +290,7 @@ def finetune(cfg: FinetuneConfig, callbacks=None, log=print) -> Path:
 
 # %% ../nbs/13d_finetune.ipynb #1a9e675f
 ARM_KINDS = ('finetuned', 'frozen', 'scratch')
-ARM_SETTINGS = dict(save_steps=2**40, eval_steps=2**40)  # an arm keeps nothing and the test side judges it
+ARM_SETTINGS = dict(eval_steps=2**40)  # evaluated at epoch ends only: the test side judges an arm
 
 def _quiet(*args, **kwargs): pass
 
@@ -311,7 +315,7 @@ def classifier_arm(model: str, # a model or checkpoint directory, a classifier f
                                   output_dir=out, seed=seed, from_scratch=kind == 'scratch',
                                   freeze_encoder=kind == 'frozen')
             try:
-                trainer = finetune_trainer(cfg, log=log, task=task)
+                trainer = finetune_trainer(cfg, log=log, task=task, keep=False)
                 trainer.fit()
                 return predict_side(trainer.model, task.test, cfg.batch_size, trainer.device)
             finally: shutdown_distributed()

@@ -123,8 +123,11 @@ def test_compare_command_bad_input_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e: main(['compare', '--task', 'tld', '--seeds', '0'])
     assert e.value.code == 2 and 'must be an integer >= 1' in capsys.readouterr().err
 
-def test_fine_tuned_arms_from_every_checkpoint_of_a_run(tiny_run, tmp_path, capsys):
+def test_fine_tuned_arms_from_every_checkpoint_of_a_run(tiny_run, tmp_path, capsys, monkeypatch):
     "The command with --models: per checkpoint a finetuned and a frozen arm, one scratch arm, the same test side."
+    import domain_canine.training as training_module
+    def refuse(*a, **k): raise AssertionError('an arm wrote a checkpoint')  # an arm keeps nothing
+    monkeypatch.setattr(training_module, 'save_checkpoint', refuse)
     run = shutil.copytree(tiny_run, tmp_path / 'run')
     steps = sorted(int(p.name.rpartition('-')[2]) for p in run.glob('checkpoint-step-*'))
     argv = ['compare', '--task', write_toy(tmp_path / 'toy.csv'), '--models', str(run), '--seeds', '2',

@@ -182,3 +182,12 @@ def test_the_classifier_reads_domains_as_fine_tuning_did(reference):
     typed = [t.upper() + '.' for t in results['texts']]  # cleaned back to the texts
     probs = classifier.probabilities(typed, batch_size=16)
     assert probs.shape == (results['test_rows'], 5) and np.allclose(probs, results['probabilities'], atol=1e-5)
+
+def test_a_run_without_room_for_its_checkpoints_is_refused_before_it_starts(task, capsys, monkeypatch):
+    import shutil
+    monkeypatch.setattr(shutil, 'disk_usage', lambda p: shutil._ntuple_diskusage(1 << 30, (1 << 30) - (1 << 20), 1 << 20))
+    s = settings(task, 'no-room')
+    assert main(['finetune', '--task', s.pop('dataset')] + [f'--{k}={v}' for k, v in s.items()]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('domain-canine: error: --output_dir') and 'of them at epoch ends needs about' in err, err
+    assert len(err.strip().splitlines()) == 1 and not (task[0] / 'no-room').exists()
