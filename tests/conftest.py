@@ -7,7 +7,24 @@ os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
 if 'DOMAIN_CANINE_CACHE' not in os.environ:  # prepared corpora go to a fresh folder, not the user's cache
     import tempfile; os.environ['DOMAIN_CANINE_CACHE'] = tempfile.mkdtemp(prefix='domain-canine-cache-')
 ROOT = Path(__file__).resolve().parents[1]
+from domain_canine.callbacks import Callback  # noqa: E402 (after the environment above)
 ENTRY_POINT = Path(sys.executable).parent / 'domain-canine'
+
+QUIET = dict(log=lambda *a, **k: None)  # the `log` of a trainer or a run that prints nothing
+
+def tiny_config(out, **settings):
+    "The `tiny` preset on 300 domains for 6 steps, writing to `out`, with `settings` over it."
+    from domain_canine.config import resolve_config
+    return resolve_config('tiny', output_dir=str(out), **{'num_samples': 300, 'max_steps': 6, **settings})
+
+class PoisonFrom(Callback):
+    "From step `start` on (for `n` steps), the model's head outputs NaN."
+    def __init__(self, start, n=10**9): self.start, self.n = start, n
+    def on_train_start(self, trainer):
+        def hook(module, inputs, output):
+            s = trainer.state.step
+            return output * float('nan') if self.start <= s < self.start + self.n else output
+        trainer.model.head.register_forward_hook(hook)
 
 def cli(*args, stdin: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     "Run the installed `domain-canine` command."

@@ -5,13 +5,12 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from conftest import cli, hub_layouts
+from conftest import QUIET, cli, hub_layouts
 from domain_canine.data import SAMPLE_CORPUS, prepare_corpus, load_corpus, is_validation, open_source
 from domain_canine.config import resolve_config
 from domain_canine.training import Trainer
 
 DOMAINS = SAMPLE_CORPUS.read_text().split()[:400]
-QUIET = dict(log=lambda *a: None)
 
 @pytest.fixture(scope='module')
 def sources(tmp_path_factory) -> Path:

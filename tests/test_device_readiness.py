@@ -4,7 +4,7 @@ from contextlib import contextmanager
 from pathlib import Path
 import pytest
 import torch
-from conftest import ROOT
+from conftest import QUIET, ROOT, PoisonFrom
 from domain_canine.checkpoint import MARKER, _sha256, load_checkpoint
 from domain_canine.evaluation import cloze_eval, cloze_positions, masked_eval, pseudo_log_likelihood
 from domain_canine.inference import Predictor
@@ -14,7 +14,6 @@ from domain_canine.config import resolve_config
 from domain_canine.callbacks import Callback
 from domain_canine.training import Trainer
 
-QUIET = dict(log=lambda *a: None)
 SYNCS = ('item', 'tolist', 'cpu', '__bool__', '__int__', '__float__', '__index__')  # each makes the host wait for the device
 
 class SyncCounter(Callback):
@@ -49,11 +48,8 @@ def test_at_most_one_host_sync_per_logging_interval(tmp_path, monkeypatch, accum
     assert t.state.window_steps == 0 and t.state.step == 21
 
 def test_the_skip_of_a_nan_step_is_decided_without_the_host(tmp_path, monkeypatch):
-    class Poison(Callback):
-        def on_train_start(self, trainer):
-            trainer.model.head.register_forward_hook(lambda m, i, out: out * float('nan') if trainer.state.step in (6, 7) else out)
     t = Trainer.from_config(resolve_config('tiny', output_dir=str(tmp_path), max_steps=10, logging_steps=10, eval_steps=1_000,
-                               save_steps=1_000, max_bad_steps=3), [Poison()], **QUIET)
+                               save_steps=1_000, max_bad_steps=3), [PoisonFrom(6, 2)], **QUIET)
     counter = SyncCounter(monkeypatch, t)
     t.callbacks.append(counter)
     t.fit()

@@ -3,7 +3,7 @@ import errno, json, os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 import torch
-from conftest import cli, ROOT
+from conftest import QUIET, ROOT, PoisonFrom, cli, tiny_config
 import domain_canine.checkpoint as checkpoint_module
 import domain_canine.run_data as run_data_module
 from domain_canine.checkpoint import (MARKER, CheckpointError, TrainState, latest_checkpoint, load_checkpoint,
@@ -15,11 +15,6 @@ from domain_canine.config import resolve_config
 from domain_canine.callbacks import Callback
 from domain_canine.training import Trainer, TrainingDiverged
 
-QUIET = dict(log=lambda *a: None)
-
-def tiny(out, **kw):
-    return resolve_config('tiny', output_dir=str(out), **{'num_samples': 300, 'max_steps': 12, 'save_steps': 4,
-                                                          'eval_steps': 100, **kw})
 
 def test_kill_9_at_five_random_moments_resumes_bit_for_bit(tmp_path):
     result = crash_test(moments=5, seed=1, workdir=tmp_path, log=lambda *a: None)
@@ -34,27 +29,20 @@ def test_disk_full_during_checkpoint_stops_cleanly_and_keeps_earlier_ones(tmp_pa
         return real_save(obj, path, *a, **kw)
     monkeypatch.setattr(checkpoint_module.torch, 'save', failing_save)
     with pytest.raises(CheckpointError, match='could not write checkpoint .*: no space left on the device'):
-        Trainer.from_config(tiny(tmp_path, save_total_limit=2), **QUIET).fit()  # step 12, whole, would remove step 4
+        cfg = tiny_config(tmp_path, max_steps=12, save_steps=4, eval_steps=100, save_total_limit=2)
+        Trainer.from_config(cfg, **QUIET).fit()  # step 12, whole, would remove step 4
     monkeypatch.undo()
     for name in ('checkpoint-step-4', 'checkpoint-step-8'):
         assert verify_checkpoint(tmp_path / name) is None
         load_checkpoint(tmp_path / name, build_model(None, 'tiny'))
     assert not (tmp_path / 'checkpoint-step-12').exists() and not list(tmp_path.glob('.tmp-*'))
 
-class PoisonFrom(Callback):
-    "From step `start` on (for `n` steps), the model's head outputs NaN."
-    def __init__(self, start, n=10**9): self.start, self.n, self.hook = start, n, None
-    def on_train_start(self, trainer):
-        def hook(module, inputs, output):
-            s = trainer.state.step
-            return output * float('nan') if self.start <= s < self.start + self.n else output
-        self.hook = trainer.model.head.register_forward_hook(hook)
-
 def test_nan_steps_are_skipped_and_too_many_stop_the_run(tmp_path):
-    t = Trainer.from_config(tiny(tmp_path / 'recovers', max_bad_steps=3), [PoisonFrom(5, 2)], **QUIET)
+    short = dict(max_steps=12, save_steps=4, eval_steps=100, max_bad_steps=3)
+    t = Trainer.from_config(tiny_config(tmp_path / 'recovers', **short), [PoisonFrom(5, 2)], **QUIET)
     t.fit()  # two bad steps, then fine: the run completes
     assert t.state.skipped_steps == 2 and all(torch.isfinite(p).all() for p in t.model.parameters())
-    t = Trainer.from_config(tiny(tmp_path / 'diverges', max_bad_steps=3), [PoisonFrom(5)], **QUIET)
+    t = Trainer.from_config(tiny_config(tmp_path / 'diverges', **short), [PoisonFrom(5)], **QUIET)
     with pytest.raises(TrainingDiverged, match='3 consecutive steps'):
         t.fit()
     assert verify_checkpoint(tmp_path / 'diverges' / 'checkpoint-step-4') is None
@@ -110,7 +98,7 @@ class SignalAt(Callback):
 
 def test_ctrl_c_finishes_the_step_and_writes_its_checkpoint(tmp_path):
     said = []
-    t = Trainer.from_config(tiny(tmp_path, save_steps=100), [SignalAt(3, signal.SIGINT)],
+    t = Trainer.from_config(tiny_config(tmp_path, max_steps=12, save_steps=100, eval_steps=100), [SignalAt(3, signal.SIGINT)],
                             log=lambda *a, **k: said.append(' '.join(map(str, a))))
     t.fit()  # no KeyboardInterrupt: the step ends, its checkpoint is written
     assert 3 <= t.state.step < 12 and any('SIGINT' in s for s in said), said

@@ -9,8 +9,8 @@ from domain_canine.callbacks import Callback
 from domain_canine.finetune import Classifier, build_classifier, finetune, finetune_config
 from domain_canine.model import DomainCanineMLM, canine_config
 from domain_canine.tasks import write_task
+from conftest import QUIET
 
-QUIET = dict(log=lambda *a, **k: None)
 
 @pytest.fixture(scope='module')
 def task(tmp_path_factory):

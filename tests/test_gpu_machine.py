@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT
 
 REQUIREMENTS = ROOT / 'environments' / 'gpu-machine.txt'
-QUIET = dict(capture_output=True, text=True, timeout=900)
+CAPTURED = dict(capture_output=True, text=True, timeout=900)
 
 def pins(path: Path) -> dict[str, str]:
     "The `name==version` lines of a requirements file."
@@ -18,7 +18,7 @@ def pins(path: Path) -> dict[str, str]:
 
 def checkout_copy(dst: Path) -> Path:
     "The working tree as git sees it (tracked and untracked files, not the ignored ones: no .venv, no bench/wheels)."
-    files = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard'], cwd=ROOT, check=True, **QUIET).stdout.split()
+    files = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard'], cwd=ROOT, check=True, **CAPTURED).stdout.split()
     for name in files:
         if (ROOT / name).is_file(): (dst / name).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(ROOT / name, dst / name)
     assert not (dst / '.venv').exists() and not (dst / 'bench' / 'wheels').exists()
@@ -37,8 +37,8 @@ def gpu_python() -> Path:
     python = venv / 'bin' / 'python'
     if not (venv / 'complete').exists():  # a build that was interrupted is started again
         shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([sys.executable, '-m', 'venv', str(venv)], check=True, **QUIET)
-        r = subprocess.run([str(python), '-m', 'pip', 'install', '-q', '-r', str(REQUIREMENTS)], **dict(QUIET, timeout=1800))
+        subprocess.run([sys.executable, '-m', 'venv', str(venv)], check=True, **CAPTURED)
+        r = subprocess.run([str(python), '-m', 'pip', 'install', '-q', '-r', str(REQUIREMENTS)], **dict(CAPTURED, timeout=1800))
         assert r.returncode == 0, r.stderr[-3000:]
         (venv / 'complete').write_text(REQUIREMENTS.read_text())
     return python
@@ -47,13 +47,13 @@ def gpu_python() -> Path:
 def bare_checkout(tmp_path_factory, gpu_python) -> Path:
     "A copy of the checkout as the GPU machine gets it: no .venv, and bench/wheels/ written by `--prepare`."
     checkout = checkout_copy(tmp_path_factory.mktemp('bare') / 'checkout')
-    r = subprocess.run(['bash', 'bench/device_check.sh', '--prepare'], cwd=checkout, env=bare_env(gpu_python), **QUIET)
+    r = subprocess.run(['bash', 'bench/device_check.sh', '--prepare'], cwd=checkout, env=bare_env(gpu_python), **CAPTURED)
     assert r.returncode == 0, r.stderr
     assert 'fastcore 1.14.5 imports from its wheel' in r.stdout
     return checkout
 
 def test_the_venv_holds_what_the_machine_holds_and_the_floor_is_below_it(gpu_python):
-    have = lambda module: subprocess.run([str(gpu_python), '-c', f'import {module}'], **QUIET).returncode == 0
+    have = lambda module: subprocess.run([str(gpu_python), '-c', f'import {module}'], **CAPTURED).returncode == 0
     assert not any(have(m) for m in ('fastcore', 'datasets', 'nbdev')) and all(have(m) for m in ('torch', 'pyarrow', 'pandas'))
     floor = re.search(r'transformers>=([\d.]+)', (ROOT / 'settings.ini').read_text()).group(1)
     version = lambda v: tuple(int(x) for x in v.split('.'))
@@ -69,7 +69,7 @@ def test_the_package_imports_and_trains_a_step_there(bare_checkout, gpu_python, 
             'from domain_canine.config import resolve_config; from domain_canine.training import train; '
             f'print(transformers.__version__, train({cfg}))')
     env = bare_env(gpu_python, PYTHONPATH=f'{bare_checkout}:{wheel}', OMP_NUM_THREADS='1')
-    r = subprocess.run([str(gpu_python), '-c', code], cwd=bare_checkout, env=env, **QUIET)
+    r = subprocess.run([str(gpu_python), '-c', code], cwd=bare_checkout, env=env, **CAPTURED)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip().splitlines()[-1] == f'5.17.0 {tmp_path / "final-model"}'
     assert json.loads((tmp_path / 'final-model' / 'trainer_state.json').read_text())['step'] == 2
@@ -77,7 +77,7 @@ def test_the_package_imports_and_trains_a_step_there(bare_checkout, gpu_python, 
 def test_device_check_dry_run_runs_as_on_the_bare_machine(bare_checkout, gpu_python, tmp_path):
     "`bash bench/device_check.sh --dry_run` with only the machine's python3 on PATH: every phase runs, its JSON is kept."
     r = subprocess.run(['bash', str(bare_checkout / 'bench' / 'device_check.sh'), '--dry_run'], cwd=tmp_path,
-                       env=bare_env(gpu_python, OUT=str(tmp_path)), **QUIET)
+                       env=bare_env(gpu_python, OUT=str(tmp_path)), **CAPTURED)
     assert r.returncode == 0, r.stderr[-5000:]
     out = json.loads(r.stdout)  # one line: what the phases print goes to stderr
     assert json.loads((tmp_path / 'device_check.json').read_text()) == out
@@ -105,7 +105,7 @@ def test_device_check_dry_run_runs_as_on_the_bare_machine(bare_checkout, gpu_pyt
 
 def test_device_check_without_fastcore_says_how_to_get_it(gpu_python, tmp_path):
     checkout = checkout_copy(tmp_path / 'checkout')
-    r = subprocess.run(['bash', 'bench/device_check.sh', '--dry_run'], cwd=checkout, env=bare_env(gpu_python), **QUIET)
+    r = subprocess.run(['bash', 'bench/device_check.sh', '--dry_run'], cwd=checkout, env=bare_env(gpu_python), **CAPTURED)
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
         'device check: fastcore is missing: run `bash bench/device_check.sh --prepare` where pip can download, '
         'and bring bench/wheels/ with the checkout']
@@ -114,6 +114,6 @@ def test_an_older_transformers_fails_at_import_in_one_line():
     "What transformers before 5.15 lacks (checked in their modeling_canine.py), taken away: the import says what to install."
     code = ('from transformers.models.canine import modeling_canine as m; del m.create_bidirectional_mask; '
             'import domain_canine.model')
-    r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, **QUIET)
+    r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, **CAPTURED)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1].startswith('ImportError: domain-canine needs transformers>=5.15, found ')

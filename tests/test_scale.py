@@ -10,8 +10,8 @@ from domain_canine.masking import EpochOrder, Permutation, evaluation_order
 from domain_canine.synthetic import make_corpus
 from domain_canine.config import TrainConfig, resolve_config
 from domain_canine.training import Trainer
+from conftest import QUIET
 
-QUIET = dict(log=lambda *a: None)
 
 class WholeCorpusTouched(AssertionError):
     "An operation read more of a corpus array at once than any batch may."

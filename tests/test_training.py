@@ -4,7 +4,7 @@ from contextlib import nullcontext
 from pathlib import Path
 import pytest
 import torch
-from conftest import cli
+from conftest import QUIET, cli, tiny_config
 from domain_canine.cli import build_parser
 from domain_canine.checkpoint import verify_checkpoint
 from domain_canine.inference import Predictor
@@ -13,10 +13,6 @@ from domain_canine.model import HEAD_CONFIG, ORIGINAL_MASK, is_model_dir, write_
 from domain_canine.config import resolve_config
 from domain_canine.training import Trainer, round_width, COMPILE_WIDTH
 
-QUIET = dict(log=lambda *a: None)
-
-def tiny(out, **kw):
-    return resolve_config('tiny', output_dir=str(out), **{'num_samples': 300, 'max_steps': 6, **kw})
 
 def losses(out):
     return [m['loss'] for m in map(json.loads, (Path(out) / 'metrics.jsonl').read_text().splitlines()) if m['type'] == 'train']
@@ -27,8 +23,8 @@ def test_precision_flags(flag, precision):
     assert build_parser().parse_args(['train', flag]).precision == precision
 
 def test_bf16_autocast_runs_on_cpu_and_changes_numerics(tmp_path):
-    t32 = Trainer.from_config(tiny(tmp_path / 'fp32'), **QUIET); t32.fit()
-    t16 = Trainer.from_config(tiny(tmp_path / 'bf16', precision='bf16'), **QUIET); t16.fit()
+    t32 = Trainer.from_config(tiny_config(tmp_path / 'fp32'), **QUIET); t32.fit()
+    t16 = Trainer.from_config(tiny_config(tmp_path / 'bf16', precision='bf16'), **QUIET); t16.fit()
     assert t16.amp_dtype == torch.bfloat16 and t32.amp_dtype is None
     assert json.loads((tmp_path / 'bf16' / 'run.json').read_text())['precision'] == 'bfloat16'
     l32, l16 = losses(tmp_path / 'fp32'), losses(tmp_path / 'bf16')
@@ -50,7 +46,7 @@ def test_checkpoints_hold_everything_and_load_without_pickle(tiny_run):
 
 def test_early_stopping(tmp_path):
     # with a learning rate of 0 the validation loss never improves: stop after `patience` evaluations without a gain
-    t = Trainer.from_config(tiny(tmp_path, learning_rate=0.0, warmup_steps=0, eval_steps=1, max_steps=20, early_stopping_patience=2), **QUIET)
+    t = Trainer.from_config(tiny_config(tmp_path, learning_rate=0.0, warmup_steps=0, eval_steps=1, max_steps=20, early_stopping_patience=2), **QUIET)
     t.fit()
     assert t.state.step == 3 and (tmp_path / 'final-model').is_dir()
 
@@ -69,7 +65,7 @@ def test_failed_checkpoint_save_stops_the_run_with_one_line(tmp_path):
 
 def test_wandb_offline_and_tensorboard_write_real_files(tmp_path, monkeypatch):
     monkeypatch.setenv('WANDB_MODE', 'offline'); monkeypatch.setenv('WANDB_SILENT', 'true')
-    cfg = tiny(tmp_path, use_wandb=True, tensorboard=True, max_steps=10, save_steps=5, logging_steps=2)
+    cfg = tiny_config(tmp_path, use_wandb=True, tensorboard=True, max_steps=10, save_steps=5, logging_steps=2)
     first = Trainer.from_config(cfg, **QUIET); first.fit()
     run_id = json.loads((tmp_path / 'final-model' / 'trainer_state.json').read_text())['wandb_run_id']
     assert run_id and list((tmp_path / 'wandb').glob(f'offline-run-*-{run_id}/run-{run_id}.wandb'))
@@ -122,7 +118,7 @@ def test_compiled_and_sdpa_runs_give_the_losses_of_the_eager_path(tmp_path):
                 graphs=dict(attention='sdpa', compile=True, cuda_graphs=True))  # on a CPU: compiled without CUDA graphs
     out = {}
     for name, kw in runs.items():
-        Trainer.from_config(tiny(tmp_path / name, max_steps=4, logging_steps=1, dropout=0.0, **kw), **QUIET).fit()
+        Trainer.from_config(tiny_config(tmp_path / name, max_steps=4, logging_steps=1, dropout=0.0, **kw), **QUIET).fit()
         out[name] = losses(tmp_path / name)
     assert len(out['eager']) == 4
     assert out['sdpa'] == pytest.approx(out['eager'], rel=1e-5)
@@ -153,7 +149,7 @@ def test_cuda_graphs_with_gradient_accumulation_is_refused_in_one_line(tmp_path)
     assert '--cuda_graphs needs --gradient_accumulation_steps 1' in r.stderr and not (tmp_path / 'run').exists()
 
 def test_compiled_loader_widens_batches_in_its_workers(tmp_path):
-    t = Trainer.from_config(tiny(tmp_path, compile=True, num_workers=1), **QUIET)  # marked for compiling, never run
+    t = Trainer.from_config(tiny_config(tmp_path, compile=True, num_workers=1), **QUIET)  # marked for compiling, never run
     batches = [b for _, b in zip(range(6), t.loader())]
     assert all(b['input_ids'].is_shared() for b in batches)  # made in the worker: a tensor padded here is not shared
     for g, b in enumerate(batches):  # each the run's micro-batch g, already widened: the trainer moves it as it is
@@ -166,7 +162,7 @@ def test_compiled_run_compiles_once_per_width_and_never_for_evaluation(tmp_path,
     # Dynamo makes and counts the graphs whatever backend compiles them: training on the eager backend keeps this to
     # seconds (the inductor's losses are checked above); the evaluation compared below is the inductor's
     with torch.compiler.set_stance(force_backend='eager'):
-        t = Trainer.from_config(tiny(tmp_path, compile=True, max_steps=3, logging_steps=1, eval_steps=2, eval_samples=16,
+        t = Trainer.from_config(tiny_config(tmp_path, compile=True, max_steps=3, logging_steps=1, eval_steps=2, eval_samples=16,
                                      dropout=0.0), **QUIET)
         t.fit()
     logs = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
