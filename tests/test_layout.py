@@ -53,12 +53,6 @@ def test_every_few_exported_cells_are_followed_by_a_demonstration():
     assert {k: v for k, v in runs.items() if v > 3} == {}
     assert longest_unshown_run(['#| export\na', '#| export\nb', '#| hide\nc', '#| export\nd', 'check', '#| export\ne']) == 3
 
-def test_code_cells_are_small():
-    "At least half the chapters' code cells hold six lines or fewer (directives included), as in nbdev's own chapters."
-    import statistics
-    sizes = [len(s.strip().splitlines()) for p in sorted((ROOT / 'nbs').glob(CHAPTERS)) for s in code_cells(p)]
-    assert len(sizes) > 100 and statistics.median(sizes) <= 6, statistics.median(sizes)
-
 def test_exported_functions_are_short_and_methods_are_grown_with_patch():
     import ast
     long, assigned = [], []
