@@ -7,9 +7,9 @@ from __future__ import annotations
 import json, math
 from pathlib import Path
 from dataclasses import dataclass, fields
+from typing import ClassVar
 from fastcore.basics import patch
 from .core import ConfigError, MODEL_CONFIGS, CANINE_MAX_POSITIONS, max_positions
-
 
 # %% auto #0
 __all__ = ['SEED_MAX', 'DEVICES', 'ACCEPTS', 'PRESETS', 'TrainConfig', 'Accepts', 'check_config', 'resolve_config', 'lr_at']
@@ -71,6 +71,11 @@ class TrainConfig:
     wandb_project: str = 'domain-canine'  # W&B project
     wandb_run_name: str | None = None  # W&B run name (default: the output directory's name)
     tensorboard: bool = False  # write TensorBoard event files to <output_dir>/tensorboard
+    # what a resume compares with the checkpoint's settings: a change means other batches than the run had
+    data_order: ClassVar[tuple[str, ...]] = (
+        'dataset', 'dataset_config', 'dataset_split', 'streaming', 'num_samples', 'validation_fraction', 'max_length',
+        'batch_size', 'seed', 'mlm_probability', 'mask_replace_prob', 'random_replace_prob', 'exclude_tld',
+        'span_masking', 'length_bucketing')
 
 # %% ../nbs/07_config.ipynb #01790dc7
 def _number(x) -> str:

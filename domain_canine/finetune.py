@@ -6,6 +6,7 @@
 from __future__ import annotations
 import copy, functools, json, tempfile
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 import numpy as np
 import torch
@@ -47,6 +48,8 @@ class FinetuneConfig(TrainConfig):
     test_fraction: float = 0.2  # share held out for the final test (hash and group splits)
     from_scratch: bool = False  # the same architecture with random weights: what pre-training adds
     freeze_encoder: bool = False  # train only the classification head on the encoder's fixed features
+    data_order: ClassVar[tuple[str, ...]] = TrainConfig.data_order + (  # a resume warns when the task's rows change
+        'text_column', 'label_column', 'group_column', 'split_column', 'split_by', 'test_fraction')
 
 # %% ../nbs/13d_finetune.ipynb #53562e51
 FINETUNE_ACCEPTS = {**ACCEPTS, 'label_column': Accepts(), 'group_column': Accepts(), 'split_column': Accepts(),

@@ -442,10 +442,6 @@ def save(self: Trainer, name: str) -> Path:
     return path
 
 # %% ../nbs/10_training.ipynb #f398e2bc
-_DATA_ORDER_KEYS = ('dataset', 'dataset_config', 'dataset_split', 'streaming', 'num_samples', 'validation_fraction',
-                    'max_length', 'batch_size', 'seed', 'mlm_probability',
-                    'mask_replace_prob', 'random_replace_prob', 'exclude_tld', 'span_masking', 'length_bucketing')
-
 _SHAPE_KEYS = ('hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size', 'num_hash_buckets',
                'max_position_embeddings')
 
@@ -478,7 +474,7 @@ def resume(self: Trainer,
         raise ConfigError(f"{path.name} is at step {s.step:,}, past this run's last step "
                           f"{self.total_steps:,}: give a larger --max_steps (or --epochs) to continue it")
     saved = json.loads((path / 'training_config.json').read_text())
-    changed = [k for k in _DATA_ORDER_KEYS if saved.get(k) != getattr(c, k)]
+    changed = [k for k in c.data_order if saved.get(k) != getattr(c, k)]  # fine-tuning adds its task's
     # micro-batches per step: accumulation × processes; trading one for the other keeps the data order
     before = saved.get('gradient_accumulation_steps', 1) * s.world_size
     now = c.gradient_accumulation_steps * self.topo.world_size

@@ -191,3 +191,8 @@ def test_a_run_without_room_for_its_checkpoints_is_refused_before_it_starts(task
     err = capsys.readouterr().err
     assert err.startswith('domain-canine: error: --output_dir') and 'of them at epoch ends needs about' in err, err
     assert len(err.strip().splitlines()) == 1 and not (task[0] / 'no-room').exists()
+
+def test_resuming_with_other_task_settings_warns(task, reference, capsys):
+    s = settings(task, 'other-split', test_fraction=0.3, resume_from=str(reference / 'checkpoint-step-8'))
+    assert main(['finetune', '--task', s.pop('dataset')] + [f'--{k}={v}' for k, v in s.items()]) == 0
+    assert 'warning: test_fraction changed since checkpoint-step-8' in capsys.readouterr().out
