@@ -6,9 +6,10 @@
 #   reference_64/128 (the original design), trainer (a short real run, a checkpoint, a resume, host syncs per step),
 #   pipeline, ablations, fixed_width_eager, then the costly compiled and cuda_graphs (skipped past --deadline_s).
 # It runs on a bare machine as it is: with the project's .venv where there is one, else with the machine's own
-# python3 (PYTHON overrides both). Beyond torch, transformers, numpy, safetensors and tqdm it needs fastcore, pure
-# Python, which a bare machine lacks: `--prepare` downloads its pinned wheel into bench/wheels/ (ignored by git),
-# and the check puts every wheel there on sys.path (a wheel is a zip Python imports from). Carry that folder.
+# python3 (PYTHON overrides both). Beyond torch, transformers, numpy, safetensors and tqdm the package needs fastcore
+# and dnstwist, pure Python, which a bare machine lacks: `--prepare` downloads their pinned wheels into bench/wheels/
+# (ignored by git), and the check puts every wheel there on sys.path (a wheel is a zip Python imports from). Carry
+# that folder; the CLI runs there the same way: PYTHONPATH=$PWD:$(ls bench/wheels/*.whl | paste -sd:) python3 -m ...
 #   bash bench/device_check.sh --prepare              # once, on a machine with pip and network: writes bench/wheels/
 #   bash bench/device_check.sh                        # on the GPU machine (about 8 minutes on an H100-class GPU)
 #   bash bench/device_check.sh --skip costly          # a rerun without the compiled phases
@@ -19,17 +20,19 @@ if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 if [[ "${1:-}" == --prepare ]]; then
-  pin=$(grep -E '^fastcore==' environments/cpu.txt)  # the version every environment of the project pins
   rm -rf bench/wheels
-  "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --dest bench/wheels "$pin"
+  for name in fastcore dnstwist; do  # at the versions every environment of the project pins
+    "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --dest bench/wheels "$(grep -E "^$name==" environments/cpu.txt)"
+  done
   "$PYTHON" - <<'PY'
 import sys
 from pathlib import Path
-wheel = str(next(Path('bench/wheels').resolve().glob('fastcore-*.whl')))
-sys.path.insert(0, wheel)
-import fastcore.basics, fastcore.docments
-assert fastcore.__file__.startswith(wheel), fastcore.__file__
-print(f'bench/wheels: fastcore {fastcore.__version__} imports from its wheel; carry bench/wheels to the GPU machine')
+wheels = sorted(map(str, Path('bench/wheels').resolve().glob('*.whl')))
+sys.path[:0] = wheels
+import dnstwist, fastcore.basics, fastcore.docments
+for m in (fastcore, dnstwist): assert any(m.__file__.startswith(w) for w in wheels), m.__file__
+print(f'bench/wheels: fastcore {fastcore.__version__} and dnstwist {dnstwist.__version__} import from their wheels; '
+      'carry bench/wheels to the GPU machine')
 PY
   exit 0
 fi
@@ -38,9 +41,9 @@ import os, sys, time
 from pathlib import Path
 started = time.perf_counter()
 sys.path[:0] = [os.getcwd(), *map(str, sorted(Path('bench/wheels').resolve().glob('*.whl')))]  # this checkout's package
-try: import fastcore
-except ImportError: sys.exit('device check: fastcore is missing: run `bash bench/device_check.sh --prepare` where pip can '
-                             'download, and bring bench/wheels/ with the checkout')
+try: import fastcore, dnstwist
+except ImportError as e: sys.exit(f'device check: {e.name} is missing: run `bash bench/device_check.sh --prepare` where '
+                                  'pip can download, and bring bench/wheels/ with the checkout')
 try: from domain_canine.bench import device_check_main
 except ImportError as e: sys.exit(f'device check: {e}')
 sys.exit(device_check_main(sys.argv[1:], started))

@@ -8,6 +8,7 @@ import argparse, contextlib, json, os, shutil, subprocess, statistics, sys, temp
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+from collections import Counter
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -544,12 +545,13 @@ def run_phases(phases: list[Phase], out: dict, path=None, # the JSON file, rewri
 # %% ../nbs/15_bench.ipynb #099b9f70
 class DeviceCheck:
     "Settings of the device check, on the GPU or (`dry_run`) on the CPU with the tiny model; one method per phase."
-    def __init__(self, dry_run: bool = False):
+    def __init__(self, dry_run: bool = False, batch: int | None = None): # batch: domains per step (default 256; 32 dry)
         self.dry_run = dry_run
         self.device = pick_device('cpu' if dry_run else 'cuda')
         if dry_run: torch.set_num_threads(1)  # it checks the code, not the CPU; and on a shared CPU, 2 threads ran 10x slower
         self.config, self.batch, self.precision, self.width = (
             ('tiny', 32, 'fp32', 24) if dry_run else ('canine-c', 256, 'bf16', 32))
+        self.batch = batch or self.batch
         self.steps = (dict(warmup=1, windows=2, window_steps=2) if dry_run else
                       dict(warmup=3, windows=5, window_steps=10))
         self.amp_dtype = pick_precision(self.precision, self.device)[0]
@@ -592,7 +594,7 @@ def reference(self: DeviceCheck, out: dict, max_length: int) -> dict:
 # %% ../nbs/15_bench.ipynb #4a1f9528
 class SyncCounter(Callback):
     "Counts the host syncs CUDA reports in each step span (one `on_step` to the next), from step `warmup` on."
-    def __init__(self, warmup: int): self.warmup, self.caught, self.per_step, self.sources = warmup, None, {}, []
+    def __init__(self, warmup: int): self.warmup, self.caught, self.per_step, self.syncs = warmup, None, {}, []
     def on_step(self, trainer):
         if self.caught is None and trainer.state.step >= self.warmup and trainer.device.type == 'cuda':
             self.catcher = warnings.catch_warnings(record=True)
@@ -600,9 +602,9 @@ class SyncCounter(Callback):
             warnings.simplefilter('always')
             torch.cuda.set_sync_debug_mode('warn')
         if self.caught is not None:
-            syncs = [w for w in self.caught if 'synchroniz' in str(w.message)]
-            self.per_step[trainer.state.step] = len(syncs)
-            self.sources = sorted({f'{Path(w.filename).name}:{w.lineno}' for w in syncs})
+            # where each sync since the start came from, in order: a span's syncs are a slice of the list
+            self.syncs = [f'{Path(w.filename).name}:{w.lineno}' for w in self.caught if 'synchroniz' in str(w.message)]
+            self.per_step[trainer.state.step] = len(self.syncs)
     def on_train_end(self, trainer):
         if self.caught is None: return
         torch.cuda.set_sync_debug_mode(0)
@@ -618,15 +620,21 @@ class PoisonStep(Callback):
     def on_train_end(self, trainer): self.hook.remove()
 
 # %% ../nbs/15_bench.ipynb #f188a220
-def sync_spans(per_step: dict[int, int], plain) -> dict:
-    "Host syncs per step span, split into spans after plain steps (`plain(step)`) and after the others."
+def sync_spans(per_step: dict[int, int], # syncs counted from the start, at each step
+               plain, # plain(step): whether the step is neither a logging, evaluation nor checkpoint step
+               syncs: list[str] = (), # where each of those syncs came from, in order ('file:line')
+              ) -> dict:
+    "Host syncs per step span, split into spans after plain steps and after the others; where a plain step's come from."
     steps = sorted(per_step)
-    spans = {k: per_step[k + 1] - per_step[k] for k in steps[:-1] if k + 1 in per_step}
-    after_plain = [n for k, n in spans.items() if plain(k)]
-    after_other = [n for k, n in spans.items() if not plain(k)]
+    spans = {k: (per_step[k], per_step[k + 1]) for k in steps[:-1] if k + 1 in per_step}
+    after_plain = [b - a for k, (a, b) in spans.items() if plain(k)]
+    after_other = [b - a for k, (a, b) in spans.items() if not plain(k)]
     mean = lambda xs: sum(xs) / len(xs) if xs else None
-    return dict(sync_spans=len(spans), syncs_per_step=mean(list(spans.values())), syncs_per_plain_step=mean(after_plain),
-                syncs_per_other_step=mean(after_other), syncs_plain_steps_total=sum(after_plain))
+    sources = Counter(s for k, (a, b) in spans.items() if plain(k) for s in syncs[a:b])
+    return dict(sync_spans=len(spans), syncs_per_step=mean(after_plain + after_other), syncs_per_plain_step=mean(after_plain),
+                syncs_per_other_step=mean(after_other), syncs_plain_steps_total=sum(after_plain),
+                sync_sources_plain={s: n / len(after_plain) for s, n in sources.most_common()},
+                sync_sources=sorted(set(syncs)))
 
 # %% ../nbs/15_bench.ipynb #875de94f
 @patch
@@ -668,7 +676,7 @@ def trainer(self: DeviceCheck, out: dict) -> dict:
              trainer_resume_s=t2 - t1)
     if self.device.type != 'cuda': return dict(r, syncs_per_step=None, syncs='not measurable on the CPU')
     plain = lambda k: k % 5 and k % half and k != steps  # neither a logging, evaluation nor checkpoint step
-    return dict(r, **sync_spans(counter.per_step, plain), sync_sources=counter.sources[:8])
+    return dict(r, **sync_spans(counter.per_step, plain, counter.syncs))
 
 # %% ../nbs/15_bench.ipynb #83a88a3b
 ABLATIONS = dict(eager_attention=dict(attention='eager'), unfused_adamw=dict(fused=False),
@@ -735,8 +743,9 @@ def device_check_main(argv: list[str] | None = None, started: float | None = Non
     p.add_argument('--deadline_s', type=float, default=480, help='skip costly phases that would end later (seconds)')
     p.add_argument('--skip', default='', help="phases to skip, comma-separated ('costly': compiled,cuda_graphs)")
     p.add_argument('--out', default=None, help='the JSON file (default: $OUT/device_check.json when OUT is set)')
+    p.add_argument('--batch_size', type=int, default=None, help='domains per step (default: 256; 32 in a dry run)')
     a = p.parse_args(argv)
-    try: check = DeviceCheck(a.dry_run)
+    try: check = DeviceCheck(a.dry_run, a.batch_size)
     except ConfigError as e: print(f'device check: {e} (--dry_run runs on the CPU)', file=sys.stderr); return 2
     skip = {s: 'asked for (--skip)' for s in a.skip.split(',') if s}
     if unknown := set(skip) - {ph.name for ph in check.phases()} - {'costly'}:

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from .core import remove_path, sweep_temporaries, writing
-from .model import DomainCanineMLM, ModelError
+from .model import DomainCanineMLM, ModelError, is_original_dir, read_original_state, verify_model_dir
 
 # %% auto #0
 __all__ = ['TrainState', 'CheckpointError', 'rng_states', 'set_rng_states', 'save_checkpoint', 'verify_checkpoint',
-           'load_checkpoint', 'step_checkpoints', 'prune_checkpoints', 'latest_checkpoint', 'sweep_checkpoints']
+           'load_checkpoint', 'step_checkpoints', 'prune_checkpoints', 'latest_checkpoint', 'checkpoint_step',
+           'model_dirs', 'sweep_checkpoints']
 
 # %% ../nbs/05_checkpoint.ipynb #43711bda
 @dataclass
@@ -164,6 +165,36 @@ def latest_checkpoint(output_dir, report=print) -> Path | None:
         step = (json.loads((p/MARKER).read_text())['step'], p.name != 'best-model')
         if step > best_step: best, best_step = p, step
     return best
+
+# %% ../nbs/05_checkpoint.ipynb #21feb0ff
+def checkpoint_step(path) -> int | None:
+    "The optimizer step a checkpoint was saved at; None for a model that is not a training checkpoint."
+    p = Path(path)
+    for name in ('trainer_state.json', MARKER):
+        try: return int(json.loads((p / name).read_text())['step'])
+        except (OSError, ValueError, KeyError, TypeError): pass
+    step = read_original_state(p).get('global_step') if is_original_dir(p) else None
+    return None if step is None else int(step)
+
+def _holds_model(p: Path) -> bool: return (p / 'config.json').is_file() or (p / MARKER).is_file()
+
+def model_dirs(paths: list, # model directories and/or run directories
+               verify: bool = True, # check each one's checksums here, before anything is measured
+              ) -> list[Path]:
+    "The model directories of `paths`: a run directory gives its step checkpoints, and its final model at a new step."
+    out = []
+    for p in map(Path, paths):
+        if _holds_model(p): out.append(p); continue
+        steps, final = step_checkpoints(p) if p.is_dir() else [], p / 'final-model'
+        has_final = _holds_model(final)
+        if not steps and not has_final:
+            raise ModelError(f'{p} is neither a model directory nor a run directory with checkpoints')
+        out += steps
+        if has_final and checkpoint_step(final) not in set(map(checkpoint_step, steps)): out.append(final)
+    if not out: raise ModelError('no model or run directories given')
+    out = list(dict.fromkeys(out))
+    for d in out if verify else []: verify_model_dir(d)  # a damaged file is named before anything is measured
+    return out
 
 # %% ../nbs/05_checkpoint.ipynb #3645d81a
 def sweep_checkpoints(output_dir) -> list[Path]:

@@ -20,11 +20,10 @@ from .config import ACCEPTS, Accepts, TrainConfig, check_config
 from .data import DataError, EncodedDomains
 from .masking import CharVocab, EpochOrder, PAD, evaluation_order, pad_batch, padded_length
 from .model import ModelError, build_model, canine_config, note_unverified, use_sdpa, verify_model_dir
-from .checkpoint import sweep_checkpoints
-from .distributed import shutdown_distributed
+from .checkpoint import checkpoint_step, model_dirs, sweep_checkpoints
+from .distributed import all_reduce_sum, shutdown_distributed
 from .run_data import RunData, _no_validation
 from .training import Trainer, check_disk, join_job, run_loggers, set_dropout
-from .probes import checkpoint_step, model_dirs
 from .inference import InputError, to_device
 from .tasks import SPLIT_BY, LabelledTask, TaskSide, clean_text, load_task
 from .compare import Arm
@@ -279,17 +278,20 @@ def test_results(trainer: Trainer) -> dict:
 # %% ../nbs/13d_finetune.ipynb #67411ba1
 def finetune(cfg: FinetuneConfig, callbacks=None, log=print) -> Path:
     "Fine-tune with `cfg`; the final model's directory (with `test_results.json` in the run folder)."
-    try:
-        trainer = finetune_trainer(cfg, callbacks, log)
-        final = trainer.fit()
-        if trainer.topo.is_main and not trainer.interrupted:
-            r = test_results(trainer)
-            write_atomic(Path(cfg.output_dir) / 'test_results.json', json.dumps(r))
-            if r['test_rows']: log(f"test: accuracy {r['test_accuracy']:.3f}, loss {r['test_loss']:.4f} "
-                                   f"on {r['test_rows']:,} rows")
-            else: log('test: the task has no test rows')
-        return final
+    try: return _finetune(cfg, callbacks, log)  # its trainer, DDP wrapper included, is gone before the process group
     finally: shutdown_distributed()
+
+def _finetune(cfg: FinetuneConfig, callbacks, log) -> Path:
+    trainer = finetune_trainer(cfg, callbacks, log)
+    final = trainer.fit()
+    if trainer.topo.is_main and not trainer.interrupted:
+        r = test_results(trainer)
+        write_atomic(Path(cfg.output_dir) / 'test_results.json', json.dumps(r))
+        if r['test_rows']: log(f"test: accuracy {r['test_accuracy']:.3f}, loss {r['test_loss']:.4f} "
+                               f"on {r['test_rows']:,} rows")
+        else: log('test: the task has no test rows')
+    all_reduce_sum(torch.zeros(1, device=trainer.device), trainer.topo)  # in a job the others wait for rank 0's test:
+    return final                                                          # every process leaves the job together
 
 # %% ../nbs/13d_finetune.ipynb #1a9e675f
 ARM_KINDS = ('finetuned', 'frozen', 'scratch')

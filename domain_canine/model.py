@@ -116,8 +116,7 @@ def sdpa_backend(device: torch.device, dtype: torch.dtype = torch.bfloat16, head
         except RuntimeError: continue
     return 'none'
 
-# transformers checks each mask for being all ones, to drop it: a host sync per call on a GPU. Ours never asks.
-# CANINE builds its masks with `create_bidirectional_mask` from transformers 5.9 on, and that takes the switch from
+# transformers builds CANINE's masks with `create_bidirectional_mask` from 5.9 on, and takes the switch ours needs from
 # 5.15 on: the floor in settings.ini, checked here so that an older transformers fails at import, in one line
 _create_bidirectional_mask = getattr(modeling_canine, 'create_bidirectional_mask', None)
 # a second import in one process (a chapter's cells beside the package) finds ours in place: take what it wraps
@@ -127,9 +126,15 @@ if 'allow_is_bidirectional_skip' not in inspect.signature(_create_bidirectional_
     raise ImportError(f'domain-canine needs transformers>=5.15, found {transformers.__version__}: '
                       'pip install "transformers>=5.15"')
 
-def _mask_without_host_sync(*args, **kw):
-    "transformers' bidirectional mask, always built (the all-ones check would make the host wait for the GPU)."
-    return _create_bidirectional_mask(*args, **{**kw, 'allow_is_bidirectional_skip': False})
+def _mask_without_host_sync(config, inputs_embeds, attention_mask, **kw):
+    """CANINE's additive mask built on the device: 0 where attended, the dtype's lowest value elsewhere, one row for
+    every query. transformers' own asks whether the mask is all ones, and its eager path (CANINE's) copies a scalar
+    from the host: each makes the host wait for the GPU, and a step called it twice (measured on an H200)."""
+    if kw or attention_mask is None or attention_mask.ndim != 2:  # anything else: transformers' own, always built
+        return _create_bidirectional_mask(config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                          **{**kw, 'allow_is_bidirectional_skip': False})
+    dtype, keep = inputs_embeds.dtype, attention_mask[:, None, None, :].bool()
+    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(~keep, torch.finfo(dtype).min)
 _mask_without_host_sync.wrapped = _create_bidirectional_mask
 modeling_canine.create_bidirectional_mask = _mask_without_host_sync
 

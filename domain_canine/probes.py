@@ -17,7 +17,7 @@ from .core import pick_device
 from .data import SAMPLE_NAME, clean_domain, count_summary, first_error_line, load_corpus
 from .model import HEAD_CONFIG, DomainCanineMLM, ModelError, is_model_dir, is_original_dir, read_original_state
 from .model import note_unverified, verify_model_dir
-from .checkpoint import MARKER, step_checkpoints
+from .checkpoint import MARKER, checkpoint_step, model_dirs
 from .evaluation import SPLITS, CharNgramLM, _pct, embed_domains, pseudo_log_likelihood, tld_of
 from .inference import InputError
 
@@ -26,8 +26,7 @@ __all__ = ['LOOKALIKE_KINDS', 'TASKS', 'OneGlyphFuzzer', 'domain_variants', 'dom
            'usable_originals', 'make_lookalikes', 'ranking_figures', 'ranking_report', 'ngram_scores', 'model_scores',
            'hash_split', 'ProbeTask', 'tld_task', 'lookalike_task', 'embedding_probe', 'tfidf_pipeline', 'tfidf_probe',
            'majority_class', 'majority_probe', 'ProbeSet', 'prepare_probes', 'probe_set', 'check_tasks', 'probe_model',
-           'format_probe_report', 'load_probe_model', 'checkpoint_step', 'probe', 'model_dirs', 'probe_checkpoints',
-           'format_probe_series']
+           'format_probe_report', 'load_probe_model', 'probe', 'probe_checkpoints', 'format_probe_series']
 
 # %% ../nbs/13a_probes.ipynb #0a1368c0
 LOOKALIKE_KINDS = ('addition', 'bitsquatting', 'cyrillic', 'homoglyph', 'hyphenation', 'insertion', 'omission',
@@ -433,16 +432,6 @@ def load_probe_model(path, # a model, checkpoint or bare CANINE encoder director
         raise ModelError(f'cannot load a CANINE encoder from {p}: {type(e).__name__}: {first_error_line(e)}') from None
     return DomainCanineMLM(encoder).to(device), False
 
-# %% ../nbs/13a_probes.ipynb #23f87ccb
-def checkpoint_step(path) -> int | None:
-    "The optimizer step a checkpoint was saved at; None for a model that is not a training checkpoint."
-    p = Path(path)
-    for name in ('trainer_state.json', MARKER):
-        try: return int(json.loads((p / name).read_text())['step'])
-        except (OSError, ValueError, KeyError, TypeError): pass
-    step = read_original_state(p).get('global_step') if is_original_dir(p) else None
-    return None if step is None else int(step)
-
 # %% ../nbs/13a_probes.ipynb #37e8ea37
 def probe(model_path, # a model, checkpoint or bare CANINE encoder directory
           probes: ProbeSet | None = None, # what to measure on (None: `probe_set()`, the sample's valid split)
@@ -463,26 +452,6 @@ def probe(model_path, # a model, checkpoint or bare CANINE encoder directory
     return dict(model_path=str(model_path), step=checkpoint_step(model_path), **report)
 
 # %% ../nbs/13a_probes.ipynb #882f455e
-def _holds_model(p: Path) -> bool: return (p / 'config.json').is_file() or (p / MARKER).is_file()
-
-def model_dirs(paths: list, # model directories and/or run directories
-               verify: bool = True, # check each one's checksums here, before anything is measured
-              ) -> list[Path]:
-    "The model directories of `paths`: a run directory gives its step checkpoints, and its final model at a new step."
-    out = []
-    for p in map(Path, paths):
-        if _holds_model(p): out.append(p); continue
-        steps, final = step_checkpoints(p) if p.is_dir() else [], p / 'final-model'
-        has_final = _holds_model(final)
-        if not steps and not has_final:
-            raise ModelError(f'{p} is neither a model directory nor a run directory with checkpoints')
-        out += steps
-        if has_final and checkpoint_step(final) not in set(map(checkpoint_step, steps)): out.append(final)
-    if not out: raise InputError('no model or run directories given')
-    out = list(dict.fromkeys(out))
-    for d in out if verify else []: verify_model_dir(d)  # a damaged file is named before the look-alikes are made
-    return out
-
 def _by_step(report: dict) -> tuple: return (report['step'] is not None, report['step'] or 0, report['model_path'])
 
 # %% ../nbs/13a_probes.ipynb #999b9243

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_training.ipynb #37f6126c
 from __future__ import annotations
-import json, os, platform, random, resource, threading, time
+import json, os, platform, random, resource, signal, threading, time
 from contextlib import nullcontext
 from dataclasses import asdict
 from functools import partial
@@ -240,6 +240,10 @@ def loader_for_inspection(self: Trainer, n: int):
     return map(partial(round_width, multiple=COMPILE_WIDTH), batches) if c.compile else batches  # as `loader` widens
 
 # %% ../nbs/10_training.ipynb #95b089b3
+def _leave_stops_to_the_main_process(worker_id: int):
+    "In a DataLoader worker: SIGINT and SIGTERM are ignored, the main process ends the workers once it has stopped."
+    for sig in (signal.SIGINT, signal.SIGTERM): signal.signal(sig, signal.SIG_IGN)
+
 @patch
 def loader(self: Trainer):
     c, accum, t = self.cfg, self.cfg.gradient_accumulation_steps, self.topo
@@ -256,7 +260,8 @@ def loader(self: Trainer):
     return torch.utils.data.DataLoader(data, batch_size=None, sampler=sampler, num_workers=workers,
                                        collate_fn=widen, pin_memory=self.device.type == 'cuda',
                                        prefetch_factor=4 if workers else None,
-                                       generator=torch.Generator().manual_seed(c.seed))
+                                       generator=torch.Generator().manual_seed(c.seed),
+                                       worker_init_fn=_leave_stops_to_the_main_process)
 
 # %% ../nbs/10_training.ipynb #262e0c2e
 @patch
@@ -504,7 +509,6 @@ class TrainingDiverged(RuntimeError):
     "Too many consecutive steps with a NaN or inf loss or gradient."
 
 # %% ../nbs/10_training.ipynb #e022796f
-import signal
 from contextlib import contextmanager
 
 @contextmanager

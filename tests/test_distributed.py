@@ -1,7 +1,7 @@
 "torchrun data-parallel training on CPU (gloo): equivalence with one process, exact resume, moving between world sizes, failures."
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
-import pytest, torch
+import psutil, pytest, torch
 from conftest import ROOT, cli, hub_layouts
 from domain_canine.data import SAMPLE_CORPUS, is_validation
 from domain_canine.model import DomainCanineMLM
@@ -14,10 +14,23 @@ def torchrun_cmd(*args, nproc: int = 2) -> list[str]:
     return [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
             '-m', 'domain_canine', *map(str, args)]
 
-ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}  # two processes on a small machine: one thread each
+# two processes on a small machine: one thread each; a process sent SIGABRT prints every thread's Python stack
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONFAULTHANDLER': '1'}
 
 def torchrun(*args, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(torchrun_cmd(*args, nproc=nproc), capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=ENV)
+    "A torchrun job; one still running after `timeout` fails the test with where each of its processes stood."
+    job = subprocess.Popen(torchrun_cmd(*args, nproc=nproc), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           cwd=ROOT, env=ENV)
+    try: out, err = job.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        procs = [psutil.Process(job.pid), *psutil.Process(job.pid).children(recursive=True)]  # the workers have sessions of their own
+        for p in reversed(procs): p.send_signal(signal.SIGABRT)  # each prints its stacks on stderr and ends
+        try: out, err = job.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            for p in procs: p.kill()
+            out, err = job.communicate()
+        pytest.fail(f'the job still ran after {timeout} s; its stacks:\n{err[-20000:]}')
+    return subprocess.CompletedProcess(job.args, job.returncode, out, err)
 
 def train_losses(run: Path) -> dict[int, float]:
     return {m['step']: m['loss'] for m in map(json.loads, (run / 'metrics.jsonl').read_text().splitlines()) if m['type'] == 'train'}

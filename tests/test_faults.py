@@ -71,21 +71,29 @@ def test_corrupt_or_foreign_checkpoints_are_one_line(corrupt, args, expected):
     assert r.returncode == 1 and 'Traceback' not in r.stderr
     assert expected in r.stderr.strip().splitlines()[-1], r.stderr
 
-def test_sigterm_writes_a_checkpoint_and_resume_is_exact(tmp_path):
+INTERRUPTED_RUN = """
+import os, subprocess, sys
+from domain_canine.callbacks import Callback
+from domain_canine.config import resolve_config
+from domain_canine.training import train
+class GroupSignalAt(Callback):  # as `timeout` or a cluster's scheduler stop a job: the whole group hears it, from outside
+    def on_step(self, trainer):
+        if trainer.state.step == 9: subprocess.run(['kill', '-s', 'TERM', '--', f'-{os.getpgid(0)}'])
+train(resolve_config('tiny', num_samples=300, device='cpu', max_steps=120, save_steps=3, eval_steps=7, logging_steps=2,
+                     output_dir=sys.argv[1], num_workers=2), [GroupSignalAt()])
+"""
+
+def test_sigterm_to_the_process_group_writes_a_checkpoint_and_resume_is_exact(tmp_path):
+    "SIGTERM to the run and its DataLoader workers at step 9: the step's checkpoint; a resume (no workers) ends exact."
     ref = subprocess.run(training_command(tmp_path / 'reference', 120), capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
     run = tmp_path / 'interrupted'
-    p = subprocess.Popen(training_command(run, 120), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while p.poll() is None and not any(True for _ in run.glob('checkpoint-step-9')): time.sleep(0.02)
-    p.send_signal(signal.SIGTERM)
-    out, err = p.communicate(timeout=60)
-    assert p.returncode == 0, err
-    assert 'stopped by SIGTERM' in out and 'Traceback' not in err
-    assert not (run / 'final-model').exists()
-    steps = sorted(int(p.name.split('-')[-1]) for p in run.glob('checkpoint-step-*'))
-    assert verify_checkpoint(run / f'checkpoint-step-{steps[-1]}') is None and 9 <= steps[-1] < 120
-    stopped = json.loads((run / f'checkpoint-step-{steps[-1]}' / 'trainer_state.json').read_text())
-    assert stopped['step'] == steps[-1]  # the checkpoint of the step the signal interrupted
+    r = subprocess.run([sys.executable, '-c', INTERRUPTED_RUN, str(run)], capture_output=True, text=True, timeout=300,
+                       start_new_session=True)  # a process group of its own: the run, its workers, nothing else
+    assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr[-3000:]
+    assert 'stopped by SIGTERM after step 9: checkpoint written to' in r.stdout, r.stdout
+    assert not (run / 'final-model').exists() and verify_checkpoint(run / 'checkpoint-step-9') is None
+    assert not list(run.glob('checkpoint-step-1[0-9]'))
     assert subprocess.run(training_command(run, 120), capture_output=True).returncode == 0
     (a, la), (b, lb) = final_state(tmp_path / 'reference'), final_state(run)
     assert all(torch.equal(a[k], b[k]) for k in a) and la == lb

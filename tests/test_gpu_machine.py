@@ -49,7 +49,7 @@ def bare_checkout(tmp_path_factory, gpu_python) -> Path:
     checkout = checkout_copy(tmp_path_factory.mktemp('bare') / 'checkout')
     r = subprocess.run(['bash', 'bench/device_check.sh', '--prepare'], cwd=checkout, env=bare_env(gpu_python), **CAPTURED)
     assert r.returncode == 0, r.stderr
-    assert 'fastcore 1.14.5 imports from its wheel' in r.stdout
+    assert 'fastcore 1.14.5 and dnstwist 20250130 import from their wheels' in r.stdout
     return checkout
 
 def test_the_venv_holds_what_the_machine_holds_and_the_floor_is_below_it(gpu_python):
@@ -61,18 +61,22 @@ def test_the_venv_holds_what_the_machine_holds_and_the_floor_is_below_it(gpu_pyt
         assert version(pins(ROOT / 'environments' / env)['transformers']) >= version(floor), env
     assert pins(REQUIREMENTS)['transformers'] == '5.17.0'
 
-def test_the_package_imports_and_trains_a_step_there(bare_checkout, gpu_python, tmp_path):
-    "What the device check's GPU path imports, and one real training step through `train()`, with fastcore from its wheel."
-    wheel = next((bare_checkout / 'bench' / 'wheels').glob('fastcore-*.whl'))
+def test_the_package_imports_trains_a_step_and_predicts_there(bare_checkout, gpu_python, tmp_path):
+    "The device check's imports, one training step through `train()`, then the CLI's `predict` (fastcore, dnstwist: wheels)."
+    wheels = ':'.join(map(str, sorted((bare_checkout / 'bench' / 'wheels').glob('*.whl'))))
     cfg = f'resolve_config("tiny", output_dir={str(tmp_path)!r}, max_steps=2, num_samples=300)'
     code = ('import transformers, domain_canine.bench, domain_canine.training, domain_canine.evaluation; '
             'from domain_canine.config import resolve_config; from domain_canine.training import train; '
             f'print(transformers.__version__, train({cfg}))')
-    env = bare_env(gpu_python, PYTHONPATH=f'{bare_checkout}:{wheel}', OMP_NUM_THREADS='1')
+    env = bare_env(gpu_python, PYTHONPATH=f'{bare_checkout}:{wheels}', OMP_NUM_THREADS='1')
     r = subprocess.run([str(gpu_python), '-c', code], cwd=bare_checkout, env=env, **CAPTURED)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip().splitlines()[-1] == f'5.17.0 {tmp_path / "final-model"}'
     assert json.loads((tmp_path / 'final-model' / 'trainer_state.json').read_text())['step'] == 2
+    cmd = [str(gpu_python), '-m', 'domain_canine', 'predict', '--model_path', str(tmp_path / 'final-model'), '--json', 'goo?le.com']
+    r = subprocess.run(cmd, cwd=bare_checkout, env=env, **CAPTURED)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout)[0]['query'] == 'goo?le.com' and len(json.loads(r.stdout)[0]['filled']) == 10
 
 def test_device_check_dry_run_runs_as_on_the_bare_machine(bare_checkout, gpu_python, tmp_path):
     "`bash bench/device_check.sh --dry_run` with only the machine's python3 on PATH: every phase runs, its JSON is kept."
@@ -103,7 +107,7 @@ def test_device_check_dry_run_runs_as_on_the_bare_machine(bare_checkout, gpu_pyt
     assert out['syncs_per_step'] is None and out['syncs'] == 'not measurable on the CPU'
     assert 'target_met' not in out  # targets are for GPUs
 
-def test_device_check_without_fastcore_says_how_to_get_it(gpu_python, tmp_path):
+def test_device_check_without_its_wheels_says_how_to_get_them(gpu_python, tmp_path):
     checkout = checkout_copy(tmp_path / 'checkout')
     r = subprocess.run(['bash', 'bench/device_check.sh', '--dry_run'], cwd=checkout, env=bare_env(gpu_python), **CAPTURED)
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
