@@ -78,7 +78,8 @@ from domain_canine.config import resolve_config
 from domain_canine.training import train
 class GroupSignalAt(Callback):  # as `timeout` or a cluster's scheduler stop a job: the whole group hears it, from outside
     def on_step(self, trainer):
-        if trainer.state.step == 9: subprocess.run(['kill', '-s', 'TERM', '--', f'-{os.getpgid(0)}'])
+        if trainer.state.step == 9:
+            subprocess.run([sys.executable, '-c', f'import os, signal; os.killpg({os.getpgid(0)}, signal.SIGTERM)'])
 train(resolve_config('tiny', num_samples=300, device='cpu', max_steps=120, save_steps=3, eval_steps=7, logging_steps=2,
                      output_dir=sys.argv[1], num_workers=2), [GroupSignalAt()])
 """
