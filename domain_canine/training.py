@@ -226,11 +226,7 @@ def epoch_progress(self: Trainer) -> float | None:
     "Epochs done, as a fraction (None for a stream)."
     return self.state.step / self.steps_per_epoch if self.steps_per_epoch else None
 
-@patch
-def padding_fraction(self: Trainer, n: int = 50) -> float:
-    "Share of padding in the next `n` micro-batches of the run (from the step it starts or resumes at)."
-    return batches_padding_fraction(self.loader_for_inspection(n), n)
-
+# %% ../nbs/10_training.ipynb #0fbaaf44
 @patch
 def loader_for_inspection(self: Trainer, n: int):
     c = self.cfg
@@ -238,6 +234,12 @@ def loader_for_inspection(self: Trainer, n: int):
     if c.streaming: batches = iter(StreamBatches(c, self.vocab, 0))
     else: batches = (self.run_batches[g] for g in range(first, first + n))
     return map(partial(round_width, multiple=COMPILE_WIDTH), batches) if c.compile else batches  # as `loader` widens
+
+# %% ../nbs/10_training.ipynb #5741a3c4
+@patch
+def padding_fraction(self: Trainer, n: int = 50) -> float:
+    "Share of padding in the next `n` micro-batches of the run (from the step it starts or resumes at)."
+    return batches_padding_fraction(self.loader_for_inspection(n), n)
 
 # %% ../nbs/10_training.ipynb #95b089b3
 def _leave_stops_to_the_main_process(worker_id: int):
@@ -269,6 +271,18 @@ def on_device(self: Trainer, batch: dict) -> dict:
     "A batch on the device (non-blocking from pinned memory; with `--compile` the loader has widened it)."
     return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
+# %% ../nbs/10_training.ipynb #1b51aa6c
+@patch
+def step_unless_bad(self: Trainer, finite: torch.Tensor | None):
+    "Apply the update unless `finite` is False: the fused optimizer decides on the device; another must ask the host (a sync)."
+    if finite is None: self.optimizer.step()
+    elif self.optimizer.defaults.get('fused'):
+        self.optimizer.found_inf = (~finite).float()
+        try: self.optimizer.step()
+        finally: self.optimizer.found_inf = None
+    elif bool(finite): self.optimizer.step()
+
+# %% ../nbs/10_training.ipynb #6e677c90
 @patch
 def optimizer_step(self: Trainer, micro_batches: list[dict]) -> tuple[torch.Tensor, torch.Tensor | None]:
     "Forward and backward over the micro-batches of one step, clip, step. Returns the mean loss and whether the step was finite (None: not checked), both on the device."
@@ -293,16 +307,6 @@ def optimizer_step(self: Trainer, micro_batches: list[dict]) -> tuple[torch.Tens
     self.optimizer.zero_grad(set_to_none=True)
     return total, finite
 
-@patch
-def step_unless_bad(self: Trainer, finite: torch.Tensor | None):
-    "Apply the update unless `finite` is False: the fused optimizer decides on the device; another must ask the host (a sync)."
-    if finite is None: self.optimizer.step()
-    elif self.optimizer.defaults.get('fused'):
-        self.optimizer.found_inf = (~finite).float()
-        try: self.optimizer.step()
-        finally: self.optimizer.found_inf = None
-    elif bool(finite): self.optimizer.step()
-
 # %% ../nbs/10_training.ipynb #aba96f90
 @patch
 def count_step(self: Trainer, loss: torch.Tensor, finite: torch.Tensor | None):
@@ -313,6 +317,7 @@ def count_step(self: Trainer, loss: torch.Tensor, finite: torch.Tensor | None):
     self._max_run = torch.maximum(self._max_run, self._run)
     self._acc += torch.stack([kept, 1 - bad, bad])
 
+# %% ../nbs/10_training.ipynb #c2f4efc1
 @patch
 def flush(self: Trainer):
     "Read the window's counters into the state (one host sync; in a job one all-reduce, where stop requests are agreed)."
