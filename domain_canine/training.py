@@ -16,7 +16,7 @@ from fastcore.basics import GetAttr, patch
 from transformers import CanineConfig, CanineModel
 from .core import (ConfigError, autocast, check_folder, format_bytes, nearest_folder, perplexity,
                                 pick_device, pick_precision, write_atomic, writing)
-from .config import TrainConfig, lr_at
+from .config import TrainConfig
 from .run_data import masking_options, RunData, StreamBatches, load_run_data
 from .callbacks import Callback, MetricsFile, ProgressBar, WandbLogger, TensorBoardLogger
 from .data import DataError, default_cache_dir, preparation_need, sweep_corpora
@@ -28,8 +28,8 @@ from .distributed import (Topology, topology_from_env, init_distributed, shutdow
                                        gather_objects, rank_micro_batches)
 
 # %% auto #0
-__all__ = ['COMPILE_WIDTH', 'make_optimizer', 'set_dropout', 'compile_encoder', 'round_width', 'compiled_graphs', 'Trainer',
-           'checkpoint_bytes', 'check_disk', 'run_loggers', 'join_job', 'eval_outputs', 'TrainingDiverged',
+__all__ = ['COMPILE_WIDTH', 'make_optimizer', 'lr_at', 'set_dropout', 'compile_encoder', 'round_width', 'compiled_graphs',
+           'Trainer', 'checkpoint_bytes', 'check_disk', 'run_loggers', 'join_job', 'eval_outputs', 'TrainingDiverged',
            'stop_on_signals', 'train']
 
 # %% ../nbs/10_training.ipynb #b6be2c04
@@ -43,6 +43,12 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, devic
     if fused is not None: return torch.optim.AdamW(groups, lr=lr, fused=fused)
     try: return torch.optim.AdamW(groups, lr=lr, fused=True)  # CUDA, CPU and MPS in current torch
     except RuntimeError: return torch.optim.AdamW(groups, lr=lr)
+
+# %% ../nbs/10_training.ipynb #447e23d7
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
+    "Learning rate of optimizer step `step` (0-based): linear warmup to `peak`, then linear decay to 0 at `total_steps`."
+    if step < warmup_steps: return peak * (step + 1) / warmup_steps
+    return peak * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 # %% ../nbs/10_training.ipynb #7ecedd61
 def set_dropout(model: torch.nn.Module, p: float):
