@@ -9,10 +9,9 @@ from collections import Counter
 from dataclasses import fields
 from pathlib import Path
 from fastcore.docments import docments
-from .core import ConfigError, MODEL_CONFIGS, write_atomic
+from .core import ConfigError, InputError, MODEL_CONFIGS, write_atomic
 from .data import DataError, SAMPLE_NAME, count_summary
 from .config import ACCEPTS, Accepts, TrainConfig, PRESETS, resolve_config
-
 
 # %% auto #0
 __all__ = ['SPLITS', 'TASKS', 'TASK_NAMES', 'SPLIT_BY', 'ARMS', 'USER_ERRORS', 'ARGUMENTS', 'FINETUNE_DEFAULTS', 'FINETUNE_FLAGS',
@@ -30,7 +29,7 @@ SPLIT_BY = ('auto', 'column', 'group', 'hash')  # the tasks chapter's splits, li
 ARMS = ('tfidf', 'majority', 'finetuned', 'frozen', 'scratch')  # the comparison chapter's and the fine-tuning
 # chapter's arms, likewise
 USER_ERRORS = ('domain_canine.data.DataError', 'domain_canine.model.ModelError', 'domain_canine.checkpoint.CheckpointError',
-               'domain_canine.core.ConfigError', 'domain_canine.inference.InputError',
+               'domain_canine.core.ConfigError', 'domain_canine.core.InputError',
                'domain_canine.training.TrainingDiverged', 'domain_canine.distributed.DistributedError',
                'builtins.FileNotFoundError', 'domain_canine.core.WriteError',
                'domain_canine.crash_test.CrashTestFailed')  # by name: a chapter is loaded only when a command needs it
@@ -196,7 +195,6 @@ def predict_command(domains: list[str] = (), # domains with ? or [MASK] for each
     """Fill the characters marked ? or [MASK], e.g. domain-canine predict --model_path runs/demo/final-model "goo?le.com";
     with a classifier that finetune wrote, print each domain's most probable classes with their probabilities,
     e.g. domain-canine predict --model_path runs/tld/final-model example"""
-    from domain_canine.inference import InputError
     if not domains and not interactive: raise InputError('give domains to predict, or --interactive')
     if top_k < 1: raise InputError('--top_k must be at least 1')
     predictor, ask = _predictor(model_path, device)
@@ -218,7 +216,6 @@ def import_original_command(source: str, # the original checkpoint directory
 # %% ../nbs/17_cli.ipynb #0aa95cfa
 def _load_model(model_path: str, batch_size: int, device: str | None) -> tuple[DomainCanineMLM, object]:
     from domain_canine.core import pick_device
-    from domain_canine.inference import InputError
     from domain_canine.model import DomainCanineMLM
     if batch_size < 1: raise InputError('--batch_size must be at least 1')
     dev = pick_device(device)
@@ -256,7 +253,7 @@ def evaluate_command(*, model_path: str, # a model or checkpoint directory writt
     """Masked-character accuracy and top-5 (masked as in training), one-character cloze top-1/top-5, loss and
     perplexity, by part of the name, length and TLD; and the cloze top-1 of a character n-gram model trained on the
     train split of --train_dataset. E.g. domain-canine evaluate --model_path runs/demo/final-model --dataset sample --split valid"""
-    from domain_canine.evaluation import InputError, eval_domains, evaluate, format_report
+    from domain_canine.evaluation import eval_domains, evaluate, format_report
     if not 0 < mlm_probability < 1: raise InputError('--mlm_probability must be between 0 and 1')
     if ngram_order < 0: raise InputError('--ngram_order must be 0 (no baseline) or more')
     domains = eval_domains(dataset, split, validation_fraction, num_samples)
@@ -299,7 +296,7 @@ def embed_command(domains: list[str] = (), # domains to embed
                  ) -> int:
     """Write each domain's mean last hidden state over its characters to a .npy array (rows in input order) or a
     Parquet table (domain, embedding)."""
-    from domain_canine.evaluation import InputError, embed_domains, read_domains, write_embeddings
+    from domain_canine.evaluation import embed_domains, read_domains, write_embeddings
     if Path(output).suffix not in ('.npy', '.parquet'):
         raise InputError(f'--output must end in .npy or .parquet, got {Path(output).name}')
     domains, skipped = read_domains(domains, file)

@@ -10,13 +10,16 @@ from pathlib import Path
 
 
 # %% auto #0
-__all__ = ['MODEL_CONFIGS', 'CANINE_MAX_POSITIONS', 'ConfigError', 'WriteError', 'nearest_folder', 'free_space', 'format_bytes',
-           'write_reason', 'remove_path', 'writing', 'write_atomic', 'sweep_temporaries', 'check_folder',
-           'max_positions', 'pick_device', 'pick_precision', 'autocast', 'perplexity']
+__all__ = ['MODEL_CONFIGS', 'CANINE_MAX_POSITIONS', 'ConfigError', 'InputError', 'WriteError', 'nearest_folder', 'free_space',
+           'format_bytes', 'write_reason', 'remove_path', 'writing', 'write_atomic', 'sweep_temporaries',
+           'check_folder', 'max_positions', 'pick_device', 'pick_precision', 'autocast', 'perplexity']
 
 # %% ../nbs/00_core.ipynb #4399dc1c
 class ConfigError(ValueError):
     "An invalid combination of settings."
+
+class InputError(ValueError):
+    "Input a command cannot use (a query, a file of domains, a number out of range), with the reason."
 
 # %% ../nbs/00_core.ipynb #1f23d661
 class WriteError(RuntimeError):

@@ -16,7 +16,8 @@ from .data import EncodedDomains, clean_domain, count_summary, load_corpus, sour
 from .masking import DOMAIN_CHARS, MASK, PAD, CharVocab, MaskedBatches, evaluation_order, pad_batch
 from .model import DomainCanineMLM
 from .training import eval_outputs
-from .inference import InputError, to_device
+from .core import InputError
+from .inference import to_device
 
 # %% auto #0
 __all__ = ['SPLITS', 'BOS', 'EOS', 'LENGTH_BUCKETS', 'eval_domains', 'ranks', 'masked_eval', 'cloze_positions', 'cloze_logits',

@@ -15,7 +15,7 @@ from fastcore.basics import patch
 from torch import nn
 from transformers import CanineConfig, CanineForSequenceClassification, CanineTokenizer
 from transformers.utils import logging as hf_logging
-from .core import ConfigError, check_folder, pick_device, write_atomic, writing
+from .core import ConfigError, InputError, check_folder, pick_device, write_atomic, writing
 from .config import ACCEPTS, Accepts, TrainConfig, check_config
 from .data import DataError, EncodedDomains
 from .masking import CharVocab, EpochOrder, PAD, evaluation_order, pad_batch, padded_length
@@ -24,7 +24,7 @@ from .checkpoint import checkpoint_step, model_dirs, sweep_checkpoints
 from .distributed import all_reduce_sum, shutdown_distributed
 from .run_data import RunData, _no_validation
 from .training import Trainer, check_disk, join_job, run_loggers, set_dropout
-from .inference import InputError, to_device
+from .inference import to_device
 from .tasks import SPLIT_BY, LabelledTask, TaskSide, clean_text, load_task
 from .compare import Arm
 

@@ -10,19 +10,15 @@ import torch
 from fastcore.basics import patch
 from .masking import MASK, PAD, EncodedDomains, pad_batch
 from .model import DomainCanineMLM
-from .core import pick_device
+from .core import InputError, pick_device
 from .data import clean_domain
 
 # %% auto #0
-__all__ = ['MAX_DOMAIN_LENGTH', 'InputError', 'parse_masked', 'mask_index', 'to_device', 'MaskPrediction', 'Prediction',
-           'Predictor']
+__all__ = ['MAX_DOMAIN_LENGTH', 'parse_masked', 'mask_index', 'to_device', 'MaskPrediction', 'Prediction', 'Predictor']
 
 # %% ../nbs/11_inference.ipynb #60b00c1a
 MAX_DOMAIN_LENGTH = 253
 _MARKERS = re.compile(r'\[mask\]|\?', re.IGNORECASE)
-
-class InputError(ValueError):
-    "A query the predictor cannot use, with the reason."
 
 def _refused(text: str) -> str | None:
     "Why training would not take `text` (a query with its masks read as letters); None if it would."

@@ -19,7 +19,7 @@ from .model import HEAD_CONFIG, DomainCanineMLM, ModelError, is_model_dir, is_or
 from .model import note_unverified, verify_model_dir
 from .checkpoint import MARKER, checkpoint_step, model_dirs
 from .evaluation import SPLITS, CharNgramLM, _pct, embed_domains, pseudo_log_likelihood, tld_of
-from .inference import InputError
+from .core import InputError
 
 # %% auto #0
 __all__ = ['LOOKALIKE_KINDS', 'TASKS', 'OneGlyphFuzzer', 'domain_variants', 'domain_rng', 'cap_variants', 'Lookalikes',

@@ -12,7 +12,8 @@ import ipywidgets as widgets
 from matplotlib.figure import Figure
 from fastcore.basics import patch
 from .model import ModelError, is_model_dir, is_original_dir
-from .inference import InputError, Prediction, Predictor
+from .core import InputError
+from .inference import Prediction, Predictor
 from .data import clean_domain, load_corpus
 from .analysis import METRICS, draw_curves, read_metrics
 from .evaluation import CharNgramLM
