@@ -28,9 +28,10 @@ from fastcore.basics import patch
 __all__ = ['ORIGINAL_CLASSES', 'PEAK_TFLOPS', 'SDPA_OPS', 'ABLATIONS', 'TARGETS', 'PATHS', 'reference_batch', 'ReferenceMLM',
            'PeakMemory', 'pinned', 'training_flops', 'probe_batch', 'flops_by_width', 'batch_flops', 'time_training',
            'reference_figures', 'bench_training', 'bench_ablations', 'bench_pipeline', 'bench_masking',
-           'measure_preparation', 'measure_opening', 'measure_training', 'bench_scale', 'gpu_figures',
-           'measured_matmul_tflops', 'device_versions', 'sdpa_kernels', 'run_bench', 'Phase', 'one_line', 'run_phases',
-           'DeviceCheck', 'SyncCounter', 'PoisonStep', 'sync_spans', 'judge', 'device_check_main']
+           'measure_preparation', 'in_new_process', 'late_checkpoint', 'measure_opening', 'measure_training',
+           'bench_scale', 'gpu_figures', 'measured_matmul_tflops', 'device_versions', 'sdpa_kernels', 'run_bench',
+           'Phase', 'one_line', 'run_phases', 'DeviceCheck', 'SyncCounter', 'PoisonStep', 'sync_spans', 'judge',
+           'device_check_main']
 
 # %% ../nbs/15_bench.ipynb #3f2482df
 ORIGINAL_CLASSES = 16_384
@@ -326,16 +327,28 @@ def _train_config(args: list[str]):
     from domain_canine.config import resolve_config
     return resolve_config(None, **{k.removeprefix('--'): _number(v) for k, v in zip(args[::2], args[1::2])})
 
-def _late_checkpoint(args: list[str], source: Path, epoch: float) -> tuple[Path, int]:
-    "A copy of checkpoint `source` that claims to be `epoch` epochs in (what a long run would leave), and its step."
-    code = ('from domain_canine.bench import _train_config; from domain_canine.training import Trainer; '
-            f't = Trainer.from_config(_train_config({[*args, "--resume_from", str(source)]!r}), log=lambda *a: None); t.resume(); '
-            f's = t.state; s.step = round({epoch} * t.steps_per_epoch); s.epoch, s.batch_in_epoch = divmod(s.step, t.steps_per_epoch); '
-            'print(s.step, t.save(f"checkpoint-step-{s.step}"))')
-    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
-    if r.returncode: raise RuntimeError(r.stderr[-3000:])
-    step, path = r.stdout.strip().splitlines()[-1].split(' ', 1)
-    return Path(path), int(step)
+_CHILD = """import time
+started = time.perf_counter()
+import inspect, json, sys
+from domain_canine import bench
+func, args = getattr(bench, sys.argv[1]), json.loads(sys.argv[2])
+extra = dict(started=started) if 'started' in inspect.signature(func).parameters else {}
+print(json.dumps(func(*args, **extra)))"""
+
+def in_new_process(func: str, *args):
+    """This module's `func(*args)` in a new Python process, where nothing is imported or cached yet (arguments and
+    result as JSON). A `started` parameter of `func` gets the moment that process started, before any import."""
+    r = subprocess.run([sys.executable, '-c', _CHILD, func, json.dumps(args)], capture_output=True, text=True)
+    if r.returncode: raise RuntimeError(f'{func} failed in its own process:\n{r.stderr[-3000:]}')
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+def late_checkpoint(args: list[str], source: str, epoch: float) -> tuple[int, str]:
+    "Save a copy of checkpoint `source` that claims to be `epoch` epochs in (what a long run would leave): step, path."
+    t = Trainer.from_config(_train_config([*args, '--resume_from', source]), log=lambda *a: None)
+    s = t.resume()
+    s.step = round(epoch * t.steps_per_epoch)
+    s.epoch, s.batch_in_epoch = divmod(s.step, t.steps_per_epoch)
+    return s.step, str(t.save(f'checkpoint-step-{s.step}'))
 
 # %% ../nbs/15_bench.ipynb #3aaa00a9
 def measure_opening(args: list[str], # a `domain-canine train` command line (its corpus prepared already)
@@ -371,12 +384,10 @@ def measure_training(path: str, cache_dir: str, output_dir: str, steps: int = 60
              eval_s=statistics.median(e['eval_s'] for e in ev), evals=len(ev), eval_domains=ev[0]['val_domains'],
              marginal_s=max(x['time'] for x in rows) - train[0]['time'], train_peak_rss_mb=rss)
     early = out / f'checkpoint-step-{steps // evals}'
-    late, late_step = _late_checkpoint(args, early, late_epoch)
-    code = ('import time; started = time.perf_counter(); import json; from domain_canine.bench import measure_opening; '
-            f'print(json.dumps(measure_opening({args!r}, {late_step}, started)))')
-    r.update(json.loads(subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.splitlines()[-1]))
+    late_step, late = in_new_process('late_checkpoint', args, str(early), late_epoch)
+    r.update(in_new_process('measure_opening', args, late_step))  # its import, timed from the process's start
     r.update(late_step=late_step, after_open_s=first - r['import_s'] - r['open_s'])
-    points = (('early', early, steps // evals + 5), ('late', late, late_step + 5))
+    points = (('early', early, steps // evals + 5), ('late', Path(late), late_step + 5))
     return dict(r, **_resume_seconds(cmd, out, points, repeats))
 
 def _resume_seconds(cmd: list[str], out: Path, points, repeats: int) -> dict:
@@ -407,10 +418,7 @@ def bench_scale(sizes: tuple[int, ...] = (1_000_000, 10_000_000), # corpus sizes
         if not path.exists(): make_corpus(n, path.with_suffix('.partial'), seed).rename(path)
         cache = work / f'cache-{n}'
         shutil.rmtree(cache, ignore_errors=True)  # preparation is measured from nothing
-        code = (f'import json; from domain_canine.bench import measure_preparation; '
-                f'print(json.dumps(measure_preparation({str(path)!r}, {str(cache)!r})))')
-        r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
-        out.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        out.append(in_new_process('measure_preparation', str(path), str(cache)))  # nothing loaded before it
         if train:
             for old in work.glob(f'run-{n}*'): shutil.rmtree(old)
             out[-1].update(measure_training(str(path), str(cache), str(work / f'run-{n}'), **train_kw))
