@@ -169,6 +169,7 @@ def prob(self: CharNgramLM, history: str, c: str) -> float:
         p = (max(self.counts[k].get(h + c, 0) - self.d, 0) + self.d * self.types[k][h] * p) / total
     return p
 
+# %% ../nbs/13_evaluation.ipynb #0c1ac502
 @patch
 def log_prob(self: CharNgramLM, domain: str) -> float:
     "Natural log-probability of a whole domain, end marker included."

@@ -51,6 +51,7 @@ def names_of_length(self: DomainGenerator, n: int, length: int, rng: np.random.G
     out[:, [0, -1]] = np.where(edge, rng.integers(0, 26, (n, 2)), out[:, [0, -1]])
     return out
 
+# %% ../nbs/02_synthetic.ipynb #b8421ed4
 @patch
 def sample(self: DomainGenerator, n: int, rng: np.random.Generator) -> list[str]:
     "`n` synthetic domains."
