@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import fields
 from pathlib import Path
 from fastcore.docments import docments
-from .core import ConfigError, InputError, MODEL_CONFIGS, write_atomic
+from .core import ConfigError, InputError, MODEL_CONFIGS, check_folder, pick_device, write_atomic
 from .data import DataError, SAMPLE_NAME, count_summary
 from .config import ACCEPTS, Accepts, TrainConfig, PRESETS, resolve_config
 
@@ -215,7 +215,6 @@ def import_original_command(source: str, # the original checkpoint directory
 
 # %% ../nbs/17_cli.ipynb #0aa95cfa
 def _load_model(model_path: str, batch_size: int, device: str | None) -> tuple[DomainCanineMLM, object]:
-    from domain_canine.core import pick_device
     from domain_canine.model import DomainCanineMLM
     if batch_size < 1: raise InputError('--batch_size must be at least 1')
     dev = pick_device(device)
@@ -501,7 +500,6 @@ def compare_command(*, task: str, # a labelled file (CSV, TSV, JSON lines, Parqu
     fine-tuned from it, its frozen encoder under a trained head, and its architecture from scratch, on one budget;
     accuracy, macro-F1, ROC-AUC (binary tasks), per-class precision and recall, over seeds with their spread. A run
     directory among --models gets its records in finetune.jsonl. E.g. domain-canine compare --task tld --models runs/demo"""
-    from domain_canine.core import check_folder
     from domain_canine.compare import compare, format_comparison, summarise
     from domain_canine.tasks import load_task
     if output_dir: check_folder(output_dir, '--output_dir')  # before the work, not after it
