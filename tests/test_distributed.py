@@ -1,7 +1,7 @@
 "torchrun data-parallel training on CPU (gloo): equivalence with one process, exact resume, moving between world sizes, failures."
-import json, os, signal, subprocess, sys, time
+import contextlib, json, os, signal, subprocess, sys, time
 from pathlib import Path
-import psutil, pytest, torch
+import pytest, torch
 from conftest import ROOT, cli, hub_layouts
 from domain_canine.data import SAMPLE_CORPUS, is_validation
 from domain_canine.model import DomainCanineMLM
@@ -23,11 +23,14 @@ def torchrun(*args, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedP
                            cwd=ROOT, env=ENV)
     try: out, err = job.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        procs = [psutil.Process(job.pid), *psutil.Process(job.pid).children(recursive=True)]  # the workers have sessions of their own
-        for p in reversed(procs): p.send_signal(signal.SIGABRT)  # each prints its stacks on stderr and ends
+        pids = [*_workers(job.pid).values(), job.pid]  # the workers have sessions of their own: signalled one by one
+        def send(sig):
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError): os.kill(pid, sig)  # one may have ended meanwhile
+        send(signal.SIGABRT)  # each prints its stacks on stderr and ends
         try: out, err = job.communicate(timeout=30)
         except subprocess.TimeoutExpired:
-            for p in procs: p.kill()
+            send(signal.SIGKILL)
             out, err = job.communicate()
         pytest.fail(f'the job still ran after {timeout} s; its stacks:\n{err[-20000:]}')
     return subprocess.CompletedProcess(job.args, job.returncode, out, err)
