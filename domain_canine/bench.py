@@ -572,26 +572,37 @@ class DeviceCheck:
 
 # %% ../nbs/15_bench.ipynb #146fe537
 @patch
-def versions(self: DeviceCheck, out: dict) -> dict: return device_versions(self.device)
+def versions(self: DeviceCheck, out: dict) -> dict:
+    "What this machine runs: python, torch, CUDA, the GPU."
+    return device_versions(self.device)
 
+# %% ../nbs/15_bench.ipynb #39d5ae7f
 @patch
-def sdpa(self: DeviceCheck, out: dict) -> dict: return sdpa_kernels(self.config, self.batch, self.device, self.amp_dtype)
+def sdpa(self: DeviceCheck, out: dict) -> dict:
+    "The attention kernel PyTorch picks at this shape and precision (flash, efficient or math)."
+    return sdpa_kernels(self.config, self.batch, self.device, self.amp_dtype)
 
+# %% ../nbs/15_bench.ipynb #80a26b9b
 @patch
-def matmul_peak(self: DeviceCheck, out: dict) -> dict: return measured_matmul_tflops(self.device)
+def matmul_peak(self: DeviceCheck, out: dict) -> dict:
+    "The bf16 matrix-multiply rate this card reaches: the ceiling the model-FLOPs utilisation is measured against."
+    return measured_matmul_tflops(self.device)
 
 # %% ../nbs/15_bench.ipynb #7e03d4f5
 @patch
 def eager(self: DeviceCheck, out: dict) -> dict:
     "Our default training path: SDPA, fused AdamW, length-bucketed batches, no compilation."
     r = bench_training(self.config, self.batch, 64, self.device, self.precision, reference=False, **self.steps)
-    return {**r, **gpu_figures(r['achieved_tflops'], r['achieved_unpadded_tflops'], self.device, out.get('measured_peak_tflops'))}
+    figures = gpu_figures(r['achieved_tflops'], r['achieved_unpadded_tflops'], self.device,
+                          out.get('measured_peak_tflops'))
+    return {**r, **figures}
 
+# %% ../nbs/15_bench.ipynb #b949523c
 @patch
 def reference(self: DeviceCheck, out: dict, max_length: int) -> dict:
     "The original design padded to `max_length`, against our rate of the eager phase."
-    r = reference_figures(self.config, _domains(self.batch * 60), self.batch, max_length, self.device, self.amp_dtype,
-                          **self.steps)
+    r = reference_figures(self.config, _domains(self.batch * 60), self.batch, max_length, self.device,
+                          self.amp_dtype, **self.steps)
     ours = out['train_domains_per_s']  # KeyError when the eager phase failed: then there is no ratio to report
     return {f'reference_{max_length}_domains_per_s': r['reference_train_domains_per_s'],
             f'reference_{max_length}_peak_memory_mb': r['reference_peak_memory_mb'],
@@ -647,13 +658,14 @@ def sync_spans(per_step: dict[int, int], # syncs counted from the start, at each
 # %% ../nbs/15_bench.ipynb #875de94f
 @patch
 def trainer_config(self: DeviceCheck, work: Path, every: int, **kw):
-    "The settings of the check's training run: the sample, this check's shape, evaluations and checkpoints `every` steps."
+    "The check's training run: the sample, this check's shape, evaluations and checkpoints `every` steps."
     return resolve_config(None, dataset='sample', cache_dir=str(work / 'cache'), model_name_or_path=None,
                           model_config=self.config, batch_size=self.batch, precision=self.precision,
                           device=self.device.type, learning_rate=1e-4, warmup_steps=5, logging_steps=5,
                           eval_steps=every, save_steps=every, num_workers=2 if self.dry_run else 4,
                           output_dir=str(work / 'run'), seed=0, **kw)
 
+# %% ../nbs/15_bench.ipynb #4eba0ad3
 @patch
 def trainer(self: DeviceCheck, out: dict) -> dict:
     "A short real run through `Trainer`, then a resume from its checkpoint; host syncs per step on a GPU."
@@ -691,14 +703,19 @@ ABLATIONS = dict(eager_attention=dict(attention='eager'), unfused_adamw=dict(fus
                  no_length_bucketing=dict(bucket=False), fp32_tf32=dict(precision='fp32'),
                  fp32_no_tf32=dict(precision='fp32', tf32=False))
 
+# %% ../nbs/15_bench.ipynb #1baecb5b
 @patch
 def ablations(self: DeviceCheck, out: dict) -> dict:
+    "Each optimisation of the default path switched off in turn, with its rate against the default's."
     r = bench_ablations(ABLATIONS, self.config, self.batch, self.device, self.precision, rounds=1,
                         default_domains_per_s=out.get('train_domains_per_s'), **self.steps)
     return {f'ablation_{k}': v for k, v in r.items()}
 
+# %% ../nbs/15_bench.ipynb #8079da47
 @patch
-def pipeline(self: DeviceCheck, out: dict) -> dict: return bench_pipeline(20_000 if self.dry_run else 1_000_000, self.batch)
+def pipeline(self: DeviceCheck, out: dict) -> dict:
+    "The input pipeline alone (lines to batches, one thread), against which the GPU's rate is set."
+    return bench_pipeline(20_000 if self.dry_run else 1_000_000, self.batch)
 
 # %% ../nbs/15_bench.ipynb #cfcec835
 @patch

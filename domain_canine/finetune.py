@@ -284,7 +284,7 @@ def finetune(cfg: FinetuneConfig, callbacks=None, log=print) -> Path:
 def _finetune(cfg: FinetuneConfig, callbacks, log) -> Path:
     trainer = finetune_trainer(cfg, callbacks, log)
     final = trainer.fit()
-    if trainer.topo.is_main and not trainer.interrupted:
+    if trainer.topo.is_main and trainer.stopped_by is None:
         r = test_results(trainer)
         write_atomic(Path(cfg.output_dir) / 'test_results.json', json.dumps(r))
         if r['test_rows']: log(f"test: accuracy {r['test_accuracy']:.3f}, loss {r['test_loss']:.4f} "

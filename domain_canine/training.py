@@ -197,28 +197,40 @@ def from_config(cls: Trainer, cfg: TrainConfig, callbacks: list[Callback] | None
 def _reset_window(self: Trainer, keep_loss: bool = False):
     "Start a new logging window (`keep_loss`: continue the loss sum of a window restored from a checkpoint)."
     exact = torch.float32 if self.device.type == 'mps' else torch.float64  # MPS has no float64
-    self._acc = torch.zeros(3, dtype=exact, device=self.device)  # loss of the applied steps, applied steps, skipped steps
+    # loss of the applied steps, applied steps, skipped steps
+    self._acc = torch.zeros(3, dtype=exact, device=self.device)
     if not keep_loss: self.state.window_loss_sum, self.state.window_steps = 0.0, 0
     self._window_domains = self._window_chars = 0
     self._window_start = time.perf_counter()
 
-@patch
-def _emit(self: Trainer, event: str, *args):
-    for cb in self.callbacks: getattr(cb, event)(self, *args)
-
+# %% ../nbs/10_training.ipynb #661dd99a
 @patch
 def start_counters(self: Trainer):
-    "Fresh stop flags, timers and device counters; the run of bad steps continues the state's."
-    self.stop = self.stop_agreed = False  # in a job the loop ends on an agreed stop only (`flush`)
-    self.interrupted, self._start = None, time.perf_counter()
+    "No stop asked, fresh timers and device counters; the run of bad steps continues the state's."
+    self._stop_asked = self._stop_agreed = False  # in a job the loop ends on an agreed stop only (`flush`)
+    self.stopped_by, self._start = None, time.perf_counter()
     self._reset_window(keep_loss=True)
     self._run = torch.tensor(float(self.state.bad_steps), dtype=self._acc.dtype, device=self.device)
     self._max_run = self._run.clone()
 
+# %% ../nbs/10_training.ipynb #c121c995
+@patch
+def _emit(self: Trainer, event: str, *args):
+    "Call `event` (`on_step`, `on_log`, ...) on every callback, in order."
+    for cb in self.callbacks: getattr(cb, event)(self, *args)
+
+# %% ../nbs/10_training.ipynb #e0da3277
+@patch
+def request_stop(self: Trainer, by: str | None = None):
+    "Ask the loop to stop after the current step; `by` names the signal that asked, if one did."
+    self._stop_asked = True
+    if by is not None and self.stopped_by is None: self.stopped_by = by
+
+# %% ../nbs/10_training.ipynb #7314000b
 @patch
 def stopping(self: Trainer) -> bool:
     "Whether the loop ends now: at once on a request in a single process, on an agreed one in a job."
-    return self.stop_agreed if self.topo.enabled else self.stop
+    return self._stop_agreed if self.topo.enabled else self._stop_asked
 
 # %% ../nbs/10_training.ipynb #4b9e1c3f
 @patch
@@ -328,14 +340,15 @@ def count_step(self: Trainer, loss: torch.Tensor, finite: torch.Tensor | None):
 def flush(self: Trainer):
     "Read the window's counters into the state (one host sync; in a job one all-reduce, where stop requests are agreed)."
     s, W = self.state, self.topo.world_size
-    asked = torch.tensor([float(self.interrupted is not None), float(self.stop)], dtype=self._acc.dtype, device=self.device)
+    asked = torch.tensor([float(self.stopped_by is not None), float(self._stop_asked)],
+                         dtype=self._acc.dtype, device=self.device)
     shared = all_reduce_sum(torch.cat([self._acc, self._run[None], self._max_run[None], asked]), self.topo).tolist()
     loss_sum, ok, skipped, run, max_run = (v / W for v in shared[:5])  # losses averaged over processes; counts are equal
     s.window_loss_sum += loss_sum; s.window_steps += round(ok); s.skipped_steps += round(skipped); s.bad_steps = round(run)
     self._acc.zero_(); self._max_run = self._run.clone()
-    if shared[5] and self.interrupted is None: self.interrupted = 'a signal to another process'
-    self.stop = self.stop or shared[5] > 0 or shared[6] > 0
-    self.stop_agreed = self.stop
+    if shared[5] and self.stopped_by is None: self.stopped_by = 'a signal to another process'
+    self._stop_agreed = shared[6] > 0  # one process asked: all stop, after this same step
+    self._stop_asked = self._stop_asked or self._stop_agreed  # one asking during the all-reduce is agreed next time
     if skipped: self.log(f"step {s.step}: {round(skipped)} step(s) since the last report skipped for a NaN/inf loss or gradient")
     if self.cfg.max_bad_steps and max_run >= self.cfg.max_bad_steps:
         last = latest_checkpoint(self.cfg.output_dir, lambda *a: None)
@@ -438,7 +451,7 @@ def run_eval(self: Trainer):
         s.evals_without_improvement += 1
         if c.early_stopping_patience and s.evals_without_improvement >= c.early_stopping_patience:
             self.log(f"early stopping at step {s.step}: no better validation loss in {s.evals_without_improvement} evaluations")
-            self.stop = True
+            self.request_stop()
 
 # %% ../nbs/10_training.ipynb #23fc7369
 @patch
@@ -525,10 +538,7 @@ from contextlib import contextmanager
 @contextmanager
 def stop_on_signals(trainer: Trainer):
     "While training, SIGINT and SIGTERM ask the loop to stop after the current step (and write a checkpoint)."
-    def handler(signum, frame):
-        trainer.interrupted = signal.Signals(signum).name
-        # one process of a job must not leave alone: the processes agree on stopping at the next flush
-        if not trainer.topo.enabled: trainer.stop = True
+    def handler(signum, frame): trainer.request_stop(by=signal.Signals(signum).name)
     if threading.current_thread() is not threading.main_thread(): yield; return  # handlers live in the main thread
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try: yield
@@ -587,11 +597,11 @@ def fit(self: Trainer) -> Path:
                 self._emit('on_step')
                 self.after_step(loss, finite, W * sum(len(b['input_ids']) for b in group),  # × W: all processes (equal batches)
                                 W * sum(int(b['attention_mask'].numpy().sum()) - 2 * len(b['input_ids']) for b in group))  # host memory
-        final = self.save(f'checkpoint-step-{s.step}' if self.interrupted else 'final-model')
+        final = self.save(f'checkpoint-step-{s.step}' if self.stopped_by else 'final-model')
     finally: self._emit('on_train_end')  # close bars and loggers, also when the run fails
     if self.cfg.compile: self.log(f"torch.compile made {self.compiles()} graphs in this process")
-    if self.interrupted:
-        self.log(f"stopped by {self.interrupted} after step {s.step}: checkpoint written to {final}; "
+    if self.stopped_by:
+        self.log(f"stopped by {self.stopped_by} after step {s.step}: checkpoint written to {final}; "
                  "continue with --resume_from latest")
         return final
     self.log(f"final model: {final}")

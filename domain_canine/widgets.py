@@ -445,10 +445,12 @@ def read_changed(self: LossCurves) -> list[str]:
         except (OSError, ValueError): failed.append(Path(run).name)
     return failed
 
+# %% ../nbs/14_widgets.ipynb #6628a210
 @patch
 def last_step(self: LossCurves) -> int:
-    steps = [r['step'] for run in self.run_select.value for kind in ('train', 'eval') for r in self.records.get(run, {}).get(kind, [])]
-    return max(steps, default=0)
+    "The last step any selected run has logged (0 before any): where the step slider ends."
+    return max((r['step'] for run in self.run_select.value for kind in ('train', 'eval')
+                for r in self.records.get(run, {}).get(kind, [])), default=0)
 
 # %% ../nbs/14_widgets.ipynb #3da27ad8
 @patch
@@ -473,16 +475,21 @@ def redraw(self: LossCurves, note: str = ''):
         fig = draw_curves(runs, self.metric_select.value, self.smoothing.value, self.log_scale.value,
                           self.step_range.value, self.show_eval.value)
         self.plot.value = png_bytes(fig)
-        self.status.value = (f'{len(runs)} run{"" if len(runs) == 1 else "s"} · {", ".join(self.metric_select.value)} · smoothing {self.smoothing.value:.2f}'
-                             f' · steps {self.step_range.value[0]}–{self.step_range.value[1]}' + (f' · {note}' if note else ''))
+        (lo, hi), metrics = self.step_range.value, ', '.join(self.metric_select.value)
+        self.status.value = (f'{len(runs)} run{"" if len(runs) == 1 else "s"} · {metrics}'
+                             f' · smoothing {self.smoothing.value:.2f} · steps {lo}–{hi}'
+                             + (f' · {note}' if note else ''))
 
+# %% ../nbs/14_widgets.ipynb #e2c81d34
 @patch
 def on_change(self: LossCurves, change=None):
     "Redraw after a change of a setting (not while the widget updates its own controls)."
     if not self._quiet: self.redraw()
 
+# %% ../nbs/14_widgets.ipynb #cca940ae
 @patch
 def on_runs_change(self: LossCurves, change=None):
+    "Read and draw the newly selected runs (not while the widget updates the list itself)."
     if not self._quiet: self.reload()
 
 # %% ../nbs/14_widgets.ipynb #e137d95f
@@ -494,10 +501,14 @@ def on_auto_reload(self: LossCurves, change=None):
         timer.cancel()
         if timer is not threading.current_thread(): timer.join()  # let a reload in progress finish first
     if self.auto_reload.value:
-        self._timer = threading.Timer(self.interval, self._tick); self._timer.daemon = True; self._timer.start()
+        self._timer = threading.Timer(self.interval, self._tick)
+        self._timer.daemon = True
+        self._timer.start()
 
+# %% ../nbs/14_widgets.ipynb #3fa124cb
 @patch
 def _tick(self: LossCurves):
+    "One automatic reload, then the next timer (if the box is still ticked)."
     self.reload()
     self.on_auto_reload()
 

@@ -156,7 +156,7 @@ from domain_canine.training import train
 class StopAt(Callback):
     "Asks the run to stop after step 3 (callbacks live in rank 0 only)."
     def on_step(self, trainer):
-        if trainer.state.step == 3: trainer.stop = True
+        if trainer.state.step == 3: trainer.request_stop()
 train(resolve_config('tiny', max_steps=50, logging_steps=2, eval_steps=100, save_steps=100, output_dir=sys.argv[1]), [StopAt()])
 '''
 

@@ -76,7 +76,7 @@ class StopAt(Callback):
     "Stops the run after step `n` as a signal would (a checkpoint of that step, no final model)."
     def __init__(self, n): self.n = n
     def on_step(self, trainer):
-        if trainer.state.step == self.n: trainer.interrupted, trainer.stop = 'a test', True
+        if trainer.state.step == self.n: trainer.request_stop(by='a test')
 
 def test_a_stopped_and_resumed_run_is_bit_for_bit_the_uninterrupted_one(task, reference):
     s = settings(task, 'stopped')
