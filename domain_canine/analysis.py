@@ -19,10 +19,13 @@ __all__ = ['METRICS', 'RUN_PANELS', 'PROBE_PANELS', 'FINETUNE_FIGURES', 'read_me
 def read_metrics(run_dir) -> dict[str, list[dict]]:
     "The train and eval records of a run's `metrics.jsonl`, each in step order."
     path = Path(run_dir) / 'metrics.jsonl'
-    if not path.is_file(): raise FileNotFoundError(f'no metrics.jsonl in {run_dir}: is it a training output directory?')
+    if not path.is_file():
+        raise FileNotFoundError(f'no metrics.jsonl in {run_dir}: is it a training output directory?')
     records = {'train': [], 'eval': []}
     for line in path.read_text().splitlines():
-        if line.strip(): m = json.loads(line); records[m['type']].append(m)
+        if line.strip():
+            m = json.loads(line)
+            records[m['type']].append(m)
     for v in records.values(): v.sort(key=lambda m: m['step'])
     return records
 
@@ -45,7 +48,8 @@ METRICS = {  # name: (key of train records, key of eval records, panel title, sm
 }
 
 # %% ../nbs/12_analysis.ipynb #08c36747
-def _series(records: list[dict], key: str | None, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+def _series(records: list[dict], key: str | None, lo: int,
+            hi: int) -> tuple[np.ndarray, np.ndarray]:
     "Steps and values of `key` in `records` within steps [lo, hi]."
     pts = [(r['step'], r[key]) for r in records if key and key in r and lo <= r['step'] <= hi]
     return np.array([s for s, _ in pts]), np.array([v for _, v in pts], dtype=float)
@@ -65,7 +69,8 @@ def _draw_run(ax, m: dict, metric: str, colour: str, name: str, smoothing: float
 
 # %% ../nbs/12_analysis.ipynb #4d505d42
 def _log_axis(ax):
-    "A logarithmic y axis labelled with plain numbers (minor ticks too, when it spans about a decade)."
+    """A logarithmic y axis labelled with plain numbers (minor
+    ticks too, when it spans about a decade)."""
     ax.set_yscale('log')
     plain = FuncFormatter(lambda v, _: f'{v:g}')
     lo, hi = ax.get_ylim()
@@ -79,7 +84,8 @@ def draw_curves(runs: dict[str, dict], # run name: its `read_metrics` records
                 log_scale: bool = False, # logarithmic y axes (not for accuracy)
                 steps: tuple[int, int] = (0, 2**62), # first and last optimizer step shown
                 show_eval: bool = True, # evaluation points on the loss and perplexity panels
-                figure=Figure, # makes the figure: `Figure` (its own) or `plt.figure` (one pyplot shows)
+                # makes the figure: `Figure` (its own) or `plt.figure` (one pyplot shows)
+                figure=Figure,
                ) -> Figure:
     "One panel per metric, one colour per run."
     metrics = list(metrics) or ['loss']
@@ -103,26 +109,32 @@ def draw_curves(runs: dict[str, dict], # run name: its `read_metrics` records
 RUN_PANELS = ('loss', 'accuracy', 'learning rate', 'domains/s')  # the panels of `plot_runs`
 
 def plot_runs(run_dirs: list, log_loss: bool = False) -> Figure:
-    "Loss (train and validation), validation accuracy, learning rate and throughput of several runs."
+    """Loss (train and validation), validation accuracy, learning
+    rate and throughput of several runs."""
     paths = [Path(r) for r in run_dirs]
     names = [p.name for p in paths]
-    if len(set(names)) < len(names): names = [str(p) for p in paths]  # runs of one name: their paths
-    fig = draw_curves({n: read_metrics(p) for n, p in zip(names, paths)}, RUN_PANELS, figure=plt.figure)
+    # runs of one name: their paths
+    if len(set(names)) < len(names): names = [str(p) for p in paths]
+    fig = draw_curves({n: read_metrics(p) for n, p in zip(names, paths)}, RUN_PANELS,
+                      figure=plt.figure)
     if log_loss and fig.axes[0].lines: _log_axis(fig.axes[0])
     return fig
 
 # %% ../nbs/12_analysis.ipynb #f2c4b8a1
 def read_probes(run_dir) -> list[dict]:
-    "The probe reports of a run (`probes.jsonl`, written by `domain-canine probe`) in step order; [] if it has none."
+    """The probe reports of a run (`probes.jsonl`, written by
+    `domain-canine probe`) in step order; [] if it has none."""
     path = Path(run_dir) / 'probes.jsonl'
     if not path.is_file(): return []
     reports = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return sorted((r for r in reports if r.get('step') is not None), key=lambda r: r['step'])
 
 # %% ../nbs/12_analysis.ipynb #d0a39e64
-PROBE_PANELS = (  # title, the report's section, its scorer or task, the model's entry, the baseline's, the figure
+# title, the report's section, its scorer or task, the model's entry, the baseline's, the figure
+PROBE_PANELS = (
     ('look-alike AUC (PLL/char)', 'ranking', None, 'pll_per_char', 'ngram_per_char', 'auc'),
-    ('real ranked first (PLL/char)', 'ranking', None, 'pll_per_char', 'ngram_per_char', 'ranked_first'),
+    ('real ranked first (PLL/char)', 'ranking', None, 'pll_per_char', 'ngram_per_char',
+     'ranked_first'),
     ('TLD probe accuracy', 'linear_probes', 'tld', 'embedding', 'tfidf', 'accuracy'),
     ('look-alike probe macro-F1', 'linear_probes', 'lookalike', 'embedding', 'tfidf', 'macro_f1'))
 
@@ -135,7 +147,8 @@ def _probe_figure(report: dict, section: str, task, entry: str, figure: str):
 
 # %% ../nbs/12_analysis.ipynb #f2b51a75
 def plot_probes(run_dirs: list) -> plt.Figure | None:
-    "Probe figures of several runs against training step, baselines dashed; None when no run has been probed."
+    """Probe figures of several runs against training step, baselines
+    dashed; None when no run has been probed."""
     probed = [(i, Path(run), read_probes(run)) for i, run in enumerate(run_dirs)]
     probed = [(i, run, reports) for i, run, reports in probed if reports]
     if not probed: return None
@@ -143,18 +156,24 @@ def plot_probes(run_dirs: list) -> plt.Figure | None:
     for ax, (title, section, task, entry, base, figure) in zip(axes, PROBE_PANELS):
         for i, run, reports in probed:
             steps = [r['step'] for r in reports]
-            ax.plot(steps, [_probe_figure(r, section, task, entry, figure) for r in reports], 'o-', color=f'C{i}', label=run.name)
+            ax.plot(steps, [_probe_figure(r, section, task, entry, figure) for r in reports], 'o-',
+                    color=f'C{i}', label=run.name)
             baseline = _probe_figure(reports[-1], section, task, base, figure)
-            if baseline is not None: ax.axhline(baseline, color=f'C{i}', ls='--', lw=1, label=f'{run.name} baseline')
-        ax.set_title(title); ax.set_xlabel('optimizer step'); ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8); fig.tight_layout()
+            if baseline is not None:
+                ax.axhline(baseline, color=f'C{i}', ls='--', lw=1, label=f'{run.name} baseline')
+        ax.set_title(title)
+        ax.set_xlabel('optimizer step')
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
     return fig
 
 # %% ../nbs/12_analysis.ipynb #3e38a56c
 FINETUNE_FIGURES = ('accuracy', 'macro_f1', 'roc_auc')
 
 def read_finetune(run_dir) -> list[dict]:
-    "The records of a run's `finetune.jsonl` (or of that file, given itself), stepless first, then by step; [] if none."
+    """The records of a run's `finetune.jsonl` (or of that file, given
+    itself), stepless first, then by step; [] if none."""
     path = Path(run_dir)
     path = path if path.suffix == '.jsonl' else path / 'finetune.jsonl'
     if not path.is_file(): return []
@@ -174,26 +193,33 @@ def _std(v: list) -> float:
 
 # %% ../nbs/12_analysis.ipynb #af0cf1f6
 def _plot_arms(ax, records: list[dict], figure: str, run: str, marker: str, colours: dict):
-    "One run's arms on one panel: a curve with error bars per arm with steps, a dashed line per arm without."
+    """One run's arms on one panel: a curve with error bars per arm
+    with steps, a dashed line per arm without."""
     for arm in dict.fromkeys(r['arm'] for r in records):
         mine = [r for r in records if r['arm'] == arm and r.get(figure) is not None]
         colour = colours.setdefault(arm, f'C{len(colours)}')
         stepped = [r for r in mine if r.get('step') is not None]
         if stepped:
-            ax.errorbar(*_seed_means(stepped, figure), fmt=f'{marker}-', color=colour, capsize=3, label=f'{run} {arm}')
+            ax.errorbar(*_seed_means(stepped, figure), fmt=f'{marker}-', color=colour, capsize=3,
+                        label=f'{run} {arm}')
         if flat := [r[figure] for r in mine if r.get('step') is None]:
             ax.axhline(sum(flat) / len(flat), color=colour, ls='--', lw=1, label=f'{run} {arm}')
 
 def plot_finetune(run_dirs: list, figures: tuple = FINETUNE_FIGURES) -> plt.Figure | None:
-    "Fine-tuning figures of several runs against the pre-training step; None when no run has finetune.jsonl."
+    """Fine-tuning figures of several runs against the pre-training
+    step; None when no run has finetune.jsonl."""
     runs = [(Path(run).name, records) for run in run_dirs if (records := read_finetune(run))]
-    shown = [f for f in figures if any(r.get(f) is not None for _, records in runs for r in records)]
+    shown = [f for f in figures if any(r.get(f) is not None for _,
+                                       records in runs for r in records)]
     if not shown: return None
     fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 3.6), squeeze=False)
     colours = {}
     for ax, figure in zip(axes[0], shown):
         for (run, records), marker in zip(runs, 'os^vD' * len(runs)):
             _plot_arms(ax, records, figure, run, marker, colours)
-        ax.set_title(f'{figure} (test side)'); ax.set_xlabel('pre-training step'); ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8); fig.tight_layout()
+        ax.set_title(f'{figure} (test side)')
+        ax.set_xlabel('pre-training step')
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
     return fig

@@ -15,13 +15,16 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CanineModel
 from .data import EncodedDomains, load_corpus, prepare_corpus
-from .masking import CharVocab, MaskedBatches, MASK, CLS, SEP, PAD, padding_fraction, padded_length
+from .masking import (CharVocab, MaskedBatches, MASK, CLS, SEP, PAD, padding_fraction,
+                                   padded_length)
 from .model import DomainCanineMLM, canine_config, mlm_head, use_sdpa
-from .core import ConfigError, WriteError, autocast, check_folder, pick_device, pick_precision, write_atomic
+from .core import (ConfigError, WriteError, autocast, check_folder, pick_device,
+                                pick_precision, write_atomic)
 from .config import resolve_config
 from .callbacks import Callback
 from .distributed import shutdown_distributed
-from .training import Trainer, make_optimizer, compile_encoder, round_width, COMPILE_WIDTH
+from .training import (Trainer, make_optimizer, compile_encoder, round_width,
+                                    COMPILE_WIDTH)
 from fastcore.basics import patch
 
 # %% auto #0
@@ -30,22 +33,27 @@ __all__ = ['ORIGINAL_CLASSES', 'PEAK_TFLOPS', 'SDPA_OPS', 'ABLATIONS', 'TARGETS'
            'reference_figures', 'bench_training', 'bench_ablations', 'bench_pipeline', 'bench_masking',
            'measure_preparation', 'in_new_process', 'late_checkpoint', 'measure_opening', 'measure_training',
            'bench_scale', 'gpu_figures', 'measured_matmul_tflops', 'device_versions', 'sdpa_kernels', 'run_bench',
-           'Phase', 'one_line', 'run_phases', 'DeviceCheck', 'SyncCounter', 'PoisonStep', 'sync_spans', 'judge',
+           'Phase', 'one_line', 'run_phases', 'DeviceCheck', 'SyncCounter', 'PoisonSteps', 'sync_spans', 'judge',
            'device_check_main']
 
 # %% ../nbs/15_bench.ipynb #3f2482df
 ORIGINAL_CLASSES = 16_384
 
-def reference_batch(domains: list[str], max_length: int, rng: np.random.Generator, p: float = 0.15) -> dict:
-    "The original design's batch: fixed padding, per-example Python masking, code-point labels at every position."
+def reference_batch(domains: list[str], max_length: int, rng: np.random.Generator,
+                    p: float = 0.15) -> dict:
+    """The original design's batch: fixed padding, per-example Python
+    masking, code-point labels at every position."""
     ids, labels = [], []
     for d in domains:  # one example at a time, as the original collator did
         seq = [CLS] + [ord(c) for c in d][:max_length - 2] + [SEP]
         lab = [-100] * len(seq)
         for i in range(1, len(seq) - 1):
-            if rng.random() < p: lab[i] = seq[i] if seq[i] < ORIGINAL_CLASSES else -100; seq[i] = MASK
+            if rng.random() < p:
+                lab[i] = seq[i] if seq[i] < ORIGINAL_CLASSES else -100
+                seq[i] = MASK
         pad = max_length - len(seq)
-        ids.append(seq + [PAD] * pad); labels.append(lab + [-100] * pad)
+        ids.append(seq + [PAD] * pad)
+        labels.append(lab + [-100] * pad)
     ids = torch.tensor(ids)
     return dict(input_ids=ids, attention_mask=(ids != PAD).long(), labels=torch.tensor(labels))
 
@@ -55,37 +63,52 @@ class ReferenceMLM(nn.Module):
         super().__init__()
         self.encoder, self.head = encoder, mlm_head(encoder.config.hidden_size, ORIGINAL_CLASSES)
     def forward(self, input_ids, attention_mask, labels):
-        logits = self.head(self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state)
+        logits = self.head(self.encoder(input_ids=input_ids,
+                                        attention_mask=attention_mask).last_hidden_state)
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
 
 # %% ../nbs/15_bench.ipynb #5a1cf475
 class PeakMemory:
-    "Peak memory of a block above its level at the start: CUDA allocated memory, or the CPU's resident set (sampled)."
+    """Peak memory of a block above its level at the start: CUDA allocated
+    memory, or the CPU's resident set (sampled)."""
     def __init__(self, device: torch.device): self.device, self.mb = device, 0.0
-    def _rss(self) -> float: return int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+    def _rss(self) -> float:
+        return int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
     def __enter__(self):
-        if self.device.type == 'cuda':  # the same measure as on the CPU: what the block adds to what was there
-            torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(self.device)
-            self.start = torch.cuda.memory_allocated(self.device) / 2**20; return self
+        # the same measure as on the CPU: what the block adds to what was there
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device) / 2**20
+            return self
         self.start, self.peak, self.running = self._rss(), self._rss(), True
         def sample():
-            while self.running: self.peak = max(self.peak, self._rss()); time.sleep(0.002)
-        self.thread = threading.Thread(target=sample, daemon=True); self.thread.start()
+            while self.running:
+                self.peak = max(self.peak, self._rss())
+                time.sleep(0.002)
+        self.thread = threading.Thread(target=sample, daemon=True)
+        self.thread.start()
         return self
     def __exit__(self, *exc):
-        if self.device.type == 'cuda': self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20 - self.start; return
-        self.running = False; self.thread.join(); self.mb = self.peak - self.start
+        if self.device.type == 'cuda':
+            self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20 - self.start
+            return
+        self.running = False
+        self.thread.join()
+        self.mb = self.peak - self.start
 
 def _sync(device):
     if device.type == 'cuda': torch.cuda.synchronize()
 
 def pinned(batch: dict, device: torch.device) -> dict:
-    "`batch` in page-locked host memory when it goes to a GPU, so that its copy can be asynchronous."
+    """`batch` in page-locked host memory when it goes to a GPU,
+    so that its copy can be asynchronous."""
     return {k: v.pin_memory() for k, v in batch.items()} if device.type == 'cuda' else batch
 
 # %% ../nbs/15_bench.ipynb #c7728c2a
 def training_flops(model: nn.Module, loss_of, batch: dict, device, amp_dtype) -> float:
-    "Model FLOPs of one forward and backward pass on `batch`, counted by torch's FLOP counter (weights unchanged)."
+    """Model FLOPs of one forward and backward pass on `batch`, counted
+    by torch's FLOP counter (weights unchanged)."""
     from torch.utils.flop_counter import FlopCounterMode
     batch = {k: v.to(device) for k, v in batch.items()}
     with FlopCounterMode(display=False) as counter:
@@ -104,60 +127,81 @@ def probe_batch(width: int, masked: int) -> dict:
     return dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels,
                 masked_index=torch.arange(1, masked + 1))
 
-def flops_by_width(model: DomainCanineMLM, widths, device, amp_dtype) -> tuple[dict[int, float], float]:
-    "FLOPs of a training step per domain at each width (head excluded), and the head's per masked character."
-    count = lambda w, m: training_flops(model, lambda mod, b: mod(**b).loss, probe_batch(w, m), device, amp_dtype)
+def flops_by_width(model: DomainCanineMLM, widths, device,
+                   amp_dtype) -> tuple[dict[int, float], float]:
+    """FLOPs of a training step per domain at each width (head
+    excluded), and the head's per masked character."""
+    count = lambda w, m: training_flops(model, lambda mod, b: mod(**b).loss, probe_batch(w, m),
+                                        device, amp_dtype)
     head = count(max(widths), 2) - count(max(widths), 1)
     return {w: count(w, 1) - head for w in sorted(set(widths))}, head
 
 def batch_flops(batch: dict, per_width: dict[int, float], head: float) -> tuple[float, float]:
-    "FLOPs of a training step on `batch`: as run (padding included), and those of its real positions (prorated)."
+    """FLOPs of a training step on `batch`: as run (padding included),
+    and those of its real positions (prorated)."""
     b, w = batch['input_ids'].shape
     masked = head * len(batch['masked_index'])
     real = int(batch['attention_mask'].sum())  # [CLS], characters and [SEP] of every row
     return b * per_width[w] + masked, per_width[w] * real / w + masked
 
 # %% ../nbs/15_bench.ipynb #bafee4c4
-def time_training(model: nn.Module, batches: list[dict], # built before timing: warmup + windows × window_steps
-                  loss_of, device, amp_dtype, warmup: int = 3, windows: int = 5, window_steps: int = 5,
+# built before timing: warmup + windows × window_steps
+def time_training(model: nn.Module, batches: list[dict],
+                  loss_of, device, amp_dtype, warmup: int = 3, windows: int = 5,
+                  window_steps: int = 5,
                   fused: bool | None = None) -> dict:
-    "Median domains/s and characters/s over timed windows of training steps on prebuilt batches, and peak memory."
-    if len(batches) < warmup + windows * window_steps: raise ValueError(f'{len(batches)} batches are too few')
+    """Median domains/s and characters/s over timed windows of training
+    steps on prebuilt batches, and peak memory."""
+    if len(batches) < warmup + windows * window_steps:
+        raise ValueError(f'{len(batches)} batches are too few')
     model.to(device).train()
     opt = make_optimizer(model, 1e-4, 0.01, device, fused)
     batches = [pinned(b, device) for b in batches]
     def step(batch):
-        if device.type == 'cuda': torch.compiler.cudagraph_mark_step_begin()  # a new step for CUDA graphs (else a no-op)
+        # a new step for CUDA graphs (else a no-op)
+        if device.type == 'cuda': torch.compiler.cudagraph_mark_step_begin()
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with autocast(device, amp_dtype):
             loss = loss_of(model, batch)
-        loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
-    seconds, timed = [], [batches[warmup + w * window_steps:][:window_steps] for w in range(windows)]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    seconds, timed = [], [batches[warmup + w * window_steps:][:window_steps]
+                          for w in range(windows)]
     with PeakMemory(device) as mem:
         for b in batches[:warmup]: step(b)
         for window in timed:
-            _sync(device); t = time.perf_counter()
+            _sync(device)
+            t = time.perf_counter()
             for b in window: step(b)
-            _sync(device); seconds.append(time.perf_counter() - t)
+            _sync(device)
+            seconds.append(time.perf_counter() - t)
     domains = [sum(len(b['input_ids']) for b in w) for w in timed]
-    chars = [sum(int(b['attention_mask'].sum()) - 2 * len(b['input_ids']) for b in w) for w in timed]
+    chars = [sum(int(b['attention_mask'].sum()) - 2 * len(b['input_ids']) for b in w)
+             for w in timed]
     return dict(domains_per_s=statistics.median(n / s for n, s in zip(domains, seconds)),
-                chars_per_s=statistics.median(c / s for c, s in zip(chars, seconds)), peak_memory_mb=mem.mb,
+                chars_per_s=statistics.median(c / s for c, s in zip(chars, seconds)),
+                peak_memory_mb=mem.mb,
                 timed_s=sum(seconds), timed=[b for w in timed for b in w])
 
 # %% ../nbs/15_bench.ipynb #8ab99079
-def reference_figures(config: str, domains: list[str], batch_size: int, max_length: int, device, amp_dtype,
+def reference_figures(config: str, domains: list[str], batch_size: int, max_length: int, device,
+                      amp_dtype,
                       warmup: int = 3, windows: int = 5, window_steps: int = 5) -> dict:
-    "Throughput, memory, FLOPs and padding of the original design, from the weights our mode starts from."
+    """Throughput, memory, FLOPs and padding of the original design,
+    from the weights our mode starts from."""
     rng, n = np.random.default_rng(0), warmup + windows * window_steps
-    batches = [reference_batch(domains[i * batch_size:(i + 1) * batch_size], max_length, rng) for i in range(n)]
+    batches = [reference_batch(domains[i * batch_size:(i + 1) * batch_size], max_length, rng)
+               for i in range(n)]
     torch.manual_seed(0)  # as bench_training seeds ours
     model = ReferenceMLM(CanineModel(canine_config(config))).to(device)
-    ref = time_training(model, batches, lambda m, b: m(**b), device, amp_dtype, warmup, windows, window_steps)
+    ref = time_training(model, batches, lambda m, b: m(**b), device, amp_dtype, warmup, windows,
+                        window_steps)
     # every batch has this shape, and the head runs at every position: one count is every batch's
     flops = training_flops(model, lambda m, b: m(**b), batches[-1], device, amp_dtype) / batch_size
     lens = np.array([len(d) for d in domains])
-    return dict(reference_train_domains_per_s=ref['domains_per_s'], reference_peak_memory_mb=ref['peak_memory_mb'],
+    return dict(reference_train_domains_per_s=ref['domains_per_s'],
+                reference_peak_memory_mb=ref['peak_memory_mb'],
                 reference_flops_per_domain=flops,
                 reference_padding_fraction=1 - float(np.mean(np.minimum(lens + 2, max_length))) / max_length)
 
@@ -167,19 +211,27 @@ def _domains(n_min: int) -> list[str]:
     train = load_corpus('sample').train
     return (train * (n_min // len(train) + 1))[:max(n_min, len(train))]
 
-def _bench_batches(ours: MaskedBatches, enc: EncodedDomains, n: int, fixed_width: int | None, compile: bool) -> list[dict]:
-    "`n` batches of `ours`, those of at most `fixed_width` positions padded to it; widened as `--compile` does."
+def _bench_batches(ours: MaskedBatches, enc: EncodedDomains, n: int, fixed_width: int | None,
+                   compile: bool) -> list[dict]:
+    """`n` batches of `ours`, those of at most `fixed_width` positions
+    padded to it; widened as `--compile` does."""
     longest = lambda b: int(enc.lengths_of(ours.indices(b)).max())
-    usable = [b for b in range(len(ours)) if fixed_width is None or padded_length(longest(b)) <= fixed_width]
+    usable = [b for b in range(len(ours)) if fixed_width is None
+              or padded_length(longest(b)) <= fixed_width]
     width = fixed_width or (COMPILE_WIDTH if compile else None)
-    return [ours[usable[i % len(usable)]] if width is None else round_width(ours[usable[i % len(usable)]], width)
+    return [ours[usable[i % len(usable)]] if width is None
+            else round_width(ours[usable[i % len(usable)]], width)
             for i in range(n)]
 
 def bench_training(config: str = 'small', batch_size: int = 256, max_length: int = 64, device=None,
-                   precision: str = 'auto', bucket: bool = True, warmup: int = 3, windows: int = 5, window_steps: int = 5,
-                   reference: bool = True, attention: str = 'sdpa', compile: bool = False, fused: bool | None = None,
-                   cuda_graphs: bool = False, # with compile: torch.compile's reduce-overhead mode (CUDA graphs)
-                   fixed_width: int | None = None, # only batches of at most this width, padded to it (one compiled graph)
+                   precision: str = 'auto', bucket: bool = True, warmup: int = 3, windows: int = 5,
+                   window_steps: int = 5,
+                   reference: bool = True, attention: str = 'sdpa', compile: bool = False,
+                   fused: bool | None = None,
+                   # with compile: torch.compile's reduce-overhead mode (CUDA graphs)
+                   cuda_graphs: bool = False,
+                   # only batches of at most this width, padded to it (one compiled graph)
+                   fixed_width: int | None = None,
                   ) -> dict:
     "Training throughput, memory and FLOPs of our path and (optionally) of the original design."
     device = device if isinstance(device, torch.device) else pick_device(device)
@@ -189,54 +241,72 @@ def bench_training(config: str = 'small', batch_size: int = 256, max_length: int
     enc = EncodedDomains.from_strings(domains)
     ours = MaskedBatches(enc, vocab, batch_size, seed=0, bucket=bucket)
     torch.manual_seed(0)  # the reference mode starts from these weights
-    model = use_sdpa(DomainCanineMLM(CanineModel(canine_config(config)), vocab), attention == 'sdpa').to(device)
+    model = use_sdpa(DomainCanineMLM(CanineModel(canine_config(config)), vocab),
+                     attention == 'sdpa').to(device)
     batches = _bench_batches(ours, enc, n, fixed_width, compile)
     widths = {b['input_ids'].shape[1] for b in batches[warmup:]}
-    per_width, head = flops_by_width(model, widths, device, amp_dtype)  # the eager model's, before any compilation
+    # the eager model's, before any compilation
+    per_width, head = flops_by_width(model, widths, device, amp_dtype)
     if compile: compile_encoder(model, cuda_graphs=cuda_graphs)
-    fast = time_training(model, batches, lambda m, b: m(**b).loss, device, amp_dtype, warmup, windows, window_steps, fused)
+    fast = time_training(model, batches, lambda m, b: m(**b).loss, device, amp_dtype, warmup,
+                         windows, window_steps, fused)
     padded, unpadded = map(sum, zip(*(batch_flops(b, per_width, head) for b in fast['timed'])))
     timed = sum(len(b['input_ids']) for b in fast['timed'])
     out = dict(train_domains_per_s=fast['domains_per_s'], train_chars_per_s=fast['chars_per_s'],
-               peak_memory_mb=fast['peak_memory_mb'], flops_per_domain=padded / timed, unpadded_flops_per_domain=unpadded / timed,
-               achieved_tflops=padded / fast['timed_s'] / 1e12, achieved_unpadded_tflops=unpadded / fast['timed_s'] / 1e12,
+               peak_memory_mb=fast['peak_memory_mb'], flops_per_domain=padded / timed,
+               unpadded_flops_per_domain=unpadded / timed,
+               achieved_tflops=padded / fast['timed_s'] / 1e12,
+               achieved_unpadded_tflops=unpadded / fast['timed_s'] / 1e12,
                padding_fraction=padding_fraction(fast['timed']))
     if reference:
-        out.update(reference_figures(config, domains, batch_size, max_length, device, amp_dtype, warmup, windows, window_steps))
+        out.update(reference_figures(config, domains, batch_size, max_length, device, amp_dtype,
+                                     warmup, windows, window_steps))
         out['speedup'] = fast['domains_per_s'] / out['reference_train_domains_per_s']
     return out
 
 # %% ../nbs/15_bench.ipynb #a753eebe
-def bench_ablations(variants: dict[str, dict], # name → bench_training settings that differ from the default path
-                    config: str = 'small', batch_size: int = 256, device=None, precision: str = 'auto',
+# name → bench_training settings that differ from the default path
+def bench_ablations(variants: dict[str, dict],
+                    config: str = 'small', batch_size: int = 256, device=None,
+                    precision: str = 'auto',
                     rounds: int = 2,
-                    default_domains_per_s: float | None = None, # the default path's rate, measured already: not again
+                    # the default path's rate, measured already: not again
+                    default_domains_per_s: float | None = None,
                     **steps) -> dict:
-    "Median domains/s of the default path and of each variant over `rounds` alternating rounds, with ratios to the default."
+    """Median domains/s of the default path and of each variant over `rounds`
+    alternating rounds, with ratios to the default."""
     device = device if isinstance(device, torch.device) else pick_device(device)
     runs = {**({} if default_domains_per_s else {'default': {}}), **variants}
     rates = {name: [] for name in runs}
     for _ in range(rounds):
         for name, kw in runs.items():
-            kw = dict(kw); tf32 = kw.pop('tf32', True)
-            if device.type == 'cuda': torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+            kw = dict(kw)
+            tf32 = kw.pop('tf32', True)
+            if device.type == 'cuda':
+                torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
             kw.setdefault('precision', precision)
-            rates[name].append(bench_training(config, batch_size, 64, device, reference=False, **kw, **steps)['train_domains_per_s'])
-    if device.type == 'cuda': torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+            rates[name].append(bench_training(config, batch_size, 64, device, reference=False, **kw,
+                                              **steps)['train_domains_per_s'])
+    if device.type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     out = {f'{name}_domains_per_s': statistics.median(r) for name, r in rates.items()}
     if default_domains_per_s: out['default_domains_per_s'] = default_domains_per_s
-    out.update({f'{name}_vs_default': out[f'{name}_domains_per_s'] / out['default_domains_per_s'] for name in variants})
+    out.update({f'{name}_vs_default': out[f'{name}_domains_per_s'] / out['default_domains_per_s']
+                for name in variants})
     return out
 
 # %% ../nbs/15_bench.ipynb #fbcb61ae
 def bench_pipeline(lines: int = 1_000_000, batch_size: int = 256, workdir=None,
-                   corpus: str | Path | None = None, # an existing text corpus to use instead of writing `lines` synthetic domains
+                   # an existing text corpus to use instead of writing `lines` synthetic domains
+                   corpus: str | Path | None = None,
                   ) -> dict:
-    "Domains/s from raw text lines to masked batch tensors drawn the way training draws them, one process, one thread."
+    """Domains/s from raw text lines to masked batch tensors drawn the way
+    training draws them, one process, one thread."""
     from domain_canine.synthetic import make_corpus
     from domain_canine.config import resolve_config
     from domain_canine.run_data import RunBatches
-    threads = torch.get_num_threads(); torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         work = Path(workdir or tempfile.mkdtemp(prefix='domain-canine-bench-'))
         corpus = Path(corpus) if corpus else make_corpus(lines, work / f'synthetic-{lines}.txt')
@@ -245,18 +315,22 @@ def bench_pipeline(lines: int = 1_000_000, batch_size: int = 256, workdir=None,
         t1 = time.perf_counter()
         n_lines = prepared.lines_read
         per_epoch = -(-len(prepared.train) // batch_size)
-        run = RunBatches(prepared.train, CharVocab(), resolve_config(batch_size=batch_size), per_epoch)
-        loader = torch.utils.data.DataLoader(run, batch_size=None, sampler=range(-(-n_lines // batch_size)))
+        run = RunBatches(prepared.train, CharVocab(), resolve_config(batch_size=batch_size),
+                         per_epoch)
+        loader = torch.utils.data.DataLoader(run, batch_size=None,
+                                             sampler=range(-(-n_lines // batch_size)))
         produced = sum(len(b['input_ids']) for b in loader)
         t2 = time.perf_counter()
     finally: torch.set_num_threads(threads)
     return dict(pipeline_domains_per_s=n_lines / (t2 - t0), prepare_lines_per_s=n_lines / (t1 - t0),
-                batch_domains_per_s=produced / (t2 - t1), pipeline_lines=n_lines, pipeline_distinct_domains=len(prepared.train) + len(prepared.valid))
+                batch_domains_per_s=produced / (t2 - t1), pipeline_lines=n_lines,
+                pipeline_distinct_domains=len(prepared.train) + len(prepared.valid))
 
 # %% ../nbs/15_bench.ipynb #f9644d77
 def bench_masking(batch_size: int = 256, batches: int = 200, max_length: int = 64) -> dict:
     "Domains/s of our batch construction and of the original's per-example collator, one thread."
-    threads = torch.get_num_threads(); torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         domains = _domains(batch_size * batches)
         ours = MaskedBatches(EncodedDomains.from_strings(domains), CharVocab(), batch_size, seed=0)
@@ -264,7 +338,8 @@ def bench_masking(batch_size: int = 256, batches: int = 200, max_length: int = 6
         for b in range(batches): ours[b]
         t1 = time.perf_counter()
         rng = np.random.default_rng(0)
-        for b in range(batches): reference_batch(domains[b * batch_size:(b + 1) * batch_size], max_length, rng)
+        for b in range(batches):
+            reference_batch(domains[b * batch_size:(b + 1) * batch_size], max_length, rng)
         t2 = time.perf_counter()
     finally: torch.set_num_threads(threads)
     n = batch_size * batches
@@ -280,32 +355,46 @@ def _memory_mb(field: str) -> float:
 
 def _disk_mb(folder: Path) -> float:
     "MB held by the files under `folder` (0 if it does not exist)."
-    return sum(p.stat().st_size for p in Path(folder).rglob('*') if p.is_file()) / 2**20 if Path(folder).exists() else 0.0
+    return sum(p.stat().st_size for p in Path(folder).rglob('*')
+               if p.is_file()) / 2**20 if Path(folder).exists() else 0.0
 
 def measure_preparation(path: str, cache_dir: str,
-                        max_length: int | None = 128, # as training prepares it (TrainConfig.max_length), so a run finds it cached
+                        # as training prepares it (TrainConfig.max_length), so a run finds it cached
+                        max_length: int | None = 128,
                        ) -> dict:
-    "Prepare `path` in this process: seconds, peak anonymous memory, peak RSS, peak and final disk, then the time to a first streamed batch."
+    """Prepare `path` in this process: seconds, peak anonymous memory, peak RSS, peak
+    and final disk, then the time to a first streamed batch."""
     from domain_canine.config import resolve_config
     from domain_canine.run_data import StreamBatches
     peak, disk, running = [_memory_mb('RssAnon')], [0.0], True
     def sample():
         while running:
-            peak.append(max(peak[-1], _memory_mb('RssAnon'))); disk.append(max(disk[-1], _disk_mb(cache_dir))); time.sleep(0.05)
-    sampler = threading.Thread(target=sample, daemon=True); sampler.start()
+            peak.append(max(peak[-1], _memory_mb('RssAnon')))
+            disk.append(max(disk[-1], _disk_mb(cache_dir)))
+            time.sleep(0.05)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     t0 = time.perf_counter()
     corpus = prepare_corpus(path, max_length=max_length, cache_dir=cache_dir, log=lambda *a: None)
     seconds = time.perf_counter() - t0
-    running = False; sampler.join(); disk.append(_disk_mb(cache_dir))  # sampled every 50 ms: a small corpus may finish between samples
+    running = False
+    sampler.join()
+    # sampled every 50 ms: a small corpus may finish between samples
+    disk.append(_disk_mb(cache_dir))
     t0 = time.perf_counter()
-    next(iter(StreamBatches(resolve_config('demo', dataset=path, streaming=True, max_steps=1), CharVocab())))
-    return dict(lines=corpus.lines_read, prepare_s=seconds, prepare_lines_per_s=corpus.lines_read / seconds,
-                peak_anonymous_mb=max(peak), peak_rss_mb=_memory_mb('VmHWM'), input_mb=Path(path).stat().st_size / 2**20,
-                peak_disk_mb=max(disk), prepared_disk_mb=_disk_mb(corpus.cache), stream_first_batch_s=time.perf_counter() - t0)
+    next(iter(StreamBatches(resolve_config('demo', dataset=path, streaming=True, max_steps=1),
+                            CharVocab())))
+    return dict(lines=corpus.lines_read, prepare_s=seconds,
+                prepare_lines_per_s=corpus.lines_read / seconds,
+                peak_anonymous_mb=max(peak), peak_rss_mb=_memory_mb('VmHWM'),
+                input_mb=Path(path).stat().st_size / 2**20,
+                peak_disk_mb=max(disk), prepared_disk_mb=_disk_mb(corpus.cache),
+                stream_first_batch_s=time.perf_counter() - t0)
 
 # %% ../nbs/15_bench.ipynb #0fed2cca
 def _first_step_and_rows(cmd: list[str], metrics: Path) -> tuple[float, list[dict], float]:
-    "Run a training command: seconds from launch to its first logged step, its metrics rows, its peak RSS (MB)."
+    """Run a training command: seconds from launch to its first logged
+    step, its metrics rows, its peak RSS (MB)."""
     launched = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = proc.stdout.read()
@@ -323,9 +412,11 @@ def _number(v: str):
     return v
 
 def _train_config(args: list[str]):
-    "The `TrainConfig` of the `--flag value` pairs this benchmark writes (the command line's own parser is in the CLI chapter)."
+    """The `TrainConfig` of the `--flag value` pairs this benchmark writes (the
+    command line's own parser is in the CLI chapter)."""
     from domain_canine.config import resolve_config
-    return resolve_config(None, **{k.removeprefix('--'): _number(v) for k, v in zip(args[::2], args[1::2])})
+    return resolve_config(None, **{k.removeprefix('--'): _number(v) for k,
+                                   v in zip(args[::2], args[1::2])})
 
 _CHILD = """import time
 started = time.perf_counter()
@@ -336,14 +427,17 @@ extra = dict(started=started) if 'started' in inspect.signature(func).parameters
 print(json.dumps(func(*args, **extra)))"""
 
 def in_new_process(func: str, *args):
-    """This module's `func(*args)` in a new Python process, where nothing is imported or cached yet (arguments and
-    result as JSON). A `started` parameter of `func` gets the moment that process started, before any import."""
-    r = subprocess.run([sys.executable, '-c', _CHILD, func, json.dumps(args)], capture_output=True, text=True)
+    """This module's `func(*args)` in a new Python process, where nothing is imported or cached yet
+    (arguments and result as JSON). A `started` parameter of `func` gets the moment that process
+    started, before any import."""
+    r = subprocess.run([sys.executable, '-c', _CHILD, func, json.dumps(args)], capture_output=True,
+                       text=True)
     if r.returncode: raise RuntimeError(f'{func} failed in its own process:\n{r.stderr[-3000:]}')
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 def late_checkpoint(args: list[str], source: str, epoch: float) -> tuple[int, str]:
-    "Save a copy of checkpoint `source` that claims to be `epoch` epochs in (what a long run would leave): step, path."
+    """Save a copy of checkpoint `source` that claims to be `epoch` epochs
+    in (what a long run would leave): step, path."""
     t = Trainer.from_config(_train_config([*args, '--resume_from', source]), log=lambda *a: None)
     s = t.resume()
     s.step = round(epoch * t.steps_per_epoch)
@@ -351,11 +445,14 @@ def late_checkpoint(args: list[str], source: str, epoch: float) -> tuple[int, st
     return s.step, str(t.save(f'checkpoint-step-{s.step}'))
 
 # %% ../nbs/15_bench.ipynb #3aaa00a9
-def measure_opening(args: list[str], # a `domain-canine train` command line (its corpus prepared already)
+# a `domain-canine train` command line (its corpus prepared already)
+def measure_opening(args: list[str],
                     late_micro_batch: int, # the first micro-batch of a late resume
-                    started: float, # `time.perf_counter()` at the start of this process, before any import
+                    # `time.perf_counter()` at the start of this process, before any import
+                    started: float,
                    ) -> dict:
-    "Seconds to import, to open the prepared corpus (`load_run_data`), to the first micro-batch fresh and late."
+    """Seconds to import, to open the prepared corpus (`load_run_data`),
+    to the first micro-batch fresh and late."""
     from domain_canine.run_data import load_run_data
     cfg, t0 = _train_config(args), time.perf_counter()
     data = load_run_data(cfg, log=lambda *a: None)
@@ -363,35 +460,47 @@ def measure_opening(args: list[str], # a `domain-canine train` command line (its
     data.run_batches[0]
     t2 = time.perf_counter()
     data.run_batches[late_micro_batch]
-    return dict(import_s=t0 - started, open_s=t1 - t0, first_batch_s=t2 - t1, late_batch_s=time.perf_counter() - t2)
+    return dict(import_s=t0 - started, open_s=t1 - t0, first_batch_s=t2 - t1,
+                late_batch_s=time.perf_counter() - t2)
 
 # %% ../nbs/15_bench.ipynb #c4f61d98
-def measure_training(path: str, cache_dir: str, output_dir: str, steps: int = 60, evals: int = 3, batch_size: int = 256,
+def measure_training(path: str, cache_dir: str, output_dir: str, steps: int = 60, evals: int = 3,
+                     batch_size: int = 256,
                      late_epoch: float = 9.5, # where the late resume starts, in epochs
                      repeats: int = 3, # resumes from each checkpoint, alternating; medians reported
                     ) -> dict:
-    "The real `domain-canine train` on `path` (tiny model, CPU): time to the first step, rate, evaluation cost, resume cost."
+    """The real `domain-canine train` on `path` (tiny model, CPU): time to the
+    first step, rate, evaluation cost, resume cost."""
     out = Path(output_dir)
-    args = ['--dataset', path, '--cache_dir', cache_dir, '--model_config', 'tiny', '--device', 'cpu', '--batch_size', str(batch_size),
-            '--learning_rate', '1e-3', '--warmup_steps', '10', '--logging_steps', '1', '--eval_steps', str(steps // evals),
-            '--save_steps', str(steps // evals), '--save_total_limit', str(evals + 1), '--output_dir', str(out)]
+    args = ['--dataset', path, '--cache_dir', cache_dir, '--model_config', 'tiny', '--device',
+            'cpu', '--batch_size', str(batch_size),
+            '--learning_rate', '1e-3', '--warmup_steps', '10', '--logging_steps', '1',
+            '--eval_steps', str(steps // evals),
+            '--save_steps', str(steps // evals), '--save_total_limit', str(evals + 1),
+            '--output_dir', str(out)]
     cmd = [sys.executable, '-m', 'domain_canine', 'train', *args]
-    first, rows, rss = _first_step_and_rows(cmd + ['--max_steps', str(steps)], out / 'metrics.jsonl')
+    first, rows, rss = _first_step_and_rows(cmd + ['--max_steps', str(steps)],
+                                            out / 'metrics.jsonl')
     train, ev = [r for r in rows if r['type'] == 'train'], [r for r in rows if r['type'] == 'eval']
-    if len(list(Path(cache_dir).glob('corpora/*/stats.json'))) > 1:  # time to first step must not include a preparation
-        raise RuntimeError(f'the training run did not find the corpus prepared in {cache_dir}: it prepared it again')
+    # time to first step must not include a preparation
+    if len(list(Path(cache_dir).glob('corpora/*/stats.json'))) > 1:
+        raise RuntimeError(f'the training run did not find the corpus prepared in {cache_dir}: it '
+                           f'prepared it again')
     r = dict(first_step_s=first, domains_per_s=statistics.median(t['domains_per_s'] for t in train),
-             eval_s=statistics.median(e['eval_s'] for e in ev), evals=len(ev), eval_domains=ev[0]['val_domains'],
+             eval_s=statistics.median(e['eval_s'] for e in ev), evals=len(ev),
+             eval_domains=ev[0]['val_domains'],
              marginal_s=max(x['time'] for x in rows) - train[0]['time'], train_peak_rss_mb=rss)
     early = out / f'checkpoint-step-{steps // evals}'
     late_step, late = in_new_process('late_checkpoint', args, str(early), late_epoch)
-    r.update(in_new_process('measure_opening', args, late_step))  # its import, timed from the process's start
+    # its import, timed from the process's start
+    r.update(in_new_process('measure_opening', args, late_step))
     r.update(late_step=late_step, after_open_s=first - r['import_s'] - r['open_s'])
     points = (('early', early, steps // evals + 5), ('late', Path(late), late_step + 5))
     return dict(r, **_resume_seconds(cmd, out, points, repeats))
 
 def _resume_seconds(cmd: list[str], out: Path, points, repeats: int) -> dict:
-    "Median seconds to the first step of runs resumed from each (name, checkpoint, stop step), alternating."
+    """Median seconds to the first step of runs resumed from each
+    (name, checkpoint, stop step), alternating."""
     resumes = {name: [] for name, _, _ in points}
     for _ in range(repeats):
         for name, ckpt, stop in points:
@@ -405,11 +514,14 @@ def _resume_seconds(cmd: list[str], out: Path, points, repeats: int) -> dict:
 
 # %% ../nbs/15_bench.ipynb #5351f50f
 def bench_scale(sizes: tuple[int, ...] = (1_000_000, 10_000_000), # corpus sizes in lines
-                workdir=None, # where corpora, caches and runs go (kept when given: a rerun reuses the corpora)
+                # where corpora, caches and runs go (kept when given: a rerun reuses the corpora)
+                workdir=None,
                 seed: int = 0,
-                train: bool = False, # also run `domain-canine train` on each prepared corpus (`measure_training`)
+                # also run `domain-canine train` on each prepared corpus (`measure_training`)
+                train: bool = False,
                 **train_kw) -> list[dict]:
-    "`measure_preparation` (and `measure_training`) on synthetic corpora of each size, each in fresh processes."
+    """`measure_preparation` (and `measure_training`) on synthetic
+    corpora of each size, each in fresh processes."""
     from domain_canine.synthetic import make_corpus
     work, out = Path(workdir or tempfile.mkdtemp(prefix='domain-canine-scale-')), []
     work.mkdir(parents=True, exist_ok=True)
@@ -418,31 +530,40 @@ def bench_scale(sizes: tuple[int, ...] = (1_000_000, 10_000_000), # corpus sizes
         if not path.exists(): make_corpus(n, path.with_suffix('.partial'), seed).rename(path)
         cache = work / f'cache-{n}'
         shutil.rmtree(cache, ignore_errors=True)  # preparation is measured from nothing
-        out.append(in_new_process('measure_preparation', str(path), str(cache)))  # nothing loaded before it
+        # nothing loaded before it
+        out.append(in_new_process('measure_preparation', str(path), str(cache)))
         if train:
             for old in work.glob(f'run-{n}*'): shutil.rmtree(old)
-            out[-1].update(measure_training(str(path), str(cache), str(work / f'run-{n}'), **train_kw))
-    if train and len(out) > 1: out[-1]['marginal_vs_smallest'] = out[-1]['marginal_s'] / out[0]['marginal_s']
+            out[-1].update(measure_training(str(path), str(cache), str(work / f'run-{n}'),
+                                            **train_kw))
+    if train and len(out) > 1:
+        out[-1]['marginal_vs_smallest'] = out[-1]['marginal_s'] / out[0]['marginal_s']
     if workdir is None: shutil.rmtree(work)
     return out
 
 # %% ../nbs/15_bench.ipynb #639a406c
-PEAK_TFLOPS = {(8, 0): 312.0, (8, 6): 142.0, (8, 9): 165.0, (9, 0): 989.0, (10, 0): 2250.0}  # dense bf16, SXM parts
+# dense bf16, SXM parts
+PEAK_TFLOPS = {(8, 0): 312.0, (8, 6): 142.0, (8, 9): 165.0, (9, 0): 989.0, (10, 0): 2250.0}
 
 def gpu_figures(achieved_tflops: float, achieved_unpadded_tflops: float, device: torch.device,
-                measured_peak: float | None = None, # TFLOP/s of `measured_matmul_tflops` on this GPU
+                # TFLOP/s of `measured_matmul_tflops` on this GPU
+                measured_peak: float | None = None,
                ) -> dict:
-    "Model FLOPs utilisation, against the measured dense rate where given and against the data sheet."
+    """Model FLOPs utilisation, against the measured dense rate
+    where given and against the data sheet."""
     if device.type != 'cuda': return dict(mfu=None, mfu_unpadded=None)
     sheet = PEAK_TFLOPS.get(torch.cuda.get_device_capability(device))
     per_peak = lambda x, peak: x / peak if peak else None
     return dict(gpu=torch.cuda.get_device_name(device), measured_peak_tflops=measured_peak,
-                mfu=per_peak(achieved_tflops, measured_peak), mfu_unpadded=per_peak(achieved_unpadded_tflops, measured_peak),
+                mfu=per_peak(achieved_tflops, measured_peak),
+                mfu_unpadded=per_peak(achieved_unpadded_tflops, measured_peak),
                 mfu_of_data_sheet=per_peak(achieved_tflops, sheet))
 
-def measured_matmul_tflops(device: torch.device, n: int = 8192, warmup_s: float = 1.0, rounds: int = 10,
+def measured_matmul_tflops(device: torch.device, n: int = 8192, warmup_s: float = 1.0,
+                           rounds: int = 10,
                            repeats: int = 20, dtype=torch.bfloat16) -> dict:
-    "The dense bf16 matrix-multiply rate this GPU sustains (TFLOP/s, median and best of `rounds`), after `warmup_s` of it."
+    """The dense bf16 matrix-multiply rate this GPU sustains (TFLOP/s, median
+    and best of `rounds`), after `warmup_s` of it."""
     if device.type != 'cuda': return dict(measured_peak_tflops=None)
     a, b, c = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(3))
     t = time.perf_counter()
@@ -453,55 +574,68 @@ def measured_matmul_tflops(device: torch.device, n: int = 8192, warmup_s: float 
     for _ in range(rounds):
         start.record()
         for _ in range(repeats): torch.matmul(a, b, out=c)
-        end.record(); torch.cuda.synchronize()
+        end.record()
+        torch.cuda.synchronize()
         rates.append(2 * n**3 * repeats / (start.elapsed_time(end) / 1e3) / 1e12)
     return dict(measured_peak_tflops=statistics.median(rates), measured_peak_tflops_best=max(rates))
 
 def device_versions(device: torch.device) -> dict:
     "What the figures were measured with: versions of the stack and the device."
     import platform, transformers, fastcore
-    out = dict(python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
+    out = dict(python=platform.python_version(), torch=torch.__version__,
+               transformers=transformers.__version__,
                numpy=np.__version__, fastcore=fastcore.__version__, cuda=torch.version.cuda,
                cudnn=torch.backends.cudnn.version() if torch.cuda.is_available() else None)
     if device.type == 'cuda':
         p = torch.cuda.get_device_properties(device)
-        out.update(gpu=p.name, compute_capability='.'.join(map(str, torch.cuda.get_device_capability(device))),
+        out.update(gpu=p.name, compute_capability='.'.join(map(str,
+                                                               torch.cuda.get_device_capability(device))),
                    gpu_memory_gb=round(p.total_memory / 2**30, 1))
     return out
 
 # %% ../nbs/15_bench.ipynb #12b13274
-SDPA_OPS = {'_scaled_dot_product_efficient_attention': 'efficient_attention', '_scaled_dot_product_flash_attention':
+SDPA_OPS = {'_scaled_dot_product_efficient_attention': 'efficient_attention',
+            '_scaled_dot_product_flash_attention':
             'flash_attention', '_scaled_dot_product_cudnn_attention': 'cudnn_attention',
-            '_scaled_dot_product_attention_math': 'math', '_scaled_dot_product_flash_attention_for_cpu': 'flash_attention_cpu'}
+            '_scaled_dot_product_attention_math': 'math',
+            '_scaled_dot_product_flash_attention_for_cpu': 'flash_attention_cpu'}
 
 def sdpa_kernels(config: str, batch_size: int, device: torch.device, amp_dtype) -> dict:
-    "The SDPA kernels one training step of our model runs at its real shape, with dropout and a padding mask."
+    """The SDPA kernels one training step of our model runs at its real
+    shape, with dropout and a padding mask."""
     from torch.profiler import ProfilerActivity, profile
     torch.manual_seed(0)
     model = use_sdpa(DomainCanineMLM(CanineModel(canine_config(config)))).to(device).train()
-    batch = MaskedBatches(EncodedDomains.from_strings(_domains(batch_size)), CharVocab(), batch_size, seed=0)[0]
+    batch = MaskedBatches(EncodedDomains.from_strings(_domains(batch_size)), CharVocab(),
+                          batch_size, seed=0)[0]
     batch = {k: v.to(device) for k, v in batch.items()}
-    with profile(activities=[ProfilerActivity.CPU]) as prof:  # the CPU side records every operator, on any device
+    # the CPU side records every operator, on any device
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
         with autocast(device, amp_dtype):
             loss = model(**batch).loss
         loss.backward()
     ran = {e.name.removeprefix('aten::') for e in prof.events()}
     return dict(sdpa_backend=', '.join(v for k, v in SDPA_OPS.items() if k in ran) or 'none',
-                sdpa_ops=sorted(n for n in ran if 'attention' in n), sdpa_batch_width=batch['input_ids'].shape[1],
+                sdpa_ops=sorted(n for n in ran if 'attention' in n),
+                sdpa_batch_width=batch['input_ids'].shape[1],
                 sdpa_attention_dropout=model.encoder.config.attention_probs_dropout_prob)
 
 # %% ../nbs/15_bench.ipynb #178a7e17
-def run_bench(config: str = 'small', batch_size: int = 256, max_length: int = 64, device=None, precision: str = 'auto',
-              bucket: bool = True, pipeline_lines: int = 1_000_000, windows: int = 5, window_steps: int = 5,
+def run_bench(config: str = 'small', batch_size: int = 256, max_length: int = 64, device=None,
+              precision: str = 'auto',
+              bucket: bool = True, pipeline_lines: int = 1_000_000, windows: int = 5,
+              window_steps: int = 5,
               dry_run: bool = False) -> dict:
     "Pipeline and training benchmark, ours against the original design; one flat dict."
     if dry_run: config, pipeline_lines, windows, window_steps = 'tiny', 20_000, 2, 2
     device = pick_device(device)
     out = dict(config=config, batch_size=batch_size, max_length=max_length, device=str(device),
-               precision=str(pick_precision(precision, device)[0] or torch.float32).replace('torch.', ''),
+               precision=str(pick_precision(precision, device)[0]
+                             or torch.float32).replace('torch.', ''),
                threads=torch.get_num_threads(), length_bucketing=bucket, dry_run=dry_run)
     out.update(bench_pipeline(pipeline_lines, batch_size))
-    out.update(bench_training(config, batch_size, max_length, device, precision, bucket, windows=windows, window_steps=window_steps))
+    out.update(bench_training(config, batch_size, max_length, device, precision, bucket,
+                              windows=windows, window_steps=window_steps))
     out.update(gpu_figures(out['achieved_tflops'], out['achieved_unpadded_tflops'], device))
     return out
 
@@ -520,26 +654,36 @@ def one_line(e: BaseException) -> str:
     return f'{type(e).__name__}: {lines[0] if lines else ""}'.strip(': ')
 
 # %% ../nbs/15_bench.ipynb #7487fc42
-def run_phases(phases: list[Phase], out: dict, path=None, # the JSON file, rewritten after every phase
+# the JSON file, rewritten after every phase
+def run_phases(phases: list[Phase], out: dict, path=None,
                started: float | None = None, # time.perf_counter() at the start of the check
                deadline_s: float | None = None, # costly phases that would end later are skipped
-               skip: dict[str, str] | None = None, # phase name ('costly': all costly ones) → why it is skipped
+               # phase name ('costly': all costly ones) → why it is skipped
+               skip: dict[str, str] | None = None,
                log=lambda *a: print(*a, file=sys.stderr)) -> dict:
-    "Run `phases` in order, recording each one's figures and status in `out` and writing it after each."
+    """Run `phases` in order, recording each one's figures and
+    status in `out` and writing it after each."""
     started = time.perf_counter() if started is None else started
     status, skip = out.setdefault('phases', {}), skip or {}
     save = lambda: write_atomic(path, json.dumps(out) + '\n') if path else None
     for p in phases:
         elapsed = time.perf_counter() - started
         if p.name in skip or (p.costly and 'costly' in skip):
-            status[p.name] = dict(status='skipped', reason=skip.get(p.name) or skip['costly']); save(); continue
+            status[p.name] = dict(status='skipped', reason=skip.get(p.name) or skip['costly'])
+            save()
+            continue
         if p.costly and deadline_s is not None and elapsed + p.estimate_s > deadline_s:
             reason = f'deadline: {elapsed:.0f} s + about {p.estimate_s:.0f} s > {deadline_s:.0f} s'
-            status[p.name] = dict(status='skipped', reason=reason); save(); continue
-        status[p.name] = dict(status='running'); save()
+            status[p.name] = dict(status='skipped', reason=reason)
+            save()
+            continue
+        status[p.name] = dict(status='running')
+        save()
         log(f'device check: {p.name} (at {elapsed:.0f} s)')
         t = time.perf_counter()
-        try: out.update(p.run(out)); status[p.name] = dict(status='ok')
+        try:
+            out.update(p.run(out))
+            status[p.name] = dict(status='ok')
         except Exception as e:
             traceback.print_exc(file=sys.stderr)
             status[p.name] = dict(status='error', error=one_line(e))
@@ -552,11 +696,14 @@ def run_phases(phases: list[Phase], out: dict, path=None, # the JSON file, rewri
 
 # %% ../nbs/15_bench.ipynb #099b9f70
 class DeviceCheck:
-    "Settings of the device check, on the GPU or (`dry_run`) on the CPU with the tiny model; one method per phase."
-    def __init__(self, dry_run: bool = False, batch: int | None = None): # batch: domains per step (default 256; 32 dry)
+    """Settings of the device check, on the GPU or (`dry_run`) on the CPU
+    with the tiny model; one method per phase."""
+    # batch: domains per step (default 256; 32 dry)
+    def __init__(self, dry_run: bool = False, batch: int | None = None):
         self.dry_run = dry_run
         self.device = pick_device('cpu' if dry_run else 'cuda')
-        if dry_run: torch.set_num_threads(1)  # it checks the code, not the CPU; and on a shared CPU, 2 threads ran 10x slower
+        # it checks the code, not the CPU; and on a shared CPU, 2 threads ran 10x slower
+        if dry_run: torch.set_num_threads(1)
         self.config, self.batch, self.precision, self.width = (
             ('tiny', 32, 'fp32', 24) if dry_run else ('canine-c', 256, 'bf16', 32))
         self.batch = batch or self.batch
@@ -566,9 +713,11 @@ class DeviceCheck:
 
     def start(self) -> dict:
         "The first lines of the result: what was measured, and how."
-        return dict(date=time.strftime('%Y-%m-%d'), config=self.config, batch_size=self.batch, precision=self.precision,
+        return dict(date=time.strftime('%Y-%m-%d'), config=self.config, batch_size=self.batch,
+                    precision=self.precision,
                     device=str(self.device), dry_run=self.dry_run, fixed_width=self.width,
-                    peak_memory_measure='peak above the weights, the same for ours and the reference')
+                    peak_memory_measure='peak above the weights, the same for ours and the '
+                                        'reference')
 
 # %% ../nbs/15_bench.ipynb #146fe537
 @patch
@@ -585,14 +734,16 @@ def sdpa(self: DeviceCheck, out: dict) -> dict:
 # %% ../nbs/15_bench.ipynb #80a26b9b
 @patch
 def matmul_peak(self: DeviceCheck, out: dict) -> dict:
-    "The bf16 matrix-multiply rate this card reaches: the ceiling the model-FLOPs utilisation is measured against."
+    """The bf16 matrix-multiply rate this card reaches: the ceiling the
+    model-FLOPs utilisation is measured against."""
     return measured_matmul_tflops(self.device)
 
 # %% ../nbs/15_bench.ipynb #7e03d4f5
 @patch
 def eager(self: DeviceCheck, out: dict) -> dict:
     "Our default training path: SDPA, fused AdamW, length-bucketed batches, no compilation."
-    r = bench_training(self.config, self.batch, 64, self.device, self.precision, reference=False, **self.steps)
+    r = bench_training(self.config, self.batch, 64, self.device, self.precision, reference=False,
+                       **self.steps)
     figures = gpu_figures(r['achieved_tflops'], r['achieved_unpadded_tflops'], self.device,
                           out.get('measured_peak_tflops'))
     return {**r, **figures}
@@ -601,9 +752,11 @@ def eager(self: DeviceCheck, out: dict) -> dict:
 @patch
 def reference(self: DeviceCheck, out: dict, max_length: int) -> dict:
     "The original design padded to `max_length`, against our rate of the eager phase."
-    r = reference_figures(self.config, _domains(self.batch * 60), self.batch, max_length, self.device,
+    r = reference_figures(self.config, _domains(self.batch * 60), self.batch, max_length,
+                          self.device,
                           self.amp_dtype, **self.steps)
-    ours = out['train_domains_per_s']  # KeyError when the eager phase failed: then there is no ratio to report
+    # KeyError when the eager phase failed: then there is no ratio to report
+    ours = out['train_domains_per_s']
     return {f'reference_{max_length}_domains_per_s': r['reference_train_domains_per_s'],
             f'reference_{max_length}_peak_memory_mb': r['reference_peak_memory_mb'],
             f'reference_{max_length}_flops_per_domain': r['reference_flops_per_domain'],
@@ -612,8 +765,10 @@ def reference(self: DeviceCheck, out: dict, max_length: int) -> dict:
 
 # %% ../nbs/15_bench.ipynb #4a1f9528
 class SyncCounter(Callback):
-    "Counts the host syncs CUDA reports in each step span (one `on_step` to the next), from step `warmup` on."
-    def __init__(self, warmup: int): self.warmup, self.caught, self.per_step, self.syncs = warmup, None, {}, []
+    """Counts the host syncs CUDA reports in each step span (one
+    `on_step` to the next), from step `warmup` on."""
+    def __init__(self, warmup: int):
+        self.warmup, self.caught, self.per_step, self.syncs = warmup, None, {}, []
     def on_step(self, trainer):
         if self.caught is None and trainer.state.step >= self.warmup and trainer.device.type == 'cuda':
             self.catcher = warnings.catch_warnings(record=True)
@@ -621,8 +776,10 @@ class SyncCounter(Callback):
             warnings.simplefilter('always')
             torch.cuda.set_sync_debug_mode('warn')
         if self.caught is not None:
-            # where each sync since the start came from, in order: a span's syncs are a slice of the list
-            self.syncs = [f'{Path(w.filename).name}:{w.lineno}' for w in self.caught if 'synchroniz' in str(w.message)]
+            # where each sync since the start came from, in order: a
+            # span's syncs are a slice of the list
+            self.syncs = [f'{Path(w.filename).name}:{w.lineno}' for w in self.caught
+                          if 'synchroniz' in str(w.message)]
             self.per_step[trainer.state.step] = len(self.syncs)
     def on_train_end(self, trainer):
         if self.caught is None: return
@@ -630,27 +787,34 @@ class SyncCounter(Callback):
         self.catcher.__exit__(None, None, None)
 
 # %% ../nbs/15_bench.ipynb #195fd530
-class PoisonStep(Callback):
-    "Makes the loss of optimizer step `step` + 1 NaN, through the head's output: the trainer must skip that step."
-    def __init__(self, step: int): self.step = step
+class PoisonSteps(Callback):
+    """Makes the loss of the `n` optimizer steps after step `start` NaN (`n=None`: every later one),
+    through the head's output in training: the trainer must skip those steps."""
+    def __init__(self, start: int, n: int | None = 1): self.start, self.n = start, n
+    def poisoned(self, step: int) -> bool:
+        return self.start <= step and (self.n is None or step < self.start + self.n)
     def on_train_start(self, trainer):
-        self.hook = trainer.model.head.register_forward_hook(
-            lambda m, i, out: out * float('nan') if trainer.state.step == self.step and m.training else out)
+        def hook(module, inputs, out):
+            return out * float('nan') if module.training and self.poisoned(trainer.state.step) else out
+        self.hook = trainer.model.head.register_forward_hook(hook)
     def on_train_end(self, trainer): self.hook.remove()
 
 # %% ../nbs/15_bench.ipynb #f188a220
 def sync_spans(per_step: dict[int, int], # syncs counted from the start, at each step
-               plain, # plain(step): whether the step is neither a logging, evaluation nor checkpoint step
+               # plain(step): whether the step is neither a logging, evaluation nor checkpoint step
+               plain,
                syncs: list[str] = (), # where each of those syncs came from, in order ('file:line')
               ) -> dict:
-    "Host syncs per step span, split into spans after plain steps and after the others; where a plain step's come from."
+    """Host syncs per step span, split into spans after plain steps and
+    after the others; where a plain step's come from."""
     steps = sorted(per_step)
     spans = {k: (per_step[k], per_step[k + 1]) for k in steps[:-1] if k + 1 in per_step}
     after_plain = [b - a for k, (a, b) in spans.items() if plain(k)]
     after_other = [b - a for k, (a, b) in spans.items() if not plain(k)]
     mean = lambda xs: sum(xs) / len(xs) if xs else None
     sources = Counter(s for k, (a, b) in spans.items() if plain(k) for s in syncs[a:b])
-    return dict(sync_spans=len(spans), syncs_per_step=mean(after_plain + after_other), syncs_per_plain_step=mean(after_plain),
+    return dict(sync_spans=len(spans), syncs_per_step=mean(after_plain + after_other),
+                syncs_per_plain_step=mean(after_plain),
                 syncs_per_other_step=mean(after_other), syncs_plain_steps_total=sum(after_plain),
                 sync_sources_plain={s: n / len(after_plain) for s, n in sources.most_common()},
                 sync_sources=sorted(set(syncs)))
@@ -658,44 +822,58 @@ def sync_spans(per_step: dict[int, int], # syncs counted from the start, at each
 # %% ../nbs/15_bench.ipynb #875de94f
 @patch
 def trainer_config(self: DeviceCheck, work: Path, every: int, **kw):
-    "The check's training run: the sample, this check's shape, evaluations and checkpoints `every` steps."
-    return resolve_config(None, dataset='sample', cache_dir=str(work / 'cache'), model_name_or_path=None,
+    """The check's training run: the sample, this check's shape,
+    evaluations and checkpoints `every` steps."""
+    return resolve_config(None, dataset='sample', cache_dir=str(work / 'cache'),
+                          model_name_or_path=None,
                           model_config=self.config, batch_size=self.batch, precision=self.precision,
-                          device=self.device.type, learning_rate=1e-4, warmup_steps=5, logging_steps=5,
+                          device=self.device.type, learning_rate=1e-4, warmup_steps=5,
+                          logging_steps=5,
                           eval_steps=every, save_steps=every, num_workers=2 if self.dry_run else 4,
                           output_dir=str(work / 'run'), seed=0, **kw)
 
 # %% ../nbs/15_bench.ipynb #4eba0ad3
 @patch
 def trainer(self: DeviceCheck, out: dict) -> dict:
-    "A short real run through `Trainer`, then a resume from its checkpoint; host syncs per step on a GPU."
-    steps, extra, half = (20, 4, 10) if self.dry_run else (30, 6, 15)  # within the first epoch of the sample
+    """A short real run through `Trainer`, then a resume from its
+    checkpoint; host syncs per step on a GPU."""
+    # within the first epoch of the sample
+    steps, extra, half = (20, 4, 10) if self.dry_run else (30, 6, 15)
     work = Path(tempfile.mkdtemp(prefix='domain-canine-check-'))
     cfg = lambda **kw: self.trainer_config(work, half, **kw)
     counter, logs, last = SyncCounter(warmup=5), [], str(work / 'run' / f'checkpoint-step-{steps}')
     try:
         t0 = time.perf_counter()
-        first = Trainer.from_config(cfg(max_steps=steps), [counter, PoisonStep(12)], log=logs.append)
+        first = Trainer.from_config(cfg(max_steps=steps), [counter, PoisonSteps(12)],
+                                    log=logs.append)
         first.fit()
         t1 = time.perf_counter()
-        second = Trainer.from_config(cfg(max_steps=steps + extra, resume_from=last), log=logs.append)
+        second = Trainer.from_config(cfg(max_steps=steps + extra, resume_from=last),
+                                     log=logs.append)
         resumed_at = second.resume().step  # what `fit` does first
         second.fit()
         t2 = time.perf_counter()
     finally: shutdown_distributed()
     rows = [json.loads(l) for l in (work / 'run' / 'metrics.jsonl').read_text().splitlines()]
     shutil.rmtree(work, ignore_errors=True)
-    train, evals = [x for x in rows if x['type'] == 'train' and x['step'] > 5], [x for x in rows if x['type'] == 'eval']
+    train, evals = [x for x in rows if x['type'] == 'train'
+                    and x['step'] > 5], [x for x in rows if x['type'] == 'eval']
     loader = first.loader()
-    r = dict(trainer_steps=steps, trainer_workers=loader.num_workers, trainer_pin_memory=loader.pin_memory,
+    r = dict(trainer_steps=steps, trainer_workers=loader.num_workers,
+             trainer_pin_memory=loader.pin_memory,
              trainer_domains_per_s=statistics.median(x['domains_per_s'] for x in train),
-             trainer_val_loss=evals[-1]['val_loss'], trainer_eval_s=statistics.median(x['eval_s'] for x in evals),
+             trainer_val_loss=evals[-1]['val_loss'],
+             trainer_eval_s=statistics.median(x['eval_s'] for x in evals),
              trainer_skipped_steps=first.state.skipped_steps,
-             trainer_weights_finite=all(bool(torch.isfinite(p).all()) for p in first.model.parameters()),
-             trainer_run_s=t1 - t0, trainer_resumed_at=resumed_at, trainer_final_step=second.state.step,
+             trainer_weights_finite=all(bool(torch.isfinite(p).all())
+                                        for p in first.model.parameters()),
+             trainer_run_s=t1 - t0, trainer_resumed_at=resumed_at,
+             trainer_final_step=second.state.step,
              trainer_resume_s=t2 - t1)
-    if self.device.type != 'cuda': return dict(r, syncs_per_step=None, syncs='not measurable on the CPU')
-    plain = lambda k: k % 5 and k % half and k != steps  # neither a logging, evaluation nor checkpoint step
+    if self.device.type != 'cuda':
+        return dict(r, syncs_per_step=None, syncs='not measurable on the CPU')
+    # neither a logging, evaluation nor checkpoint step
+    plain = lambda k: k % 5 and k % half and k != steps
     return dict(r, **sync_spans(counter.per_step, plain, counter.syncs))
 
 # %% ../nbs/15_bench.ipynb #83a88a3b
@@ -706,7 +884,8 @@ ABLATIONS = dict(eager_attention=dict(attention='eager'), unfused_adamw=dict(fus
 # %% ../nbs/15_bench.ipynb #1baecb5b
 @patch
 def ablations(self: DeviceCheck, out: dict) -> dict:
-    "Each optimisation of the default path switched off in turn, with its rate against the default's."
+    """Each optimisation of the default path switched off in turn,
+    with its rate against the default's."""
     r = bench_ablations(ABLATIONS, self.config, self.batch, self.device, self.precision, rounds=1,
                         default_domains_per_s=out.get('train_domains_per_s'), **self.steps)
     return {f'ablation_{k}': v for k, v in r.items()}
@@ -720,70 +899,100 @@ def pipeline(self: DeviceCheck, out: dict) -> dict:
 # %% ../nbs/15_bench.ipynb #cfcec835
 @patch
 def at_fixed_width(self: DeviceCheck, out: dict, name: str, **kw) -> dict:
-    "Our path at the fixed width, as `name` (eager, compiled, cuda_graphs), with its ratio to eager at that width."
-    r = bench_training(self.config, self.batch, 64, self.device, self.precision, reference=False, fixed_width=self.width,
+    """Our path at the fixed width, as `name` (eager, compiled,
+    cuda_graphs), with its ratio to eager at that width."""
+    r = bench_training(self.config, self.batch, 64, self.device, self.precision, reference=False,
+                       fixed_width=self.width,
                        **kw, **self.steps)
-    fig = {f'{name}_domains_per_s': r['train_domains_per_s'], f'{name}_peak_memory_mb': r['peak_memory_mb'],
+    fig = {f'{name}_domains_per_s': r['train_domains_per_s'],
+           f'{name}_peak_memory_mb': r['peak_memory_mb'],
            f'{name}_padding_fraction': r['padding_fraction'],
-           **{f'{name}_{k}': v for k, v in gpu_figures(r['achieved_tflops'], r['achieved_unpadded_tflops'], self.device,
-                                                       out.get('measured_peak_tflops')).items() if k.startswith('mfu')}}
+           **{f'{name}_{k}': v for k, v in gpu_figures(r['achieved_tflops'],
+                                                       r['achieved_unpadded_tflops'], self.device,
+                                                       out.get('measured_peak_tflops')).items()
+              if k.startswith('mfu')}}
     if name != 'fixed_width_eager' and out.get('fixed_width_eager_domains_per_s'):
         fig[f'{name}_vs_fixed_width_eager'] = r['train_domains_per_s'] / out['fixed_width_eager_domains_per_s']
     return fig
 
 # %% ../nbs/15_bench.ipynb #dba7298a
-TARGETS = {'H100': 50_000, 'H200': 50_000, 'A100': 25_000}  # domains/s of canine-c training, by card
-PATHS = dict(eager='train_domains_per_s', compiled='compiled_domains_per_s', cuda_graphs='cuda_graphs_domains_per_s')
+# domains/s of canine-c training, by card
+TARGETS = {'H100': 50_000, 'H200': 50_000, 'A100': 25_000}
+PATHS = dict(eager='train_domains_per_s', compiled='compiled_domains_per_s',
+             cuda_graphs='cuda_graphs_domains_per_s')
 
 def judge(out: dict, gpu_name: str) -> dict:
-    "Each measured path (and the best of them) against the domains/s target of the card; memory is reported, not judged."
+    """Each measured path (and the best of them) against the domains/s
+    target of the card; memory is reported, not judged."""
     target = next((v for k, v in TARGETS.items() if k in gpu_name), None)
     if target is None: return dict(target_domains_per_s=None)
     rates = {p: out[k] for p, k in PATHS.items() if out.get(k)}
     best = max(rates, key=rates.get) if rates else None
-    return dict(target_domains_per_s=target, **{f'target_met_{p}': r >= target for p, r in rates.items()},
-                best_path=best, best_domains_per_s=rates.get(best), target_met=bool(best) and rates[best] >= target)
+    return dict(target_domains_per_s=target, **{f'target_met_{p}': r >= target for p,
+                                                r in rates.items()},
+                best_path=best, best_domains_per_s=rates.get(best),
+                target_met=bool(best) and rates[best] >= target)
 
 # %% ../nbs/15_bench.ipynb #cd67e622
 @patch
 def phases(self: DeviceCheck) -> list[Phase]:
-    "The phases in the order they run, cheap ones first, with their estimated seconds on an H100-class GPU."
+    """The phases in the order they run, cheap ones first, with their
+    estimated seconds on an H100-class GPU."""
     ph = lambda name, run, estimate, costly=False: Phase(name, run, estimate, costly)
     width = lambda name, **kw: (lambda out: self.at_fixed_width(out, name, **kw))
-    out = [ph('versions', self.versions, 1), ph('sdpa', self.sdpa, 10), ph('matmul_peak', self.matmul_peak, 5),
+    out = [ph('versions', self.versions, 1), ph('sdpa', self.sdpa, 10),
+           ph('matmul_peak', self.matmul_peak, 5),
            ph('eager', self.eager, 15), ph('reference_64', lambda out: self.reference(out, 64), 10),
-           ph('reference_128', lambda out: self.reference(out, 128), 15), ph('trainer', self.trainer, 75),
+           ph('reference_128', lambda out: self.reference(out, 128), 15),
+           ph('trainer', self.trainer, 75),
            ph('pipeline', self.pipeline, 25), ph('ablations', self.ablations, 50),
            ph('fixed_width_eager', width('fixed_width_eager'), 10),
            ph('compiled', width('compiled', compile=True), 120, costly=True),
-           ph('cuda_graphs', width('cuda_graphs', compile=True, cuda_graphs=True), 130, costly=True)]
-    if self.device.type == 'cuda': out.append(ph('targets', lambda o: judge(o, torch.cuda.get_device_name(self.device)), 0))
+           ph('cuda_graphs', width('cuda_graphs', compile=True, cuda_graphs=True), 130,
+              costly=True)]
+    if self.device.type == 'cuda':
+        out.append(ph('targets', lambda o: judge(o, torch.cuda.get_device_name(self.device)), 0))
     return out
 
 # %% ../nbs/15_bench.ipynb #b0d3e946
 def device_check_main(argv: list[str] | None = None, started: float | None = None) -> int:
-    "The device check's command line (bench/device_check.sh): run the phases, print and write the JSON."
-    p = argparse.ArgumentParser(prog='bench/device_check.sh', description='The GPU device check (README).')
-    p.add_argument('--dry_run', action='store_true', help='the tiny model on the CPU, in about a minute')
-    p.add_argument('--deadline_s', type=float, default=480, help='skip costly phases that would end later (seconds)')
-    p.add_argument('--skip', default='', help="phases to skip, comma-separated ('costly': compiled,cuda_graphs)")
-    p.add_argument('--out', default=None, help='the JSON file (default: $OUT/device_check.json when OUT is set)')
-    p.add_argument('--batch_size', type=int, default=None, help='domains per step (default: 256; 32 in a dry run)')
+    """The device check's command line (bench/device_check.sh): run
+    the phases, print and write the JSON."""
+    p = argparse.ArgumentParser(prog='bench/device_check.sh',
+                                description='The GPU device check (README).')
+    p.add_argument('--dry_run', action='store_true',
+                   help='the tiny model on the CPU, in about a minute')
+    p.add_argument('--deadline_s', type=float, default=480,
+                   help='skip costly phases that would end later (seconds)')
+    p.add_argument('--skip', default='',
+                   help="phases to skip, comma-separated ('costly': compiled,cuda_graphs)")
+    p.add_argument('--out', default=None,
+                   help='the JSON file (default: $OUT/device_check.json when OUT is set)')
+    p.add_argument('--batch_size', type=int, default=None,
+                   help='domains per step (default: 256; 32 in a dry run)')
     a = p.parse_args(argv)
     try: check = DeviceCheck(a.dry_run, a.batch_size)
-    except ConfigError as e: print(f'device check: {e} (--dry_run runs on the CPU)', file=sys.stderr); return 2
+    except ConfigError as e:
+        print(f'device check: {e} (--dry_run runs on the CPU)', file=sys.stderr)
+        return 2
     skip = {s: 'asked for (--skip)' for s in a.skip.split(',') if s}
     if unknown := set(skip) - {ph.name for ph in check.phases()} - {'costly'}:
         p.error(f"unknown phase(s) to skip: {', '.join(sorted(unknown))}")
     if a.dry_run:
-        skip.update(compiled='dry run: minutes of compiling on a CPU', cuda_graphs='dry run: no CUDA graphs on a CPU')
-    path = a.out or (Path(os.environ['OUT']) / 'device_check.json' if os.environ.get('OUT') else None)
+        skip.update(compiled='dry run: minutes of compiling on a CPU',
+                    cuda_graphs='dry run: no CUDA graphs on a CPU')
+    path = a.out or (Path(os.environ['OUT']) / 'device_check.json' if os.environ.get('OUT')
+                     else None)
     try:
         if path: check_folder(Path(path).parent, '--out')  # before minutes of measuring
-        with contextlib.redirect_stdout(sys.stderr):  # what a phase prints (a run's log) is not the result
+        # what a phase prints (a run's log) is not the result
+        with contextlib.redirect_stdout(sys.stderr):
             out = run_phases(check.phases(), check.start(), path, started, a.deadline_s, skip)
-    except WriteError as e: print(f'device check: {e}', file=sys.stderr); return 1
+    except WriteError as e:
+        print(f'device check: {e}', file=sys.stderr)
+        return 1
     print(json.dumps(out))
     failed = [f"{k} ({v['error']})" for k, v in out['phases'].items() if v['status'] == 'error']
-    if failed: print(f"device check: {len(failed)} phase(s) failed: {'; '.join(failed)}", file=sys.stderr)
+    if failed:
+        print(f"device check: {len(failed)} phase(s) failed: {'; '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

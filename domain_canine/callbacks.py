@@ -8,7 +8,8 @@ import json, os, secrets
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from .core import ConfigError, WriteError, perplexity, write_atomic, write_reason, writing
+from .core import (ConfigError, WriteError, perplexity, write_atomic, write_reason,
+                                writing)
 
 # %% auto #0
 __all__ = ['Callback', 'MetricsFile', 'ProgressBar', 'logging_into', 'WandbLogger', 'TensorBoardLogger']
@@ -33,9 +34,12 @@ class MetricsFile(Callback):
     "Appends one JSON object per log and per evaluation to `<output_dir>/metrics.jsonl`."
     def on_train_start(self, trainer):
         self.path = Path(trainer.cfg.output_dir) / 'metrics.jsonl'
-        if self.path.exists():  # a resumed run drops what the interrupted run logged after its checkpoint
-            kept = [l for l in self.path.read_text().splitlines() if _step_of(l) is not None and _step_of(l) <= trainer.state.step]
-            write_atomic(self.path, ''.join(l + '\n' for l in kept))  # a failed write leaves the file as it was
+        # a resumed run drops what the interrupted run logged after its checkpoint
+        if self.path.exists():
+            kept = [l for l in self.path.read_text().splitlines() if _step_of(l) is not None
+                    and _step_of(l) <= trainer.state.step]
+            # a failed write leaves the file as it was
+            write_atomic(self.path, ''.join(l + '\n' for l in kept))
     def _write(self, metrics):
         with writing(self.path), open(self.path, 'a') as f: f.write(json.dumps(metrics) + '\n')
     def on_log(self, trainer, metrics): self._write(metrics)
@@ -43,11 +47,13 @@ class MetricsFile(Callback):
 
 # %% ../nbs/09_callbacks.ipynb #5a89615d
 class ProgressBar(Callback):
-    "A tqdm progress bar (terminal, JupyterLab, papermill) with the running loss of the last 100 steps, lr, perplexity, speed."
+    """A tqdm progress bar (terminal, JupyterLab, papermill) with the running
+    loss of the last 100 steps, lr, perplexity, speed."""
     def on_train_start(self, trainer):
         from tqdm.auto import tqdm
         self.window = []  # (loss sum, steps) of recent logging windows
-        self.bar = tqdm(total=trainer.total_steps, initial=trainer.state.step, desc='training', unit='step',
+        self.bar = tqdm(total=trainer.total_steps, initial=trainer.state.step, desc='training',
+                        unit='step',
                         dynamic_ncols=True, mininterval=1.0 if os.isatty(2) else 15.0)
     def on_step(self, trainer): self.bar.update(1)
     def on_log(self, trainer, m):
@@ -55,32 +61,39 @@ class ProgressBar(Callback):
         while sum(n for _, n in self.window[1:]) >= 100: self.window.pop(0)
         loss = sum(s for s, _ in self.window) / sum(n for _, n in self.window)
         self.bar.set_postfix(loss=f'{loss:.4f}', lr=f"{m['lr']:.2e}", ppl=f'{perplexity(loss):.2f}',
-                             dom_s=f"{m['domains_per_s']:,.0f}", mem=f"{m['memory_mb']:,.0f}MB", refresh=False)
-    def on_eval(self, trainer, m): self.bar.write(f"step {m['step']}: val_loss {m['val_loss']:.4f}, "
+                             dom_s=f"{m['domains_per_s']:,.0f}", mem=f"{m['memory_mb']:,.0f}MB",
+                             refresh=False)
+    def on_eval(self, trainer,
+                m): self.bar.write(f"step {m['step']}: val_loss {m['val_loss']:.4f}, "
                                                   f"val_accuracy {m['val_accuracy']:.3f}")
     def on_train_end(self, trainer): self.bar.close()
 
 # %% ../nbs/09_callbacks.ipynb #c535e570
 @contextmanager
 def logging_into(folder, what: str):
-    "A logger's failed write, the OS's error or the library's own, as one `WriteError` naming its folder."
+    """A logger's failed write, the OS's error or the library's own,
+    as one `WriteError` naming its folder."""
     try: yield
     except WriteError: raise
-    except Exception as e: raise WriteError(f'could not write {what} {folder}: {write_reason(e, folder)}') from None
+    except Exception as e:
+        raise WriteError(f'could not write {what} {folder}: {write_reason(e, folder)}') from None
 
 class WandbLogger(Callback):
     "Logs metrics to Weights & Biases; a resumed run continues the same W&B run."
     def __init__(self):
         try: import wandb
-        except ImportError: raise ConfigError('--use_wandb needs the wandb package: pip install wandb') from None
+        except ImportError:
+            raise ConfigError('--use_wandb needs the wandb package: pip install wandb') from None
         self.wandb = wandb
     def on_train_start(self, trainer):
         c, s = trainer.cfg, trainer.state
         s.wandb_run_id = s.wandb_run_id or secrets.token_hex(4)
         self.folder = Path(c.output_dir) / 'wandb'
         with logging_into(self.folder, 'the W&B run'):
-            self.run = self.wandb.init(project=c.wandb_project, name=c.wandb_run_name or Path(c.output_dir).name,
-                                       id=s.wandb_run_id, resume='allow', config=asdict(c), dir=c.output_dir)
+            self.run = self.wandb.init(project=c.wandb_project,
+                                       name=c.wandb_run_name or Path(c.output_dir).name,
+                                       id=s.wandb_run_id, resume='allow', config=asdict(c),
+                                       dir=c.output_dir)
     def _log(self, prefix, m):
         with logging_into(self.folder, 'the W&B run'):
             self.run.log({f'{prefix}/{k}': v for k, v in m.items() if k != 'type'}, step=m['step'])
@@ -93,15 +106,18 @@ class TensorBoardLogger(Callback):
     "Writes TensorBoard event files to `<output_dir>/tensorboard`."
     def __init__(self):
         try: from torch.utils.tensorboard import SummaryWriter
-        except ImportError: raise ConfigError('--tensorboard needs the tensorboard package: pip install tensorboard') from None
+        except ImportError:
+            raise ConfigError('--tensorboard needs the tensorboard package: pip install tensorboard') from None
         self.SummaryWriter = SummaryWriter
     def on_train_start(self, trainer):
         self.folder = Path(trainer.cfg.output_dir) / 'tensorboard'
-        with logging_into(self.folder, 'TensorBoard events'): self.writer = self.SummaryWriter(self.folder)
+        with logging_into(self.folder, 'TensorBoard events'):
+            self.writer = self.SummaryWriter(self.folder)
     def _scalars(self, prefix, m):
         with logging_into(self.folder, 'TensorBoard events'):
             for k, v in m.items():
-                if isinstance(v, (int, float)) and k != 'step': self.writer.add_scalar(f'{prefix}/{k}', v, m['step'])
+                if isinstance(v, (int, float)) and k != 'step':
+                    self.writer.add_scalar(f'{prefix}/{k}', v, m['step'])
             self.writer.flush()
     def on_log(self, trainer, m): self._scalars('train', m)
     def on_eval(self, trainer, m): self._scalars('eval', m)

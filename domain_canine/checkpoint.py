@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from .core import remove_path, sweep_temporaries, writing
-from .model import DomainCanineMLM, ModelError, is_original_dir, read_original_state, verify_model_dir
+from .model import (DomainCanineMLM, ModelError, is_original_dir, read_original_state,
+                                 verify_model_dir)
 
 # %% auto #0
 __all__ = ['TrainState', 'CheckpointError', 'rng_states', 'set_rng_states', 'save_checkpoint', 'verify_checkpoint',
@@ -26,20 +27,23 @@ class TrainState:
     batch_in_epoch: int = 0           # micro-batches of the current epoch already consumed
     best_val_loss: float | None = None
     evals_without_improvement: int = 0
-    window_loss_sum: float = 0.0      # loss of the logging window in progress (sum over optimizer steps)
+    # loss of the logging window in progress (sum over optimizer steps)
+    window_loss_sum: float = 0.0
     window_steps: int = 0
     metrics: dict = field(default_factory=dict)  # latest train and validation metrics
     wandb_run_id: str | None = None   # a resumed run continues the same W&B run
     bad_steps: int = 0                # consecutive steps skipped for a NaN/inf loss or gradient
     skipped_steps: int = 0            # all such steps of the run
     world_size: int = 1               # processes of the data-parallel job that wrote it
-    stream_positions: list | None = None  # --streaming: each process's place in its stream (run-data chapter)
+    # --streaming: each process's place in its stream (run-data chapter)
+    stream_positions: list | None = None
 
 class CheckpointError(RuntimeError):
     "A checkpoint that cannot be written or read, with the reason."
 
 # %% ../nbs/05_checkpoint.ipynb #f138f509
-# the marker's one definition is in the model chapter, whose every load checks it; here it is written
+# the marker's one definition is in the model chapter, whose
+# every load checks it; here it is written
 from .model import MARKER, checksum_problem, file_sha256 as _sha256
 
 def _fsync_tree(path: Path):
@@ -53,13 +57,16 @@ def _fsync_tree(path: Path):
 
 # %% ../nbs/05_checkpoint.ipynb #7b830d4e
 def _rng_file(rank: int) -> str:
-    "The file of process `rank`'s generator states in a checkpoint (rank 0's name is that of a single-process run)."
+    """The file of process `rank`'s generator states in a checkpoint (rank
+    0's name is that of a single-process run)."""
     return 'rng_state.pt' if rank == 0 else f'rng_state_rank_{rank}.pt'
 
 def rng_states() -> dict:
     "The global random generator states, in a form `torch.load(weights_only=True)` accepts."
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return dict(python=random.getstate(), numpy=dict(kind=kind, keys=torch.from_numpy(keys.astype(np.int64)), pos=pos,
+    return dict(python=random.getstate(), numpy=dict(kind=kind,
+                                                     keys=torch.from_numpy(keys.astype(np.int64)),
+                                                     pos=pos,
                 has_gauss=has_gauss, cached=cached), torch=torch.get_rng_state(),
                 cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
 
@@ -68,14 +75,18 @@ def set_rng_states(rng: dict):
     version, internal, gauss = rng['python']
     random.setstate((version, tuple(internal), gauss))
     n = rng['numpy']
-    np.random.set_state((n['kind'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['cached']))
+    np.random.set_state((n['kind'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'],
+                         n['cached']))
     torch.set_rng_state(rng['torch'])
-    if torch.cuda.is_available():  # a job of 8 GPUs saved 8 states; a machine with fewer sets those of the GPUs it has
-        for device, state in enumerate(rng['cuda'][:torch.cuda.device_count()]): torch.cuda.set_rng_state(state, device)
+    # a job of 8 GPUs saved 8 states; a machine with fewer sets those of the GPUs it has
+    if torch.cuda.is_available():
+        for device, state in enumerate(rng['cuda'][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, device)
 
 # %% ../nbs/05_checkpoint.ipynb #6d77436c
 def _swap(tmp: Path, path: Path):
-    "Rename `tmp` to `path`; an earlier `path` is set aside first and deleted after, or put back if the rename fails."
+    """Rename `tmp` to `path`; an earlier `path` is set aside first and
+    deleted after, or put back if the rename fails."""
     old = path.with_name(f'.old-{path.name}')
     if path.exists(): path.rename(old)
     try: tmp.rename(path)
@@ -85,20 +96,25 @@ def _swap(tmp: Path, path: Path):
     remove_path(old)
 
 def save_checkpoint(path, # directory to create (replaced if it exists)
-                    model: DomainCanineMLM, optimizer: torch.optim.Optimizer | None, state: TrainState,
+                    model: DomainCanineMLM, optimizer: torch.optim.Optimizer | None,
+                    state: TrainState,
                     config: dict, # resolved run configuration (JSON-serialisable)
                     scaler: torch.amp.GradScaler | None = None,
-                    rank_rng: list[dict] | None = None, # every process's `rng_states()` in rank order (default: this process's)
+                    # every process's `rng_states()` in rank order (default: this process's)
+                    rank_rng: list[dict] | None = None,
                    ) -> Path:
-    "Write a complete checkpoint atomically; raise `CheckpointError` (the path and the reason) if anything fails."
-    path = Path(path); tmp = path.with_name(f'.tmp-{path.name}')
+    """Write a complete checkpoint atomically; raise `CheckpointError`
+    (the path and the reason) if anything fails."""
+    path = Path(path)
+    tmp = path.with_name(f'.tmp-{path.name}')
     with writing(path, tmp, error=CheckpointError, what='checkpoint'):
         remove_path(tmp)
         model.save(tmp)
         (tmp/'training_config.json').write_text(json.dumps(config, indent=2, default=str))
         (tmp/'trainer_state.json').write_text(json.dumps(asdict(state), indent=2))
         if optimizer is not None:
-            torch.save(dict(optimizer=optimizer.state_dict(), scaler=scaler.state_dict() if scaler else None), tmp/'optimizer.pt')
+            torch.save(dict(optimizer=optimizer.state_dict(),
+                            scaler=scaler.state_dict() if scaler else None), tmp/'optimizer.pt')
         for r, rng in enumerate(rank_rng or [rng_states()]):
             torch.save(rng, tmp/_rng_file(r))
         files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
@@ -118,23 +134,31 @@ def verify_checkpoint(path) -> str | None:
 # %% ../nbs/05_checkpoint.ipynb #c02a8eae
 def load_checkpoint(path, model: DomainCanineMLM, optimizer: torch.optim.Optimizer | None = None,
                     scaler: torch.amp.GradScaler | None = None, restore_rng: bool = True,
-                    rank: int = 0, # whose random generator states to restore (a rank the saving job lacked keeps its own)
+                    # whose random generator states to restore (a rank the
+                    # saving job lacked keeps its own)
+                    rank: int = 0,
                    ) -> TrainState:
-    "Load weights, optimizer, scaler and RNG state from a verified checkpoint into the given objects."
+    """Load weights, optimizer, scaler and RNG state from a
+    verified checkpoint into the given objects."""
     path = Path(path)
     if problem := verify_checkpoint(path): raise CheckpointError(problem)
     own = rng_states()  # building the model below draws random numbers
     try:
-        loaded = type(model).load(path, verify=False)  # verified just above; a model class with `save` and `load`
+        # verified just above; a model class with `save` and `load`
+        loaded = type(model).load(path, verify=False)
         vocab = getattr(model, 'vocab', None)  # a masked-character model's output classes
-        if vocab and loaded.vocab.chars != vocab.chars: raise CheckpointError(f"{path} was trained with another output vocabulary")
+        if vocab and loaded.vocab.chars != vocab.chars:
+            raise CheckpointError(f"{path} was trained with another output vocabulary")
         model.load_state_dict(loaded.state_dict())
         if optimizer is not None and (path/'optimizer.pt').is_file():
-            opt = torch.load(path/'optimizer.pt', map_location='cpu', weights_only=True)  # saved on any GPU; load_state_dict moves it
+            # saved on any GPU; load_state_dict moves it
+            opt = torch.load(path/'optimizer.pt', map_location='cpu', weights_only=True)
             optimizer.load_state_dict(opt['optimizer'])
             if scaler is not None and opt['scaler']: scaler.load_state_dict(opt['scaler'])
         rng_file = path/_rng_file(rank)
-        if restore_rng: set_rng_states(torch.load(rng_file, map_location='cpu', weights_only=True) if rank == 0 or rng_file.is_file() else own)
+        if restore_rng:
+            set_rng_states(torch.load(rng_file, map_location='cpu', weights_only=True) if rank == 0
+                           or rng_file.is_file() else own)
         return TrainState(**json.loads((path/'trainer_state.json').read_text()))
     except (ModelError, OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
         if isinstance(e, CheckpointError): raise
@@ -145,7 +169,8 @@ _STEP_DIR = re.compile(r'checkpoint-step-(\d+)')
 
 def step_checkpoints(output_dir) -> list[Path]:
     "Step checkpoint directories in `output_dir`, oldest first."
-    dirs = [p for p in Path(output_dir).glob('checkpoint-step-*') if _STEP_DIR.fullmatch(p.name) and p.is_dir()]
+    dirs = [p for p in Path(output_dir).glob('checkpoint-step-*') if _STEP_DIR.fullmatch(p.name)
+            and p.is_dir()]
     return sorted(dirs, key=lambda p: int(_STEP_DIR.fullmatch(p.name)[1]))
 
 def prune_checkpoints(output_dir, keep: int) -> list[Path]:
@@ -156,19 +181,25 @@ def prune_checkpoints(output_dir, keep: int) -> list[Path]:
 
 # %% ../nbs/05_checkpoint.ipynb #9649a97b
 def latest_checkpoint(output_dir, report=print) -> Path | None:
-    "The complete checkpoint with the highest step in `output_dir` (incomplete or corrupt ones are reported and skipped)."
+    """The complete checkpoint with the highest step in `output_dir`
+    (incomplete or corrupt ones are reported and skipped)."""
     best, best_step = None, (-1, False)
     for p in sorted(Path(output_dir).glob('*')):
-        if not p.is_dir() or p.name.startswith('.') or not (p/'trainer_state.json').exists() and not (p/MARKER).exists(): continue
-        if problem := verify_checkpoint(p): report(f"skipping {problem}"); continue
-        # at equal steps prefer any checkpoint to best-model, which is written before the step's bookkeeping ends
+        if not p.is_dir() or p.name.startswith('.') or not (p/'trainer_state.json').exists() and not (p/MARKER).exists():
+            continue
+        if problem := verify_checkpoint(p):
+            report(f"skipping {problem}")
+            continue
+        # at equal steps prefer any checkpoint to best-model, which is
+        # written before the step's bookkeeping ends
         step = (json.loads((p/MARKER).read_text())['step'], p.name != 'best-model')
         if step > best_step: best, best_step = p, step
     return best
 
 # %% ../nbs/05_checkpoint.ipynb #21feb0ff
 def checkpoint_step(path) -> int | None:
-    "The optimizer step a checkpoint was saved at; None for a model that is not a training checkpoint."
+    """The optimizer step a checkpoint was saved at; None for a
+    model that is not a training checkpoint."""
     p = Path(path)
     for name in ('trainer_state.json', MARKER):
         try: return int(json.loads((p / name).read_text())['step'])
@@ -181,29 +212,39 @@ def _holds_model(p: Path) -> bool: return (p / 'config.json').is_file() or (p / 
 def model_dirs(paths: list, # model directories and/or run directories
                verify: bool = True, # check each one's checksums here, before anything is measured
               ) -> list[Path]:
-    "The model directories of `paths`: a run directory gives its step checkpoints, and its final model at a new step."
+    """The model directories of `paths`: a run directory gives its step
+    checkpoints, and its final model at a new step."""
     out = []
     for p in map(Path, paths):
-        if _holds_model(p): out.append(p); continue
+        if _holds_model(p):
+            out.append(p)
+            continue
         steps, final = step_checkpoints(p) if p.is_dir() else [], p / 'final-model'
         has_final = _holds_model(final)
         if not steps and not has_final:
-            raise ModelError(f'{p} is neither a model directory nor a run directory with checkpoints')
+            raise ModelError(f'{p} is neither a model directory nor a run directory with '
+                             f'checkpoints')
         out += steps
-        if has_final and checkpoint_step(final) not in set(map(checkpoint_step, steps)): out.append(final)
+        if has_final and checkpoint_step(final) not in set(map(checkpoint_step, steps)):
+            out.append(final)
     if not out: raise ModelError('no model or run directories given')
     out = list(dict.fromkeys(out))
-    for d in out if verify else []: verify_model_dir(d)  # a damaged file is named before anything is measured
+    # a damaged file is named before anything is measured
+    for d in out if verify else []: verify_model_dir(d)
     return out
 
 # %% ../nbs/05_checkpoint.ipynb #3645d81a
 def sweep_checkpoints(output_dir) -> list[Path]:
-    "Undo what killed saves left in `output_dir`: temporaries removed, an earlier checkpoint set aside put back."
+    """Undo what killed saves left in `output_dir`: temporaries removed,
+    an earlier checkpoint set aside put back."""
     out, gone = Path(output_dir), []
     for old in sorted(out.glob('.old-*')):
         dest = out / old.name[len('.old-'):]
         if not dest.exists() and verify_checkpoint(old) is None: old.rename(dest)
-        else: remove_path(old); gone.append(old)
+        else:
+            remove_path(old)
+            gone.append(old)
     for tmp in sorted(out.glob('.tmp-*')):  # a folder or a file: nothing of ours stays half written
-        remove_path(tmp); gone.append(tmp)
+        remove_path(tmp)
+        gone.append(tmp)
     return gone + sweep_temporaries(out)

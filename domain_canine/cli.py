@@ -9,7 +9,8 @@ from collections import Counter
 from dataclasses import fields
 from pathlib import Path
 from fastcore.docments import docments
-from .core import ConfigError, InputError, MODEL_CONFIGS, check_folder, pick_device, write_atomic
+from .core import (ConfigError, InputError, MODEL_CONFIGS, check_folder, pick_device,
+                                write_atomic)
 from .data import DataError, SAMPLE_NAME, count_summary
 from .config import ACCEPTS, Accepts, TrainConfig, PRESETS, resolve_config
 
@@ -22,57 +23,77 @@ __all__ = ['SPLITS', 'TASKS', 'TASK_NAMES', 'SPLIT_BY', 'ARMS', 'USER_ERRORS', '
            'parse_args', 'main']
 
 # %% ../nbs/17_cli.ipynb #41ec757a
-SPLITS = ('all', 'train', 'valid')  # the evaluation chapter's, named here without loading it (checked below)
+# the evaluation chapter's, named here without loading it (checked below)
+SPLITS = ('all', 'train', 'valid')
 TASKS = ('ranking', 'linear_probes')  # the probes chapter's, likewise
 TASK_NAMES = ('lookalike', 'tld')  # the tasks chapter's built-in tasks, likewise
 SPLIT_BY = ('auto', 'column', 'group', 'hash')  # the tasks chapter's splits, likewise
-ARMS = ('tfidf', 'majority', 'finetuned', 'frozen', 'scratch')  # the comparison chapter's and the fine-tuning
+# the comparison chapter's and the fine-tuning
+ARMS = ('tfidf', 'majority', 'finetuned', 'frozen', 'scratch')
 # chapter's arms, likewise
-USER_ERRORS = ('domain_canine.data.DataError', 'domain_canine.model.ModelError', 'domain_canine.checkpoint.CheckpointError',
+USER_ERRORS = ('domain_canine.data.DataError', 'domain_canine.model.ModelError',
+               'domain_canine.checkpoint.CheckpointError',
                'domain_canine.core.ConfigError', 'domain_canine.core.InputError',
-               'domain_canine.training.TrainingDiverged', 'domain_canine.distributed.DistributedError',
+               'domain_canine.training.TrainingDiverged',
+               'domain_canine.distributed.DistributedError',
                'builtins.FileNotFoundError', 'domain_canine.core.WriteError',
-               'domain_canine.crash_test.CrashTestFailed')  # by name: a chapter is loaded only when a command needs it
+               # by name: a chapter is loaded only when a command needs it
+               'domain_canine.crash_test.CrashTestFailed')
 
 def user_errors() -> tuple[type, ...]:
-    "The classes of `USER_ERRORS` whose chapters are loaded (one never loaded cannot have raised anything)."
+    """The classes of `USER_ERRORS` whose chapters are loaded (one
+    never loaded cannot have raised anything)."""
     split = [e.rpartition('.') for e in USER_ERRORS]
     return tuple(getattr(sys.modules[m], name) for m, _, name in split if m in sys.modules)
 
 # %% ../nbs/17_cli.ipynb #595aee03
 def _guess(message: str, options: list[str], unknown: list[str] = ()) -> str:
-    "'; did you mean X?' for the misspelt words of an argparse error: an invalid choice, or `unknown` flags."
+    """'; did you mean X?' for the misspelt words of an argparse
+    error: an invalid choice, or `unknown` flags."""
     if m := re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message):
         words, options = [m[1]], [o.strip(" '") for o in m[2].split(',')]
     elif message.startswith('unrecognized arguments: '):
         words = [w.split('=')[0] for w in message.split(': ', 1)[1].split() if w.startswith('-')]
-    else: words = [w.split('=')[0] for w in unknown]  # e.g. a required flag misspelt: it is reported missing
+    # e.g. a required flag misspelt: it is reported missing
+    else: words = [w.split('=')[0] for w in unknown]
     close = [c for w in words for c in difflib.get_close_matches(w, options, 1)]
     return f"; did you mean {' '.join(close)}?" if close else ''
 
 # %% ../nbs/17_cli.ipynb #cb4cd13c
 class OneLineParser(argparse.ArgumentParser):
-    "An ArgumentParser whose errors are a single line, with a guess at what a misspelt command or flag meant."
+    """An ArgumentParser whose errors are a single line, with a guess
+    at what a misspelt command or flag meant."""
     def parse_known_args(self, args=None, namespace=None):
-        self.given = list(sys.argv[1:] if args is None else args)  # the words to guess from, if an error follows
+        # the words to guess from, if an error follows
+        self.given = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args(args, namespace)
 
     def error(self, message):
         options = list(self._option_string_actions)
-        unknown = [w for w in getattr(self, 'given', []) if w.startswith('--') and w.split('=')[0] not in options]
-        self.exit(2, f'{self.prog}: error: {message}{_guess(message, options, unknown)} (see --help)\n')
+        unknown = [w for w in getattr(self, 'given', []) if w.startswith('--')
+                   and w.split('=')[0] not in options]
+        self.exit(2,
+                  f'{self.prog}: error: {message}{_guess(message, options, unknown)} (see --help)\n')
 
 # %% ../nbs/17_cli.ipynb #599facb9
-ARGUMENTS = {  # what the other commands' numbers and named values accept, by parameter name (train's: ACCEPTS)
-    'top_k': Accepts(int, 1), 'batch_size': Accepts(int, 1), 'validation_fraction': ACCEPTS['validation_fraction'],
-    'num_samples': Accepts(int, 1), 'seed': ACCEPTS['seed'], 'mlm_probability': ACCEPTS['mlm_probability'],
+# what the other commands' numbers and named values accept, by parameter name (train's: ACCEPTS)
+ARGUMENTS = {
+    'top_k': Accepts(int, 1), 'batch_size': Accepts(int, 1),
+    'validation_fraction': ACCEPTS['validation_fraction'],
+    'num_samples': Accepts(int, 1), 'seed': ACCEPTS['seed'],
+    'mlm_probability': ACCEPTS['mlm_probability'],
     'ngram_order': Accepts(int, 0), 'top_tlds': Accepts(int, 1), 'num_domains': Accepts(int, 1),
     'per_domain': Accepts(int, 1), 'tld_domains': Accepts(int, 1), 'tasks': Accepts(choices=TASKS),
-    'device': ACCEPTS['device'], 'precision': ACCEPTS['precision'], 'config': Accepts(choices=tuple(MODEL_CONFIGS)),
-    'max_length': ACCEPTS['max_length'], 'pipeline_lines': Accepts(int, 1), 'windows': Accepts(int, 1),
-    'window_steps': Accepts(int, 1), 'sizes': Accepts(int, 1), 'steps': Accepts(int, 1), 'evals': Accepts(int, 1),
-    'repeats': Accepts(int, 1), 'n': Accepts(int, 1), 'moments': Accepts(int, 1), 'limit': Accepts(int, 1),
-    'seeds': Accepts(int, 1), 'arms': Accepts(choices=ARMS), 'test_fraction': Accepts(float, 0, 1, True, True),
+    'device': ACCEPTS['device'], 'precision': ACCEPTS['precision'],
+    'config': Accepts(choices=tuple(MODEL_CONFIGS)),
+    'max_length': ACCEPTS['max_length'], 'pipeline_lines': Accepts(int, 1),
+    'windows': Accepts(int, 1),
+    'window_steps': Accepts(int, 1), 'sizes': Accepts(int, 1), 'steps': Accepts(int, 1),
+    'evals': Accepts(int, 1),
+    'repeats': Accepts(int, 1), 'n': Accepts(int, 1), 'moments': Accepts(int, 1),
+    'limit': Accepts(int, 1),
+    'seeds': Accepts(int, 1), 'arms': Accepts(choices=ARMS),
+    'test_fraction': Accepts(float, 0, 1, True, True),
     'frozen_learning_rate': ACCEPTS['learning_rate'],
 }
 
@@ -85,9 +106,11 @@ def _checked(accepts: Accepts):
 
 # %% ../nbs/17_cli.ipynb #b460b3a4
 def _arg_options(anno, accepts: Accepts | None) -> dict:
-    "argparse `type`, `nargs` or `choices` of an annotation: int, float, str, `X | None`, `list[X]`, `Literal[...]`."
+    """argparse `type`, `nargs` or `choices` of an annotation: int, float,
+    str, `X | None`, `list[X]`, `Literal[...]`."""
     args = typing.get_args(anno)
-    if type(None) in args: anno = next(a for a in args if a is not type(None))  # X | None: an optional X
+    # X | None: an optional X
+    if type(None) in args: anno = next(a for a in args if a is not type(None))
     if typing.get_origin(anno) is typing.Literal: return dict(choices=list(typing.get_args(anno)))
     many = typing.get_origin(anno) is list
     if accepts is None and (typing.get_args(anno)[0] if many else anno) in (int, float):
@@ -101,22 +124,29 @@ def _shown(default) -> str:
 
 # %% ../nbs/17_cli.ipynb #220d2c88
 def _help(doc: str, default=None, switch_off: bool = False) -> str:
-    "A flag's help: its comment, and its default unless the comment says it or there is none to show."
+    """A flag's help: its comment, and its default unless the
+    comment says it or there is none to show."""
     help = f'turn off (on by default): {doc}' if switch_off else doc
-    shown = default is not None and not isinstance(default, bool) and default != ()  # 0 and 1 are shown
+    # 0 and 1 are shown
+    shown = default is not None and not isinstance(default, bool) and default != ()
     if shown and '(default:' not in doc: help += f' (default: {_shown(default)})'
     return help.replace('%', '%%')  # argparse formats help with %
 
 def add_flag(p: argparse.ArgumentParser, name: str, anno, doc: str, default=inspect.Parameter.empty,
              accepts: Accepts | None = None, # what a value must be (a number must say)
-             given_only: bool = False, # a flag not given is absent from the result (its default is the caller's)
+             # a flag not given is absent from the result (its default is the caller's)
+             given_only: bool = False,
              aliases: tuple[str, ...] = ()): # other spellings of the flag
-    "One optional flag: a switch for a bool (`--no_X` when on by default), else a checked value; `json_` is --json."
+    """One optional flag: a switch for a bool (`--no_X` when on by
+    default), else a checked value; `json_` is --json."""
     absent = dict(default=argparse.SUPPRESS) if given_only else {}
     flag, required = '--' + name.rstrip('_'), default is inspect.Parameter.empty
     if anno is bool and default:  # on by default: the flag turns it off
-        return p.add_argument(f'--no_{name}', dest=name, action='store_false', help=_help(doc, switch_off=True), **absent)
-    if anno is bool: return p.add_argument(flag, *aliases, dest=name, action='store_true', help=_help(doc), **absent)
+        return p.add_argument(f'--no_{name}', dest=name, action='store_false',
+                              help=_help(doc, switch_off=True), **absent)
+    if anno is bool:
+        return p.add_argument(flag, *aliases, dest=name, action='store_true', help=_help(doc),
+                              **absent)
     opts, shown = _arg_options(anno, accepts), None if required else default
     if 'choices' not in opts: opts['metavar'] = name.rstrip('_').upper()  # choices show themselves
     p.add_argument(flag, *aliases, dest=name, required=required, help=_help(doc, shown),
@@ -124,11 +154,14 @@ def add_flag(p: argparse.ArgumentParser, name: str, anno, doc: str, default=insp
 
 def add_flags(p: argparse.ArgumentParser, func):
     "One argument of `p` per parameter of `func`, from its annotation, default and comment."
-    docs, params = docments(func, full=True, returns=False, eval_str=True), inspect.signature(func).parameters
+    docs, params = docments(func, full=True, returns=False,
+                            eval_str=True), inspect.signature(func).parameters
     for name, d in docs.items():
-        if params[name].kind is params[name].VAR_KEYWORD: continue  # `**settings`: flags of their own (finetune's)
+        # `**settings`: flags of their own (finetune's)
+        if params[name].kind is params[name].VAR_KEYWORD: continue
         param, doc, accepts = params[name], d.docment or '', ARGUMENTS.get(name)
-        if param.kind is param.POSITIONAL_OR_KEYWORD:  # before `*`: positional (a list takes any number)
+        # before `*`: positional (a list takes any number)
+        if param.kind is param.POSITIONAL_OR_KEYWORD:
             opts = _arg_options(d.anno, accepts)
             if 'nargs' in opts: opts.update(nargs='*', default=param.default)
             p.add_argument(name, help=_help(doc), **opts)
@@ -136,24 +169,35 @@ def add_flags(p: argparse.ArgumentParser, func):
 
 # %% ../nbs/17_cli.ipynb #22b735ce
 def add_train_flags(p: argparse.ArgumentParser,
-                    only: tuple[str, ...] | None = None, # these settings only, and no --preset (default: every one)
-                    defaults: dict | None = None): # the defaults to show where they are not `TrainConfig`'s
-    "One flag per `TrainConfig` field, documented by the field's comment, plus --preset and the precision toggles."
-    presets = '; '.join(f"{k}: {', '.join(f'{a}={b}' for a, b in v.items()) or 'the defaults'}" for k, v in PRESETS.items())
-    if only is None: p.add_argument('--preset', help=f'start from a named set of settings, overridden by any flag given. {presets}')
+                    # these settings only, and no --preset (default: every one)
+                    only: tuple[str, ...] | None = None,
+                    # the defaults to show where they are not `TrainConfig`'s
+                    defaults: dict | None = None):
+    """One flag per `TrainConfig` field, documented by the field's
+    comment, plus --preset and the precision toggles."""
+    presets = '; '.join(f"{k}: {', '.join(f'{a}={b}' for a, b in v.items()) or 'the defaults'}"
+                        for k, v in PRESETS.items())
+    if only is None:
+        p.add_argument('--preset',
+                       help=f'start from a named set of settings, overridden by any flag given. '
+                            f'{presets}')
     docs, types, defaults = docments(TrainConfig), typing.get_type_hints(TrainConfig), defaults or {}
     for f in (f for f in fields(TrainConfig) if only is None or f.name in only):
         doc = docs[f.name] + (f" [{', '.join(MODEL_CONFIGS)}]" if f.name == 'model_config' else '')
-        add_flag(p, f.name, types[f.name], doc, defaults.get(f.name, f.default), ACCEPTS[f.name], given_only=True,
-                 aliases=('--config',) if f.name == 'model_config' else ())  # --config: the short spelling
+        add_flag(p, f.name, types[f.name], doc, defaults.get(f.name, f.default), ACCEPTS[f.name],
+                 given_only=True,
+                 # --config: the short spelling
+                 aliases=('--config',) if f.name == 'model_config' else ())
     for flag, value in (('--bf16', 'bf16'), ('--fp16', 'fp16'), ('--no_mixed_precision', 'fp32')):
-        p.add_argument(flag, dest='precision', action='store_const', const=value, default=argparse.SUPPRESS,
+        p.add_argument(flag, dest='precision', action='store_const', const=value,
+                       default=argparse.SUPPRESS,
                        help=f'same as --precision {value}')
 
 # %% ../nbs/17_cli.ipynb #32a4eeb3
 def train_command(preset: str | None = None, **settings) -> int:
     "Train with masked-character prediction. Quick start: domain-canine train --preset demo"
-    cfg = resolve_config(preset, **settings)  # every setting checked before anything is loaded, prepared or built
+    # every setting checked before anything is loaded, prepared or built
+    cfg = resolve_config(preset, **settings)
     from domain_canine.training import train
     train(cfg)
     return 0
@@ -164,19 +208,23 @@ def _show(predictions, as_json: bool):
     else: print('\n'.join(map(str, predictions)))
 
 def _interactive(predictor: Predictor, top_k: int, as_json: bool,
-                 ask: str = 'a domain with ? or [MASK] for hidden characters'): # what the prompt asks for
-    "A prompt loop: one domain per line, an empty line or end of input to quit; bad input is reported, not fatal."
+                 # what the prompt asks for
+                 ask: str = 'a domain with ? or [MASK] for hidden characters'):
+    """A prompt loop: one domain per line, an empty line or end of input
+    to quit; bad input is reported, not fatal."""
     print(f'Type {ask} (empty line to quit).', file=sys.stderr)
     while True:
         try: line = input('domain> ')
         except EOFError: return
         if not line.strip(): return
-        try: _show(predictor.predict([line], top_k), as_json)  # a bad line: the predictor's `InputError`
+        # a bad line: the predictor's `InputError`
+        try: _show(predictor.predict([line], top_k), as_json)
         except ValueError as e: print(f'error: {e}', file=sys.stderr)
 
 # %% ../nbs/17_cli.ipynb #5a96c52b
 def _predictor(model_path: str, device: str | None) -> tuple[Predictor | Classifier, str]:
-    "The predictor of `model_path` and what to type for it: a fine-tuned classifier, else the mask filler."
+    """The predictor of `model_path` and what to type for it: a
+    fine-tuned classifier, else the mask filler."""
     from domain_canine.model import is_model_dir, is_original_dir
     if not (is_model_dir(model_path) or is_original_dir(model_path)):
         from domain_canine.finetune import Classifier, is_classifier_dir
@@ -185,17 +233,23 @@ def _predictor(model_path: str, device: str | None) -> tuple[Predictor | Classif
     from domain_canine.inference import Predictor
     return Predictor.from_dir(model_path, device), 'a domain with ? or [MASK] for hidden characters'
 
-def predict_command(domains: list[str] = (), # domains with ? or [MASK] for each hidden character (for a classifier: domains)
-                    *, model_path: str, # a model or checkpoint directory written by training, or a classifier written by finetune
-                    top_k: int = 5, # candidates to show per masked character (for a classifier: classes shown)
+# domains with ? or [MASK] for each hidden character (for a classifier: domains)
+def predict_command(domains: list[str] = (),
+                    # a model or checkpoint directory written by training, or
+                    # a classifier written by finetune
+                    *, model_path: str,
+                    # candidates to show per masked character (for a classifier: classes shown)
+                    top_k: int = 5,
                     json_: bool = False, # print the predictions as one JSON list
                     interactive: bool = False, # read domains from a prompt until an empty line
                     device: str | None = None, # cpu, cuda or mps (default: the best available)
                    ) -> int:
-    """Fill the characters marked ? or [MASK], e.g. domain-canine predict --model_path runs/demo/final-model "goo?le.com";
-    with a classifier that finetune wrote, print each domain's most probable classes with their probabilities,
-    e.g. domain-canine predict --model_path runs/tld/final-model example"""
-    if not domains and not interactive: raise InputError('give domains to predict, or --interactive')
+    """Fill the characters marked ? or [MASK], e.g. domain-canine predict --model_path
+    runs/demo/final-model "goo?le.com"; with a classifier that finetune wrote, print each
+    domain's most probable classes with their probabilities, e.g. domain-canine predict
+    --model_path runs/tld/final-model example"""
+    if not domains and not interactive:
+        raise InputError('give domains to predict, or --interactive')
     if top_k < 1: raise InputError('--top_k must be at least 1')
     predictor, ask = _predictor(model_path, device)
     if domains: _show(predictor.predict(domains, top_k), json_)
@@ -205,16 +259,18 @@ def predict_command(domains: list[str] = (), # domains with ? or [MASK] for each
 def import_original_command(source: str, # the original checkpoint directory
                             output: str, # the model directory to write
                            ) -> int:
-    """Convert a directory written by the original project (encoder + training_state.bin) into a domain-canine model
-    directory, which records the original's mask ([CLS]). Such directories also load directly wherever a model
-    directory is expected."""
+    """Convert a directory written by the original project (encoder + training_state.bin) into a
+    domain-canine model directory, which records the original's mask ([CLS]). Such directories
+    also load directly wherever a model directory is expected."""
     from domain_canine.model import ORIGINAL_MASK, import_original
     dst = import_original(source, output)
-    print(f"wrote {dst}; it is queried with U+{ORIGINAL_MASK:04X} ([CLS]), the mask the original was trained with")
+    print(f"wrote {dst}; it is queried with U+{ORIGINAL_MASK:04X} ([CLS]), the mask the original "
+          f"was trained with")
     return 0
 
 # %% ../nbs/17_cli.ipynb #0aa95cfa
-def _load_model(model_path: str, batch_size: int, device: str | None) -> tuple[DomainCanineMLM, object]:
+def _load_model(model_path: str, batch_size: int,
+                device: str | None) -> tuple[DomainCanineMLM, object]:
     from domain_canine.model import DomainCanineMLM
     if batch_size < 1: raise InputError('--batch_size must be at least 1')
     dev = pick_device(device)
@@ -225,8 +281,10 @@ def _note_skipped(skipped: Counter):
                       file=sys.stderr)
 
 # %% ../nbs/17_cli.ipynb #89ac094a
-def _ngram_baseline(train_dataset: str, validation_fraction: float, order: int) -> tuple[CharNgramLM | None, set[str]]:
-    "The n-gram baseline trained on the train split of `train_dataset`, and the domains it saw (none for order 0)."
+def _ngram_baseline(train_dataset: str, validation_fraction: float,
+                    order: int) -> tuple[CharNgramLM | None, set[str]]:
+    """The n-gram baseline trained on the train split of `train_dataset`,
+    and the domains it saw (none for order 0)."""
     from domain_canine.data import load_corpus
     from domain_canine.evaluation import CharNgramLM
     if not order: return None, set()
@@ -235,13 +293,18 @@ def _ngram_baseline(train_dataset: str, validation_fraction: float, order: int) 
 
 # %% ../nbs/17_cli.ipynb #83825a21
 def evaluate_command(*, model_path: str, # a model or checkpoint directory written by training
-                     dataset: str, # a file with one domain per line, or 'sample' (the bundled corpus)
-                     split: typing.Literal[SPLITS] = 'all', # all clean domains of the file, or one side of training's stable hash split: use valid on the model's own training corpus
+                     # a file with one domain per line, or 'sample' (the bundled corpus)
+                     dataset: str,
+                     # all clean domains of the file, or one side of training's stable hash
+                     # split: use valid on the model's own training corpus
+                     split: typing.Literal[SPLITS] = 'all',
                      validation_fraction: float = 0.1, # share of the valid side, as in training
-                     num_samples: int | None = None, # only the first N clean domains (as in training)
+                     # only the first N clean domains (as in training)
+                     num_samples: int | None = None,
                      seed: int = 42, # seeds the masks and the cloze positions, as in training
                      mlm_probability: float = 0.15, # masking rate, as in training
-                     train_dataset: str = SAMPLE_NAME, # the n-gram baseline trains on this corpus' train split
+                     # the n-gram baseline trains on this corpus' train split
+                     train_dataset: str = SAMPLE_NAME,
                      ngram_order: int = 6, # order of the n-gram baseline; 0: no baseline
                      top_tlds: int = 10, # TLDs listed one by one in the breakdown
                      json_: bool = False, # print one JSON object instead of the table
@@ -249,52 +312,58 @@ def evaluate_command(*, model_path: str, # a model or checkpoint directory writt
                      device: str | None = None, # cpu, cuda or mps (default: the best available)
                      no_progress: bool = False, # no progress bar on stderr
                     ) -> int:
-    """Masked-character accuracy and top-5 (masked as in training), one-character cloze top-1/top-5, loss and
-    perplexity, by part of the name, length and TLD; and the cloze top-1 of a character n-gram model trained on the
-    train split of --train_dataset. E.g. domain-canine evaluate --model_path runs/demo/final-model --dataset sample --split valid"""
+    """Masked-character accuracy and top-5 (masked as in training), one-character cloze top-1/top-5,
+    loss and perplexity, by part of the name, length and TLD; and the cloze top-1 of a character
+    n-gram model trained on the train split of --train_dataset. E.g. domain-canine evaluate
+    --model_path runs/demo/final-model --dataset sample --split valid"""
     from domain_canine.evaluation import eval_domains, evaluate, format_report
     if not 0 < mlm_probability < 1: raise InputError('--mlm_probability must be between 0 and 1')
     if ngram_order < 0: raise InputError('--ngram_order must be 0 (no baseline) or more')
     domains = eval_domains(dataset, split, validation_fraction, num_samples)
     model, dev = _load_model(model_path, batch_size, device)
     ngram, seen = _ngram_baseline(train_dataset, validation_fraction, ngram_order)
-    report = evaluate(model, domains, ngram, seed, batch_size, mlm_probability, dev, top_tlds, not no_progress)
-    if ngram is not None: report['ngram_train_overlap'] = sum(d in seen for d in domains) / len(domains)
+    report = evaluate(model, domains, ngram, seed, batch_size, mlm_probability, dev, top_tlds,
+                      not no_progress)
+    if ngram is not None:
+        report['ngram_train_overlap'] = sum(d in seen for d in domains) / len(domains)
     report.update(dataset=dataset, split=split, model_path=str(model_path))
     print(json.dumps(report) if json_ else format_report(report, f'{dataset} ({split})'))
     return 0
 
 # %% ../nbs/17_cli.ipynb #758b1755
 def score_command(domains: list[str] = (), # domains to score
-                  *, file: str | None = None, # a file with one domain per line (bad lines are skipped and counted on stderr)
+                  # a file with one domain per line (bad lines are skipped and counted on stderr)
+                  *, file: str | None = None,
                   json_: bool = False, # one JSON object per line
                   model_path: str, # a model or checkpoint directory written by training
                   batch_size: int = 256, # domains per batch
                   device: str | None = None, # cpu, cuda or mps (default: the best available)
                   no_progress: bool = False, # no progress bar on stderr
                  ) -> int:
-    """Hide each character in turn and add the log-probabilities of the right ones. Prints "pll per_char domain" per
-    line, or JSON lines with --json."""
+    """Hide each character in turn and add the log-probabilities of the right ones. Prints "pll
+    per_char domain" per line, or JSON lines with --json."""
     from domain_canine.evaluation import pseudo_log_likelihood, read_domains
     domains, skipped = read_domains(domains, file)
     model, dev = _load_model(model_path, batch_size, device)
     _note_skipped(skipped)
     pll = pseudo_log_likelihood(model, domains, batch_size, dev, not no_progress)
     for d, s in zip(domains, pll):
-        print(json.dumps(dict(domain=d, pll=s, pll_per_char=s / len(d))) if json_ else f'{s:.4f}\t{s / len(d):.4f}\t{d}')
+        print(json.dumps(dict(domain=d, pll=s, pll_per_char=s / len(d))) if json_
+              else f'{s:.4f}\t{s / len(d):.4f}\t{d}')
     return 0
 
 # %% ../nbs/17_cli.ipynb #0f032110
 def embed_command(domains: list[str] = (), # domains to embed
-                  *, file: str | None = None, # a file with one domain per line (bad lines are skipped and counted on stderr)
+                  # a file with one domain per line (bad lines are skipped and counted on stderr)
+                  *, file: str | None = None,
                   output: str, # the file to write: .npy or .parquet
                   model_path: str, # a model or checkpoint directory written by training
                   batch_size: int = 256, # domains per batch
                   device: str | None = None, # cpu, cuda or mps (default: the best available)
                   no_progress: bool = False, # no progress bar on stderr
                  ) -> int:
-    """Write each domain's mean last hidden state over its characters to a .npy array (rows in input order) or a
-    Parquet table (domain, embedding)."""
+    """Write each domain's mean last hidden state over its characters to a .npy array (rows in input
+    order) or a Parquet table (domain, embedding)."""
     from domain_canine.evaluation import embed_domains, read_domains, write_embeddings
     if Path(output).suffix not in ('.npy', '.parquet'):
         raise InputError(f'--output must end in .npy or .parquet, got {Path(output).name}')
@@ -302,52 +371,68 @@ def embed_command(domains: list[str] = (), # domains to embed
     model, dev = _load_model(model_path, batch_size, device)
     _note_skipped(skipped)
     vectors = embed_domains(model, domains, batch_size, dev, not no_progress)
-    print(f'wrote {len(domains):,} embeddings of size {vectors.shape[1]} to {write_embeddings(output, domains, vectors)}')
+    print(f'wrote {len(domains):,} embeddings of size {vectors.shape[1]} to '
+          f'{write_embeddings(output, domains, vectors)}')
     return 0
 
 # %% ../nbs/17_cli.ipynb #b71e3a90
 def _write_run_probes(paths: list[str], reports: list[dict]) -> list[Path]:
-    "Each run directory among `paths` gets the reports of its checkpoints as `probes.jsonl` (replaced), which the analysis chapter plots."
+    """Each run directory among `paths` gets the reports of its checkpoints as
+    `probes.jsonl` (replaced), which the analysis chapter plots."""
     written = []
     for run in map(Path, paths):
         if (run / 'config.json').is_file(): continue  # a model directory, not a run
         mine = [r for r in reports if Path(r['model_path']).parent == run]
-        written.append(write_atomic(run / 'probes.jsonl', ''.join(json.dumps(r) + '\n' for r in mine)))
+        written.append(write_atomic(run / 'probes.jsonl',
+                                    ''.join(json.dumps(r) + '\n' for r in mine)))
     return written
 
 def _show_probes(reports: list[dict], as_json: bool):
     "One JSON line per model, or each model's tables and, for several, the series across them."
     from domain_canine.probes import format_probe_report, format_probe_series
     if as_json: print('\n'.join(json.dumps(r) for r in reports))
-    else: print('\n\n'.join([*map(format_probe_report, reports), *([format_probe_series(reports)] if len(reports) > 1 else [])]))
+    else:
+        print('\n\n'.join([*map(format_probe_report, reports),
+                           *([format_probe_series(reports)] if len(reports) > 1 else [])]))
 
 # %% ../nbs/17_cli.ipynb #c82f4d01
-def probe_command(*, model_path: list[str], # model or checkpoint directories, and/or run directories (a run: each step checkpoint, and its final model if saved later)
-                  dataset: str = SAMPLE_NAME, # the measured domains and the baselines' training: 'sample', a text file (one domain per line) or a hub dataset id
-                  split: typing.Literal[SPLITS] = 'valid', # the measured domains: one side of training's stable hash split, or all
+# model or checkpoint directories, and/or run directories (a run: each
+# step checkpoint, and its final model if saved later)
+def probe_command(*, model_path: list[str],
+                  # the measured domains and the baselines' training: 'sample', a text
+                  # file (one domain per line) or a hub dataset id
+                  dataset: str = SAMPLE_NAME,
+                  # the measured domains: one side of training's stable hash split, or all
+                  split: typing.Literal[SPLITS] = 'valid',
                   validation_fraction: float = 0.1, # share of the valid side, as in training
                   num_domains: int = 500, # real domains of the look-alike tasks (a seeded sample)
                   per_domain: int = 8, # look-alikes per domain, at most (a seeded choice)
                   tld_domains: int = 5000, # domains of the TLD probe (a seeded sample)
                   top_tlds: int = 5, # classes of the TLD probe: the most frequent TLDs
-                  ngram_order: int = 6, # order of the n-gram baseline of the ranking; 0: no baseline
-                  tasks: list[str] = TASKS, # ranking (needs the MLM head) and/or linear_probes (the encoder only)
-                  seed: int = 0, # decides the samples, the look-alikes kept and the probes' train/test split
+                  # order of the n-gram baseline of the ranking; 0: no baseline
+                  ngram_order: int = 6,
+                  # ranking (needs the MLM head) and/or linear_probes (the encoder only)
+                  tasks: list[str] = TASKS,
+                  # decides the samples, the look-alikes kept and the probes' train/test split
+                  seed: int = 0,
                   json_: bool = False, # one JSON object per model and line instead of the tables
                   batch_size: int = 256, # domains per batch
                   device: str | None = None, # cpu, cuda or mps (default: the best available)
                   no_progress: bool = False, # no progress bars on stderr
                  ) -> int:
-    """Does a model know what real domains look like? Ranks each domain above its dnstwist look-alikes by
-    pseudo-log-likelihood, and probes its embeddings linearly (TLD; real or look-alike), beside a character n-gram
-    model and a TF-IDF classifier. A run directory gives every checkpoint, and gets the results as probes.jsonl.
-    E.g. domain-canine probe --model_path runs/demo"""
+    """Does a model know what real domains look like? Ranks each domain above its dnstwist
+    look-alikes by pseudo-log-likelihood, and probes its embeddings linearly (TLD; real or
+    look-alike), beside a character n-gram model and a TF-IDF classifier. A run directory gives
+    every checkpoint, and gets the results as probes.jsonl. E.g. domain-canine probe --model_path
+    runs/demo"""
     from domain_canine.probes import check_tasks, model_dirs, probe_checkpoints, probe_set
     check_tasks(tasks)
     model_dirs(model_path)  # a wrong path fails before the look-alikes are made
-    probes = probe_set(dataset, split, validation_fraction, ngram_order, num_domains=num_domains, per_domain=per_domain,
+    probes = probe_set(dataset, split, validation_fraction, ngram_order, num_domains=num_domains,
+                       per_domain=per_domain,
                        tld_domains=tld_domains, top_tlds=top_tlds, seed=seed)
-    reports = probe_checkpoints(model_path, probes, tuple(tasks), batch_size, device, not no_progress)
+    reports = probe_checkpoints(model_path, probes, tuple(tasks), batch_size, device,
+                                not no_progress)
     written = _write_run_probes(model_path, reports)
     _show_probes(reports, json_)
     for path in written: print(f'probe results written to {path}', file=sys.stderr)
@@ -359,17 +444,21 @@ def bench_command(*, config: str = 'small', # model shape: tiny, demo, small or 
                   max_length: int = 64, # the reference mode's fixed padding: 64 or 128
                   device: str | None = None, # cpu, cuda or mps (default: the best available)
                   precision: str = 'auto', # auto, bf16, fp16 or fp32
-                  length_bucketing: bool = True, # batch domains of similar length together in our mode, as training does
+                  # batch domains of similar length together in our mode, as training does
+                  length_bucketing: bool = True,
                   pipeline_lines: int = 1_000_000, # lines for the pipeline benchmark
                   windows: int = 5, # timed windows per mode; the median is reported
                   window_steps: int = 5, # training steps per timed window
-                  dry_run: bool = False, # a few seconds with the tiny model, to check the benchmark runs
+                  # a few seconds with the tiny model, to check the benchmark runs
+                  dry_run: bool = False,
                   json_: bool = False, # print one JSON line
                  ) -> int:
-    """Measure the input pipeline and training steps, ours against a reference mode that reproduces the original
-    design, in one run. Example: domain-canine bench --config small --batch_size 256 --max_length 64 --device cpu --json"""
+    """Measure the input pipeline and training steps, ours against a reference mode that reproduces
+    the original design, in one run. Example: domain-canine bench --config small --batch_size 256
+    --max_length 64 --device cpu --json"""
     from domain_canine.bench import run_bench
-    r = run_bench(config, batch_size, max_length, device, precision, length_bucketing, pipeline_lines, windows, window_steps, dry_run)
+    r = run_bench(config, batch_size, max_length, device, precision, length_bucketing,
+                  pipeline_lines, windows, window_steps, dry_run)
     if json_: print(json.dumps(r))
     else:
         for k, v in r.items(): print(f'{k:32} {v:,.3f}' if isinstance(v, float) else f'{k:32} {v}')
@@ -380,19 +469,25 @@ def bench_scale_command(*, sizes: list[int] = (1_000_000, 10_000_000), # corpus 
                         train: bool = False, # also measure the training command on each corpus
                         steps: int = 60, # optimizer steps of each measured training run
                         evals: int = 3, # periodic evaluations within those steps
-                        repeats: int = 3, # resumes measured from each checkpoint; the median is reported
-                        workdir: str | None = None, # keep corpora, caches and runs here (default: a temporary folder, deleted)
+                        # resumes measured from each checkpoint; the median is reported
+                        repeats: int = 3,
+                        # keep corpora, caches and runs here (default: a temporary folder, deleted)
+                        workdir: str | None = None,
                         json_: bool = False, # print one JSON line per size
                        ) -> int:
-    """Prepare synthetic corpora of each size in a fresh process and report seconds, peak memory, disk and the time to
-    a first streamed batch; with --train also run domain-canine train on each (tiny model, batch 256, CPU): time to the
-    first step, domains/s, the cost of an evaluation, of the steps after the first, and of resuming early and late.
-    Example: domain-canine bench-scale --sizes 1000000 30000000 --train --workdir runs/scale"""
+    """Prepare synthetic corpora of each size in a fresh process and report seconds, peak memory,
+    disk and the time to a first streamed batch; with --train also run domain-canine train on
+    each (tiny model, batch 256, CPU): time to the first step, domains/s, the cost of an
+    evaluation, of the steps after the first, and of resuming early and late. Example:
+    domain-canine bench-scale --sizes 1000000 30000000 --train --workdir runs/scale"""
     if min(sizes) < 1: raise DataError('--sizes must be positive')
-    if steps < evals or evals < 1: raise DataError('--steps must be at least --evals, and --evals at least 1')
+    if steps < evals or evals < 1:
+        raise DataError('--steps must be at least --evals, and --evals at least 1')
     from domain_canine.bench import bench_scale
-    for r in bench_scale(tuple(sizes), workdir, train=train, steps=steps, evals=evals, repeats=repeats):
-        print(json.dumps(r) if json_ else '  '.join(f'{k} {v:,.2f}' if isinstance(v, float) else f'{k} {v:,}' for k, v in r.items()))
+    for r in bench_scale(tuple(sizes), workdir, train=train, steps=steps, evals=evals,
+                         repeats=repeats):
+        print(json.dumps(r) if json_ else '  '.join(f'{k} {v:,.2f}' if isinstance(v, float)
+                                                    else f'{k} {v:,}' for k, v in r.items()))
     return 0
 
 def make_corpus_command(*, n: int, # number of domains
@@ -406,15 +501,18 @@ def make_corpus_command(*, n: int, # number of domains
     return 0
 
 # %% ../nbs/17_cli.ipynb #7d3b51e4
-def make_task_command(name: typing.Literal[TASK_NAMES], # lookalike: real domain or look-alike? tld: which TLD?
+# lookalike: real domain or look-alike? tld: which TLD?
+def make_task_command(name: typing.Literal[TASK_NAMES],
                       *, output: str, # the CSV file to write (columns domain,label[,group])
                       seed: int = 0, # decides the sample and the look-alikes kept
-                      limit: int | None = None, # domains sampled (default: 1,000 for lookalike, all for tld)
+                      # domains sampled (default: 1,000 for lookalike, all for tld)
+                      limit: int | None = None,
                       force: bool = False, # replace an existing output file
                      ) -> int:
-    """Write a labelled task built offline from the bundled corpus: lookalike (a real domain or a dnstwist
-    look-alike, grouped by the real one) or tld (the TLD from the name without it); the same file for the same
-    seed, never over a file without --force. E.g. domain-canine make-task lookalike --output lookalike.csv"""
+    """Write a labelled task built offline from the bundled corpus: lookalike (a real domain or a
+    dnstwist look-alike, grouped by the real one) or tld (the TLD from the name without it); the
+    same file for the same seed, never over a file without --force. E.g. domain-canine make-task
+    lookalike --output lookalike.csv"""
     from domain_canine.tasks import write_task
     path, columns = write_task(name, output, seed, limit, force)
     counts = Counter(columns['label'])
@@ -423,92 +521,140 @@ def make_task_command(name: typing.Literal[TASK_NAMES], # lookalike: real domain
     return 0
 
 # %% ../nbs/17_cli.ipynb #91f35561
-FINETUNE_DEFAULTS = dict(  # the fine-tuning chapter's, named here without loading it (checked below)
+# the fine-tuning chapter's, named here without loading it (checked below)
+FINETUNE_DEFAULTS = dict(
     epochs=3, batch_size=32, learning_rate=5e-5, warmup_steps=0, eval_steps=100, save_steps=500,
     logging_steps=10, output_dir='runs/finetune')
-FINETUNE_FLAGS = (  # the training settings that finetune takes (the masking and streaming ones are pre-training's)
-    'dataset_split', 'text_column', 'validation_fraction', 'model_name_or_path', 'model_config', 'dropout',
-    'attention', 'compile', 'epochs', 'max_steps', 'batch_size', 'gradient_accumulation_steps', 'learning_rate',
-    'warmup_steps', 'weight_decay', 'gradient_clip_val', 'early_stopping_patience', 'max_bad_steps', 'precision',
-    'device', 'output_dir', 'save_steps', 'save_total_limit', 'eval_steps', 'logging_steps', 'resume_from', 'seed',
-    'ddp_timeout', 'num_workers', 'use_wandb', 'wandb_project', 'wandb_run_name', 'tensorboard', 'length_bucketing')
+# the training settings that finetune takes (the masking and streaming ones are pre-training's)
+FINETUNE_FLAGS = (
+    'dataset_split', 'text_column', 'validation_fraction', 'model_name_or_path', 'model_config',
+    'dropout',
+    'attention', 'compile', 'epochs', 'max_steps', 'batch_size', 'gradient_accumulation_steps',
+    'learning_rate',
+    'warmup_steps', 'weight_decay', 'gradient_clip_val', 'early_stopping_patience', 'max_bad_steps',
+    'precision',
+    'device', 'output_dir', 'save_steps', 'save_total_limit', 'eval_steps', 'logging_steps',
+    'resume_from', 'seed',
+    'ddp_timeout', 'num_workers', 'use_wandb', 'wandb_project', 'wandb_run_name', 'tensorboard',
+    'length_bucketing')
 
 # %% ../nbs/17_cli.ipynb #d48881d8
-def finetune_command(*, task: str | None = None, # the labelled file: CSV, TSV, JSON lines, Parquet, a saved dataset folder, a hub id, or a built-in task: lookalike, tld
+# the labelled file: CSV, TSV, JSON lines, Parquet, a saved dataset
+# folder, a hub id, or a built-in task: lookalike, tld
+def finetune_command(*, task: str | None = None,
                      dataset: str | None = None, # the same as --task
-                     label_column: str | None = None, # column of the labels (default: label, labels, class, target or category)
-                     group_column: str | None = None, # rows of a group stay on one side (default: group, when present)
-                     split_column: str | None = None, # a given side per row: train, validation or test (default: split or side)
-                     split_by: typing.Literal[SPLIT_BY] = 'auto', # auto: the split column, else the groups, else a hash of the text
-                     test_fraction: float = 0.2, # share held out for the final test (hash and group splits)
-                     from_scratch: bool = False, # the same architecture with random weights: what pre-training adds
-                     freeze_encoder: bool = False, # train only the classification head on the encoder's fixed features
+                     # column of the labels (default: label, labels, class, target or category)
+                     label_column: str | None = None,
+                     # rows of a group stay on one side (default: group, when present)
+                     group_column: str | None = None,
+                     # a given side per row: train, validation or test (default: split or side)
+                     split_column: str | None = None,
+                     # auto: the split column, else the groups, else a hash of the text
+                     split_by: typing.Literal[SPLIT_BY] = 'auto',
+                     # share held out for the final test (hash and group splits)
+                     test_fraction: float = 0.2,
+                     # the same architecture with random weights: what pre-training adds
+                     from_scratch: bool = False,
+                     # train only the classification head on the encoder's fixed features
+                     freeze_encoder: bool = False,
                      **settings) -> int:
-    """Fine-tune a sequence classifier (a model or checkpoint's encoder and a new head) on a labelled file, with
-    training's checkpoints, exact resume and metrics; the final model is a plain transformers directory, and
-    test_results.json holds the test side's predictions. E.g. domain-canine make-task tld --output tld.csv; then
-    domain-canine finetune --task tld.csv --model_name_or_path runs/demo/final-model --output_dir runs/tld"""
-    if (task is None) == (dataset is None): raise ConfigError('give the labelled file once, with --task (or --dataset)')
+    """Fine-tune a sequence classifier (a model or checkpoint's encoder and a new head) on a
+    labelled file, with training's checkpoints, exact resume and metrics; the final model is a
+    plain transformers directory, and test_results.json holds the test side's predictions. E.g.
+    domain-canine make-task tld --output tld.csv; then domain-canine finetune --task tld.csv
+    --model_name_or_path runs/demo/final-model --output_dir runs/tld"""
+    if (task is None) == (dataset is None):
+        raise ConfigError('give the labelled file once, with --task (or --dataset)')
     from domain_canine.finetune import finetune, finetune_config
-    finetune(finetune_config(dataset=task or dataset, label_column=label_column, group_column=group_column,
-                             split_column=split_column, split_by=split_by, test_fraction=test_fraction,
+    finetune(finetune_config(dataset=task or dataset, label_column=label_column,
+                             group_column=group_column,
+                             split_column=split_column, split_by=split_by,
+                             test_fraction=test_fraction,
                              from_scratch=from_scratch, freeze_encoder=freeze_encoder, **settings))
     return 0
 
 # %% ../nbs/17_cli.ipynb #0ea2fcec
 ARM_FLAGS = (  # the training settings of compare's fine-tuned arms: one budget for all of them
-    'epochs', 'max_steps', 'batch_size', 'gradient_accumulation_steps', 'learning_rate', 'warmup_steps', 'weight_decay',
+    'epochs', 'max_steps', 'batch_size', 'gradient_accumulation_steps', 'learning_rate',
+    'warmup_steps', 'weight_decay',
     'dropout', 'attention', 'precision', 'device', 'length_bucketing')
 
-def _write_finetune_records(models: list[str], records: list[dict], output_dir: str | None) -> list[Path]:
-    "`output_dir` gets every record; each run directory among `models`, its checkpoints' and the model-free ones."
+def _write_finetune_records(models: list[str], records: list[dict],
+                            output_dir: str | None) -> list[Path]:
+    """`output_dir` gets every record; each run directory among `models`,
+    its checkpoints' and the model-free ones."""
     from domain_canine.compare import append_finetune
     written = [append_finetune(output_dir, records)] if output_dir else []
     for run in map(Path, models):
-        if (run / 'config.json').is_file() or not run.is_dir(): continue  # a model directory or a hub id
+        # a model directory or a hub id
+        if (run / 'config.json').is_file() or not run.is_dir(): continue
         mine = [r for r in records if r['model'] is None or Path(r['model']).parent == run]
         written.append(append_finetune(run, mine))
     return written
 
-def _compare_arms(arms: list[str] | None, models: list[str], frozen_learning_rate: float, settings: dict) -> tuple[list, int | None]:
-    "The arms named (default: each that applies), every model's built, and the fewest positions of their models."
+def _compare_arms(arms: list[str] | None, models: list[str], frozen_learning_rate: float,
+                  settings: dict) -> tuple[list, int | None]:
+    """The arms named (default: each that applies), every model's built,
+    and the fewest positions of their models."""
     from domain_canine.compare import ARMS as baselines
     from domain_canine.finetune import ARM_KINDS, arm_models, classifier_arms, model_positions
     chosen = list(dict.fromkeys(arms or [a for a in ARMS if a in baselines or models]))
-    if unknown := sorted(set(chosen) - set(ARMS)): raise DataError(f"unknown --arms {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+    if unknown := sorted(set(chosen) - set(ARMS)):
+        raise DataError(f"unknown --arms {', '.join(unknown)}; choose from {', '.join(ARMS)}")
     if (kinds := [a for a in chosen if a in ARM_KINDS]) and not models:
         raise DataError(f"the arms {', '.join(kinds)} start from a model: give it with --models")
-    paths = arm_models(models) if kinds else []  # checksums verified, hub ids read: before the task is built
+    # checksums verified, hub ids read: before the task is built
+    paths = arm_models(models) if kinds else []
     tuned = classifier_arms(paths, kinds, frozen_learning_rate=frozen_learning_rate, **settings)
-    return [baselines[a] for a in chosen if a in baselines] + tuned, min(map(model_positions, paths), default=None)
+    return [baselines[a] for a in chosen
+            if a in baselines] + tuned, min(map(model_positions, paths), default=None)
 
-def compare_command(*, task: str, # a labelled file (CSV, TSV, JSON lines, Parquet), a saved dataset or hub id, or a built-in task: lookalike, tld
-                    models: list[str] = (), # models to fine-tune from: model or checkpoint directories, run directories (each checkpoint), hub ids
-                    arms: list[str] | None = None, # tfidf, majority (no model); finetuned, frozen, scratch (per model; default: every arm that applies)
-                    seeds: int = 3, # seeds per arm with randomness (0, 1, ...; tfidf and majority run once): the spread shows the noise
-                    split_by: typing.Literal[SPLIT_BY] = 'auto', # auto: the split column, else the group column, else a hash of the text
+# a labelled file (CSV, TSV, JSON lines, Parquet), a saved dataset or
+# hub id, or a built-in task: lookalike, tld
+def compare_command(*, task: str,
+                    # models to fine-tune from: model or checkpoint directories, run
+                    # directories (each checkpoint), hub ids
+                    models: list[str] = (),
+                    # tfidf, majority (no model); finetuned, frozen, scratch (per
+                    # model; default: every arm that applies)
+                    arms: list[str] | None = None,
+                    # seeds per arm with randomness (0, 1, ...; tfidf and majority
+                    # run once): the spread shows the noise
+                    seeds: int = 3,
+                    # auto: the split column, else the group column, else a hash of the text
+                    split_by: typing.Literal[SPLIT_BY] = 'auto',
                     test_fraction: float = 0.2, # share of the test side (group and hash splits)
-                    validation_fraction: float = 0.1, # share of the validation side, kept out of every arm's training
+                    # share of the validation side, kept out of every arm's training
+                    validation_fraction: float = 0.1,
                     seed: int = 0, # decides the split and a built-in task's sample
-                    limit: int | None = None, # domains sampled for a built-in task (default: as make-task)
-                    frozen_learning_rate: float = 1e-3, # the frozen arms' learning rate (a head alone on fixed features)
-                    output_dir: str | None = None, # a run or results folder: the records are appended to its finetune.jsonl
+                    # domains sampled for a built-in task (default: as make-task)
+                    limit: int | None = None,
+                    # the frozen arms' learning rate (a head alone on fixed features)
+                    frozen_learning_rate: float = 1e-3,
+                    # a run or results folder: the records are appended to its finetune.jsonl
+                    output_dir: str | None = None,
                     json_: bool = False, # one JSON record per arm and seed instead of the table
-                    **settings, # the fine-tuned arms' budget and training settings: fine-tuning's flags in ARM_FLAGS
+                    # the fine-tuned arms' budget and training settings:
+                    # fine-tuning's flags in ARM_FLAGS
+                    **settings,
                    ) -> int:
-    """Judge classifiers on one split of a labelled task: TF-IDF and the majority class, and per model a classifier
-    fine-tuned from it, its frozen encoder under a trained head, and its architecture from scratch, on one budget;
-    accuracy, macro-F1, ROC-AUC (binary tasks), per-class precision and recall, over seeds with their spread. A run
-    directory among --models gets its records in finetune.jsonl. E.g. domain-canine compare --task tld --models runs/demo"""
+    """Judge classifiers on one split of a labelled task: TF-IDF and the majority class, and per
+    model a classifier fine-tuned from it, its frozen encoder under a trained head, and its
+    architecture from scratch, on one budget; accuracy, macro-F1, ROC-AUC (binary tasks),
+    per-class precision and recall, over seeds with their spread. A run directory among --models
+    gets its records in finetune.jsonl. E.g. domain-canine compare --task tld --models runs/demo"""
     from domain_canine.compare import compare, format_comparison, summarise
     from domain_canine.tasks import load_task
     if output_dir: check_folder(output_dir, '--output_dir')  # before the work, not after it
     chosen, positions = _compare_arms(arms, models, frozen_learning_rate, settings)
-    split = load_task(task, split_by, test_fraction, validation_fraction, seed, limit, max_positions=positions)
+    split = load_task(task, split_by, test_fraction, validation_fraction, seed, limit,
+                      max_positions=positions)
     print(split.summary(), file=sys.stderr)
-    records = compare(split, chosen, range(seeds), lambda line: print(line, file=sys.stderr))  # stdout: the table
+    # stdout: the table
+    records = compare(split, chosen, range(seeds), lambda line: print(line, file=sys.stderr))
     print('\n'.join(map(json.dumps, records)) if json_ else format_comparison(summarise(records)))
-    for path in _write_finetune_records(models, records, output_dir): print(f'records appended to {path}', file=sys.stderr)
+    for path in _write_finetune_records(models, records, output_dir):
+        print(f'records appended to {path}', file=sys.stderr)
     return 0
 
 # %% ../nbs/17_cli.ipynb #c0fc1c56
@@ -517,50 +663,69 @@ def crash_test_command(*, moments: int = 20, # how many kills
                        steps: int = 120, # optimizer steps of the run
                        json_: bool = False, # print the result as one JSON line
                       ) -> int:
-    """Kill a small CPU training run with SIGKILL at random moments, resume it with --resume_from latest each time, and
-    compare its final weights and logged losses with an uninterrupted run. Exit status 0 only if they are identical."""
+    """Kill a small CPU training run with SIGKILL at random moments, resume it with --resume_from
+    latest each time, and compare its final weights and logged losses with an uninterrupted run.
+    Exit status 0 only if they are identical."""
     from domain_canine.crash_test import crash_test
     r = crash_test(moments, seed, steps, log=(lambda *x: None) if json_ else print)
-    print(json.dumps(r) if json_ else f"{r['kills']} kills in {r['moments']} moments, {r['seconds']} s: "
+    print(json.dumps(r) if json_
+          else f"{r['kills']} kills in {r['moments']} moments, {r['seconds']} s: "
           f"{'bit-for-bit identical' if r['identical'] else 'DIFFERENT'} to the uninterrupted run")
     return 0 if r['identical'] else 1
 
 # %% ../nbs/17_cli.ipynb #be46c92a
 COMMANDS = {  # name: (the function it runs, its line in `domain-canine --help`)
     'train': (train_command, 'train or continue training a model'),
-    'predict': (predict_command, 'fill masked characters of domains, or classify domains with a fine-tuned classifier'),
-    'import-original': (import_original_command, 'convert a checkpoint of the original single-script project'),
-    'evaluate': (evaluate_command, 'measure a model on a domain file, beside a character n-gram baseline'),
+    'predict': (predict_command,
+                'fill masked characters of domains, or classify domains with a fine-tuned '
+                'classifier'),
+    'import-original': (import_original_command,
+                        'convert a checkpoint of the original single-script project'),
+    'evaluate': (evaluate_command,
+                 'measure a model on a domain file, beside a character n-gram baseline'),
     'score': (score_command, 'pseudo-log-likelihood of domains'),
     'embed': (embed_command, 'mean-pooled encoder embeddings of domains'),
-    'probe': (probe_command, 'look-alike ranking and linear probes of models or every checkpoint of a run, beside baselines'),
-    'bench': (bench_command, 'measure pipeline and training throughput against the original design'),
-    'bench-scale': (bench_scale_command, 'corpus preparation, and optionally training, at growing sizes'),
+    'probe': (probe_command,
+              'look-alike ranking and linear probes of models or every checkpoint of a run, beside '
+              'baselines'),
+    'bench': (bench_command,
+              'measure pipeline and training throughput against the original design'),
+    'bench-scale': (bench_scale_command,
+                    'corpus preparation, and optionally training, at growing sizes'),
     'make-corpus': (make_corpus_command, 'write a synthetic corpus for scale tests'),
-    'make-task': (make_task_command, 'write a labelled task built from the bundled corpus: lookalike or tld'),
-    'compare': (compare_command, 'judge classifiers on a labelled task over seeds: fine-tuned, frozen, from scratch, TF-IDF'),
-    'finetune': (finetune_command, 'fine-tune a sequence classifier on a labelled file (an encoder and a new head)'),
-    'crash-test': (crash_test_command, 'kill a training run at random moments and check that resuming is exact'),
+    'make-task': (make_task_command,
+                  'write a labelled task built from the bundled corpus: lookalike or tld'),
+    'compare': (compare_command,
+                'judge classifiers on a labelled task over seeds: fine-tuned, frozen, from '
+                'scratch, TF-IDF'),
+    'finetune': (finetune_command,
+                 'fine-tune a sequence classifier on a labelled file (an encoder and a new head)'),
+    'crash-test': (crash_test_command,
+                   'kill a training run at random moments and check that resuming is exact'),
 }
 
 # %% ../nbs/17_cli.ipynb #dac153b0
 def build_parser() -> argparse.ArgumentParser:
     "The `domain-canine` parser: one subcommand per entry of `COMMANDS`."
-    parser = OneLineParser(prog='domain-canine', description='Continue pre-training CANINE on domain names '
+    parser = OneLineParser(prog='domain-canine',
+                           description='Continue pre-training CANINE on domain names '
                            'with masked-character prediction, and use the result.')
     sub = parser.add_subparsers(dest='command', required=True, parser_class=OneLineParser)
     for name, (func, help) in COMMANDS.items():
         p = sub.add_parser(name, help=help, description=inspect.getdoc(func))
         if func is train_command: add_train_flags(p)
         else: add_flags(p, func)
-        if func is finetune_command: add_train_flags(p, FINETUNE_FLAGS, FINETUNE_DEFAULTS)  # training's own settings
-        if func is compare_command: add_train_flags(p, ARM_FLAGS, FINETUNE_DEFAULTS)  # the fine-tuned arms'
+        # training's own settings
+        if func is finetune_command: add_train_flags(p, FINETUNE_FLAGS, FINETUNE_DEFAULTS)
+        # the fine-tuned arms'
+        if func is compare_command: add_train_flags(p, ARM_FLAGS, FINETUNE_DEFAULTS)
         p.set_defaults(func=func)
     return parser
 
 # %% ../nbs/17_cli.ipynb #02221589
 def parse_args(argv: list[str] | None = None) -> dict:
-    "The command's settings; a mistake ends the program with one line and exit status 2, as argparse does."
+    """The command's settings; a mistake ends the program with one
+    line and exit status 2, as argparse does."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # the command's own parser says so: it knows the flags to suggest

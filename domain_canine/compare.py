@@ -32,14 +32,16 @@ def _per_class(truth: np.ndarray, predicted: np.ndarray, labels: list) -> dict:
 
 # %% ../nbs/13c_compare.ipynb #c5a74225
 def classifier_metrics(y_true, # class ids of the test items (0 .. len(labels) - 1)
-                       proba, # (n, len(labels)): each item's class probabilities, in the order of `labels`
+                       # (n, len(labels)): each item's class probabilities, in the order of `labels`
+                       proba,
                        labels: list) -> dict: # the class names
-    "Accuracy, macro-F1, ROC-AUC (binary tasks with both classes on the test side) and per-class figures."
+    """Accuracy, macro-F1, ROC-AUC (binary tasks with both classes on
+    the test side) and per-class figures."""
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
     truth, proba = np.asarray(y_true), np.asarray(proba, dtype=float)
     if proba.shape != (len(truth), len(labels)) or not len(truth):
-        raise ValueError(f'expected probabilities of shape ({len(truth)}, {len(labels)}) for at least one '
-                         f'item, got {proba.shape}')
+        raise ValueError(f'expected probabilities of shape ({len(truth)}, '
+                         f'{len(labels)}) for at least one item, got {proba.shape}')
     predicted = proba.argmax(1)
     binary = len(labels) == 2 and len(set(truth.tolist())) == 2
     return dict(accuracy=float(accuracy_score(truth, predicted)),
@@ -50,34 +52,42 @@ def classifier_metrics(y_true, # class ids of the test items (0 .. len(labels) -
 # %% ../nbs/13c_compare.ipynb #4ef70511
 @dataclass
 class Arm:
-    "A classifier of a comparison: `fit_predict(task, seed)` trains on the train side, gives the test side's probabilities."
+    """A classifier of a comparison: `fit_predict(task, seed)` trains on the
+    train side, gives the test side's probabilities."""
     name: str              # what the records call it: tfidf, majority, finetuned, frozen, scratch
-    fit_predict: Callable  # (task, seed) -> (len(task.test.texts), len(task.classes)) array, columns in task.classes order
+    # (task, seed) -> (len(task.test.texts), len(task.classes)) array, columns in task.classes order
+    fit_predict: Callable
     model: str | None = None  # the model it starts from (None: none)
-    step: int | None = None   # that model's pre-training step (None: not a checkpoint, or its weights unused)
+    # that model's pre-training step (None: not a checkpoint, or its weights unused)
+    step: int | None = None
     seeded: bool = True       # False: the seed changes nothing, and `compare` runs the arm once
 
-    def __call__(self, task: LabelledTask, seed: int = 0) -> np.ndarray: return self.fit_predict(task, seed)
+    def __call__(self, task: LabelledTask,
+                 seed: int = 0) -> np.ndarray: return self.fit_predict(task, seed)
 
 # %% ../nbs/13c_compare.ipynb #557492c2
 def _all_columns(proba: np.ndarray, seen: np.ndarray, n_classes: int) -> np.ndarray:
-    "Probabilities over the classes a classifier saw, placed in the task's columns (0 for a class it never saw)."
+    """Probabilities over the classes a classifier saw, placed in the
+    task's columns (0 for a class it never saw)."""
     out = np.zeros((len(proba), n_classes))
     out[:, seen] = proba
     return out
 
 def tfidf_predict(task: LabelledTask, seed: int = 0, balanced: bool = True) -> np.ndarray:
-    "Character 1- to 4-gram TF-IDF and logistic regression (L2, C = 1, balanced class weights) on the train side."
+    """Character 1- to 4-gram TF-IDF and logistic regression (L2, C = 1,
+    balanced class weights) on the train side."""
     clf = tfidf_pipeline(seed, balanced).fit(task.train.texts, task.train.labels)
     return _all_columns(clf.predict_proba(task.test.texts), clf.classes_, len(task.classes))
 
 def majority_predict(task: LabelledTask, seed: int = 0) -> np.ndarray:
-    "Probability 1 for the most frequent class of the train side: the floor every classifier must clear."
+    """Probability 1 for the most frequent class of the train side:
+    the floor every classifier must clear."""
     proba = np.zeros((len(task.test.texts), len(task.classes)))
     proba[:, majority_class(task.train.labels)] = 1.0
     return proba
 
-ARMS = {name: Arm(name, f, seeded=False)  # the arms that need no model; the seed changes nothing in them
+# the arms that need no model; the seed changes nothing in them
+ARMS = {name: Arm(name, f, seeded=False)
         for name, f in (('tfidf', tfidf_predict), ('majority', majority_predict))}
 
 # %% ../nbs/13c_compare.ipynb #62a6bf2f
@@ -88,8 +98,8 @@ def run_arm(arm: Arm, task: LabelledTask, seed: int) -> tuple[np.ndarray, float]
     seconds = time.perf_counter() - start
     want = (len(task.test.texts), len(task.classes))
     if proba.shape != want:
-        raise ValueError(f'the arm {getattr(arm, "name", arm)} gave probabilities of shape {proba.shape}, '
-                         f'expected {want}')
+        raise ValueError(f'the arm {getattr(arm, "name", arm)} gave '
+                         f'probabilities of shape {proba.shape}, expected {want}')
     return proba, seconds
 
 # %% ../nbs/13c_compare.ipynb #0faeb034
@@ -97,18 +107,24 @@ FIGURES = ('accuracy', 'macro_f1', 'roc_auc')
 
 def compare(task: LabelledTask, arms: list[Arm],
             seeds=(0,), # the seeds each arm runs with
-            log=None) -> list[dict]: # where one line per finished run goes (a long comparison's progress)
-    "One record per arm and seed (the first seed only for an arm whose `seeded` is False): figures, time, sizes."
-    if not task.test.texts: raise DataError(f'{task.name}: a comparison needs a test side, and this split has none')
+            # where one line per finished run goes (a long comparison's progress)
+            log=None) -> list[dict]:
+    """One record per arm and seed (the first seed only for an arm whose
+    `seeded` is False): figures, time, sizes."""
+    if not task.test.texts:
+        raise DataError(f'{task.name}: a comparison needs a test side, and this split has none')
     records, seeds = [], list(seeds)
     for arm in arms:
         for seed in seeds if arm.seeded else seeds[:1]:
             proba, seconds = run_arm(arm, task, seed)
             figures = classifier_metrics(task.test.labels, proba, task.classes)
-            records.append(dict(task=task.name, arm=arm.name, model=arm.model, step=arm.step, seed=int(seed),
+            records.append(dict(task=task.name, arm=arm.name, model=arm.model, step=arm.step,
+                                seed=int(seed),
                                 **figures, seconds=round(seconds, 3), n_train=len(task.train.texts),
                                 n_test=len(task.test.texts)))
-            if log: log(f"{arm.name} {arm.model or ''}".rstrip() + f", seed {seed}: macro-F1 {figures['macro_f1']:.3f} "
+            if log:
+                log(f"{arm.name} {arm.model or ''}".rstrip() + f", seed {seed}: macro-F1 "
+                                                               f"{figures['macro_f1']:.3f} "
                         f"({seconds:.1f} s)")
     return records
 
@@ -129,11 +145,13 @@ def summarise(records: list[dict]) -> dict[str, dict]:
     groups = {}
     for r in records: groups.setdefault(arm_name(r), []).append(r)
     return {name: dict(seeds=len(rs), seconds=float(np.mean([r['seconds'] for r in rs])),
-                       **{f: _spread(r.get(f) for r in rs) for f in FIGURES}) for name, rs in groups.items()}
+                       **{f: _spread(r.get(f) for r in rs) for f in FIGURES}) for name,
+            rs in groups.items()}
 
 # %% ../nbs/13c_compare.ipynb #cb777e92
 def within_noise(a: dict, b: dict, figure: str = 'macro_f1') -> bool | None:
-    "Whether two arms' ranges over seeds overlap on `figure` (summaries of `summarise`); None if either lacks it."
+    """Whether two arms' ranges over seeds overlap on `figure` (summaries
+    of `summarise`); None if either lacks it."""
     x, y = a.get(figure), b.get(figure)
     if x is None or y is None: return None
     return x['min'] <= y['max'] and y['min'] <= x['max']
@@ -141,17 +159,20 @@ def within_noise(a: dict, b: dict, figure: str = 'macro_f1') -> bool | None:
 # %% ../nbs/13c_compare.ipynb #21cb6632
 def _cell(spread: dict | None) -> str:
     if spread is None: return '–'
-    return f"{spread['mean']:.3f}" + (f" ± {spread['std']:.3f}" if spread['max'] > spread['min'] else '')
+    return f"{spread['mean']:.3f}" + (f" ± {spread['std']:.3f}" if spread['max'] > spread['min']
+                                      else '')
 
 def format_comparison(summary: dict[str, dict]) -> str:
-    "A markdown table: arm, figures (mean ± std over seeds), time, seeds; ≈: within noise of the best macro-F1."
+    """A markdown table: arm, figures (mean ± std over seeds), time,
+    seeds; ≈: within noise of the best macro-F1."""
     ranked = [k for k in summary if summary[k]['macro_f1'] is not None]
     best = max(ranked, key=lambda k: summary[k]['macro_f1']['mean'], default=None)
-    lines = ['| arm | accuracy | macro-F1 | ROC-AUC | time (s) | seeds |', '|---|---|---|---|---|---|']
+    lines = ['| arm | accuracy | macro-F1 | ROC-AUC | time (s) | seeds |',
+             '|---|---|---|---|---|---|']
     for name, s in summary.items():
         mark = ' (best)' if name == best else ' ≈' if best and within_noise(s, summary[best]) else ''
-        lines.append(f"| {name} | {_cell(s['accuracy'])} | {_cell(s['macro_f1'])}{mark} | {_cell(s['roc_auc'])} | "
-                     f"{s['seconds']:.2f} | {s['seeds']} |")
+        lines.append(f"| {name} | {_cell(s['accuracy'])} | {_cell(s['macro_f1'])}{mark} "
+                     f"| {_cell(s['roc_auc'])} | {s['seconds']:.2f} | {s['seeds']} |")
     return '\n'.join(lines)
 
 # %% ../nbs/13c_compare.ipynb #3bc542e5

@@ -19,62 +19,102 @@ __all__ = ['SEED_MAX', 'DEVICES', 'ACCEPTS', 'PRESETS', 'TrainConfig', 'Accepts'
 class TrainConfig:
     "Every setting of a training run."
     # data
-    dataset: str = 'humbleworth/registered-domains'  # 'sample' (bundled corpus), a text file (one domain per line) or a hub dataset id
+    # 'sample' (bundled corpus), a text file (one domain per line) or a hub dataset id
+    dataset: str = 'humbleworth/registered-domains'
     dataset_config: str | None = None  # configuration of a hub dataset
     dataset_split: str = 'train'  # split of a hub dataset
-    text_column: str | None = None  # column of a hub dataset that holds the domains (default: found by name)
-    streaming: bool = False  # read the dataset as a stream, never materialised (needs --max_steps; no deduplication)
-    cache_dir: str | None = None  # where prepared corpora are cached (default: $DOMAIN_CANINE_CACHE or ~/.cache/domain-canine)
+    # column of a hub dataset that holds the domains (default: found by name)
+    text_column: str | None = None
+    # read the dataset as a stream, never materialised (needs --max_steps; no deduplication)
+    streaming: bool = False
+    # where prepared corpora are cached (default: $DOMAIN_CANINE_CACHE or ~/.cache/domain-canine)
+    cache_dir: str | None = None
     num_samples: int | None = None  # use only the first N clean domains (default: all)
-    validation_fraction: float = 0.1  # share of domains held out for validation, chosen by a stable hash of the domain
-    max_length: int = 128  # longest sequence in characters, [CLS] and [SEP] included; longer domains are skipped and counted
-    mlm_probability: float = 0.15  # expected share of each domain's characters to mask (at least one per domain)
+    # share of domains held out for validation, chosen by a stable hash of the domain
+    validation_fraction: float = 0.1
+    # longest sequence in characters, [CLS] and [SEP] included;
+    # longer domains are skipped and counted
+    max_length: int = 128
+    # expected share of each domain's characters to mask (at least one per domain)
+    mlm_probability: float = 0.15
     mask_replace_prob: float = 1.0  # share of chosen characters replaced by [MASK] (BERT uses 0.8)
-    random_replace_prob: float = 0.0  # share replaced by a random character (BERT uses 0.1); the rest stay unchanged
+    # share replaced by a random character (BERT uses 0.1); the rest stay unchanged
+    random_replace_prob: float = 0.0
     exclude_tld: bool = False  # never mask the top-level domain (the last dot and what follows)
-    span_masking: bool = False  # mask one contiguous span of 2-5 characters in 80% of the domains, as the original did
-    length_bucketing: bool = True  # batch domains of similar length together: less padding, batch order still shuffled (--no_length_bucketing: off)
-    eval_samples: int = 100_000  # domains of each periodic evaluation: a fixed, seeded subset of the validation split (the first N of a stream)
-    full_eval: bool = False  # evaluate on the whole validation split every time instead (not with --streaming)
+    # mask one contiguous span of 2-5 characters in 80% of the domains, as the original did
+    span_masking: bool = False
+    # batch domains of similar length together: less padding, batch order
+    # still shuffled (--no_length_bucketing: off)
+    length_bucketing: bool = True
+    # domains of each periodic evaluation: a fixed, seeded subset of the
+    # validation split (the first N of a stream)
+    eval_samples: int = 100_000
+    # evaluate on the whole validation split every time instead (not with --streaming)
+    full_eval: bool = False
     # model
-    model_name_or_path: str | None = 'google/canine-c'  # hub id, local CANINE directory or one of our checkpoints
-    model_config: str | None = None  # train from scratch with this shape instead: tiny, demo, small or canine-c
-    dropout: float | None = None  # dropout of hidden layers and attention while training (default: the model's own, 0.1 for CANINE)
-    attention: str = 'sdpa'  # sdpa (torch's fused scaled_dot_product_attention) or eager (transformers' matmul attention); same results
-    compile: bool = False  # compile the encoder with torch.compile (for GPUs): widths rounded up to 8, each compiled once for training
-    cuda_graphs: bool = False  # with --compile, without accumulation: replay each width's encoder as CUDA graphs (mode reduce-overhead)
+    # hub id, local CANINE directory or one of our checkpoints
+    model_name_or_path: str | None = 'google/canine-c'
+    # train from scratch with this shape instead: tiny, demo, small or canine-c
+    model_config: str | None = None
+    # dropout of hidden layers and attention while training
+    # (default: the model's own, 0.1 for CANINE)
+    dropout: float | None = None
+    # sdpa (torch's fused scaled_dot_product_attention) or eager
+    # (transformers' matmul attention); same results
+    attention: str = 'sdpa'
+    # compile the encoder with torch.compile (for GPUs): widths rounded
+    # up to 8, each compiled once for training
+    compile: bool = False
+    # with --compile, without accumulation: replay each width's
+    # encoder as CUDA graphs (mode reduce-overhead)
+    cuda_graphs: bool = False
     # optimisation
     epochs: int = 1  # passes over the training split
     max_steps: int | None = None  # stop after this many optimizer steps (overrides --epochs)
-    batch_size: int = 256  # domains per micro-batch (per process: a job of N processes trains on N × this per micro-step)
+    # domains per micro-batch (per process: a job of N processes trains on N × this per micro-step)
+    batch_size: int = 256
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
     learning_rate: float = 5e-5  # peak learning rate, reached after the warmup
-    warmup_steps: int = 10_000  # optimizer steps of linear warmup; then linear decay to 0 at the last step
+    # optimizer steps of linear warmup; then linear decay to 0 at the last step
+    warmup_steps: int = 10_000
     weight_decay: float = 0.01  # AdamW weight decay (not applied to biases and LayerNorm weights)
     gradient_clip_val: float = 1.0  # clip the global gradient norm to this (0: no clipping)
-    early_stopping_patience: int | None = None  # stop after this many evaluations without a better validation loss
-    max_bad_steps: int = 5  # stop after this many consecutive steps with a NaN/inf loss or gradient (each is skipped); 0: no check
-    stream_retries: int = 5  # with --streaming, re-open a failing stream this many times before stopping
-    precision: str = 'auto'  # auto (bf16 where supported, fp16 + loss scaling on older GPUs, fp32 on CPU), bf16, fp16 or fp32
+    # stop after this many evaluations without a better validation loss
+    early_stopping_patience: int | None = None
+    # stop after this many consecutive steps with a NaN/inf loss or
+    # gradient (each is skipped); 0: no check
+    max_bad_steps: int = 5
+    # with --streaming, re-open a failing stream this many times before stopping
+    stream_retries: int = 5
+    # auto (bf16 where supported, fp16 + loss scaling on older
+    # GPUs, fp32 on CPU), bf16, fp16 or fp32
+    precision: str = 'auto'
     device: str | None = None  # cpu, cuda or mps (default: the best available)
     # checkpoints and logging
     output_dir: str = 'runs/canine-c'  # where checkpoints, metrics.jsonl and run.json go
     save_steps: int = 10_000  # write checkpoint-step-N every N optimizer steps
     save_total_limit: int = 3  # keep only the newest N step checkpoints
-    eval_steps: int = 5_000  # evaluate on the validation split every N optimizer steps (and at each epoch's end)
+    # evaluate on the validation split every N optimizer steps (and at each epoch's end)
+    eval_steps: int = 5_000
     logging_steps: int = 100  # log training metrics every N optimizer steps
-    resume_from: str | None = None  # a checkpoint directory, or 'latest' for the newest complete one in --output_dir
+    # a checkpoint directory, or 'latest' for the newest complete one in --output_dir
+    resume_from: str | None = None
     seed: int = 42  # seeds model initialisation, data order, masking and dropout
-    ddp_timeout: int = 600  # seconds a process of a torchrun job waits for the others before the job fails
-    num_workers: int | None = None  # DataLoader worker processes (default: 0 on CPU, up to 4 on a GPU)
+    # seconds a process of a torchrun job waits for the others before the job fails
+    ddp_timeout: int = 600
+    # DataLoader worker processes (default: 0 on CPU, up to 4 on a GPU)
+    num_workers: int | None = None
     use_wandb: bool = False  # log to Weights & Biases (works offline with WANDB_MODE=offline)
     wandb_project: str = 'domain-canine'  # W&B project
     wandb_run_name: str | None = None  # W&B run name (default: the output directory's name)
     tensorboard: bool = False  # write TensorBoard event files to <output_dir>/tensorboard
-    # what a resume compares with the checkpoint's settings: a change means other batches than the run had
+    # what a resume compares with the checkpoint's settings: a
+    # change means other batches than the run had
     data_order: ClassVar[tuple[str, ...]] = (
-        'dataset', 'dataset_config', 'dataset_split', 'streaming', 'num_samples', 'validation_fraction', 'max_length',
-        'batch_size', 'seed', 'mlm_probability', 'mask_replace_prob', 'random_replace_prob', 'exclude_tld',
+        'dataset', 'dataset_config', 'dataset_split', 'streaming', 'num_samples',
+        'validation_fraction', 'max_length',
+        'batch_size', 'seed', 'mlm_probability', 'mask_replace_prob', 'random_replace_prob',
+        'exclude_tld',
         'span_masking', 'length_bucketing')
 
 # %% ../nbs/07_config.ipynb #01790dc7
@@ -83,7 +123,8 @@ def _number(x) -> str:
 
 @dataclass(frozen=True)
 class Accepts:
-    "What a setting accepts: a number within bounds, one of some choices, any non-empty text, or a switch."
+    """What a setting accepts: a number within bounds, one of some
+    choices, any non-empty text, or a switch."""
     kind: type = str           # int, float, str, or bool (a switch)
     low: float | None = None   # the smallest number accepted (None: no bound)
     high: float | None = None  # the largest number accepted (None: no bound)
@@ -100,17 +141,21 @@ class Accepts:
         if self.low is not None and self.high is not None:
             left, right = '(' if self.open_low else '[', ')' if self.open_high else ']'
             return f'{noun} in {left}{_number(self.low)}, {_number(self.high)}{right}'
-        if self.low is not None: return f"{noun} {'>' if self.open_low else '>='} {_number(self.low)}"
+        if self.low is not None:
+            return f"{noun} {'>' if self.open_low else '>='} {_number(self.low)}"
         return f"{noun} {'<' if self.open_high else '<='} {_number(self.high)}"
 
 # %% ../nbs/07_config.ipynb #68d29963
 @patch
 def accepts(self: Accepts, value) -> bool:
     "Whether the Python value `value` is accepted (a bool is never a number)."
-    if self.kind is bool or isinstance(value, bool): return self.kind is bool and isinstance(value, bool)
+    if self.kind is bool or isinstance(value, bool):
+        return self.kind is bool and isinstance(value, bool)
     if self.kind is str:
-        return isinstance(value, str) and (value in self.choices if self.choices else bool(value.strip()))
-    if not isinstance(value, int if self.kind is int else (int, float)) or not math.isfinite(value): return False
+        return isinstance(value, str) and (value in self.choices if self.choices
+                                           else bool(value.strip()))
+    if not isinstance(value, int if self.kind is int else (int, float)) or not math.isfinite(value):
+        return False
     above = self.low is None or (value > self.low if self.open_low else value >= self.low)
     below = self.high is None or (value < self.high if self.open_high else value <= self.high)
     return above and below
@@ -146,33 +191,49 @@ _SHARE, _OPEN_SHARE = Accepts(float, 0, 1), Accepts(float, 0, 1, open_low=True, 
 SEED_MAX = 2**32 - 1  # numpy's generators take seeds up to this
 DEVICES = ('cpu', 'cuda', 'mps')
 
-ACCEPTS = {  # every setting of `TrainConfig`: what it accepts (None is also accepted where the default is None)
-    'dataset': _TEXT, 'dataset_config': _TEXT, 'dataset_split': _TEXT, 'text_column': _TEXT, 'streaming': _SWITCH,
-    'cache_dir': _TEXT, 'num_samples': _COUNT, 'validation_fraction': Accepts(float, 0, 1, open_high=True),
+# every setting of `TrainConfig`: what it accepts (None is also accepted where the default is None)
+ACCEPTS = {
+    'dataset': _TEXT, 'dataset_config': _TEXT, 'dataset_split': _TEXT, 'text_column': _TEXT,
+    'streaming': _SWITCH,
+    'cache_dir': _TEXT, 'num_samples': _COUNT,
+    'validation_fraction': Accepts(float, 0, 1, open_high=True),
     'max_length': Accepts(int, 5, CANINE_MAX_POSITIONS),  # [CLS] a.b [SEP]: the shortest domain
     'mlm_probability': _OPEN_SHARE, 'mask_replace_prob': _SHARE, 'random_replace_prob': _SHARE,
-    'exclude_tld': _SWITCH, 'span_masking': _SWITCH, 'length_bucketing': _SWITCH, 'eval_samples': _COUNT,
-    'full_eval': _SWITCH, 'model_name_or_path': _TEXT, 'model_config': Accepts(choices=tuple(MODEL_CONFIGS)),
-    'dropout': Accepts(float, 0, 1, open_high=True), 'attention': Accepts(choices=('sdpa', 'eager')),
+    'exclude_tld': _SWITCH, 'span_masking': _SWITCH, 'length_bucketing': _SWITCH,
+    'eval_samples': _COUNT,
+    'full_eval': _SWITCH, 'model_name_or_path': _TEXT,
+    'model_config': Accepts(choices=tuple(MODEL_CONFIGS)),
+    'dropout': Accepts(float, 0, 1, open_high=True),
+    'attention': Accepts(choices=('sdpa', 'eager')),
     'compile': _SWITCH, 'cuda_graphs': _SWITCH,
-    'epochs': _COUNT, 'max_steps': _COUNT, 'batch_size': _COUNT, 'gradient_accumulation_steps': _COUNT,
+    'epochs': _COUNT, 'max_steps': _COUNT, 'batch_size': _COUNT,
+    'gradient_accumulation_steps': _COUNT,
     'learning_rate': Accepts(float, 0), 'warmup_steps': _ZERO_OR_MORE,
-    'weight_decay': Accepts(float, 0), 'gradient_clip_val': Accepts(float, 0), 'early_stopping_patience': _COUNT,
+    'weight_decay': Accepts(float, 0), 'gradient_clip_val': Accepts(float, 0),
+    'early_stopping_patience': _COUNT,
     'max_bad_steps': _ZERO_OR_MORE, 'stream_retries': _ZERO_OR_MORE,
-    'precision': Accepts(choices=('auto', 'bf16', 'fp16', 'fp32')), 'device': Accepts(choices=DEVICES),
+    'precision': Accepts(choices=('auto', 'bf16', 'fp16', 'fp32')),
+    'device': Accepts(choices=DEVICES),
     'output_dir': _TEXT, 'save_steps': _COUNT, 'save_total_limit': _COUNT, 'eval_steps': _COUNT,
-    'logging_steps': _COUNT, 'resume_from': _TEXT, 'seed': Accepts(int, 0, SEED_MAX), 'ddp_timeout': _COUNT,
-    'num_workers': _ZERO_OR_MORE, 'use_wandb': _SWITCH, 'wandb_project': _TEXT, 'wandb_run_name': _TEXT,
+    'logging_steps': _COUNT, 'resume_from': _TEXT, 'seed': Accepts(int, 0, SEED_MAX),
+    'ddp_timeout': _COUNT,
+    'num_workers': _ZERO_OR_MORE, 'use_wandb': _SWITCH, 'wandb_project': _TEXT,
+    'wandb_run_name': _TEXT,
     'tensorboard': _SWITCH,
 }
 
 # %% ../nbs/07_config.ipynb #b7ff3ce1
 PRESETS = {
-    'demo': dict(  # the quick start: a small CANINE from scratch on the bundled sample, under 3 minutes on 2 CPU cores
+    # the quick start: a small CANINE from scratch on the bundled
+    # sample, under 3 minutes on 2 CPU cores
+    'demo': dict(
         dataset='sample', model_name_or_path=None, model_config='demo',
-        epochs=13,                      # ~1,940 optimizer steps over 9.5k domains: about 2 min 40 s on 2 cores
-        dropout=0.0,                    # it underfits (train loss = validation loss), and dropout costs a third of a CPU step
-        batch_size=64, learning_rate=2e-3, warmup_steps=100,  # a small model from scratch wants a high peak rate
+        # ~1,940 optimizer steps over 9.5k domains: about 2 min 40 s on 2 cores
+        epochs=13,
+        # it underfits (train loss = validation loss), and dropout costs a third of a CPU step
+        dropout=0.0,
+        # a small model from scratch wants a high peak rate
+        batch_size=64, learning_rate=2e-3, warmup_steps=100,
         eval_steps=200, save_steps=500, logging_steps=20, output_dir='runs/demo'),
     'cpu-long': dict(  # the demo's recipe for 50 epochs: about 12 minutes on 2 CPU cores
         dataset='sample', model_name_or_path=None, model_config='demo', epochs=50, dropout=0.0,
@@ -190,7 +251,9 @@ def _positions_of(c: TrainConfig) -> int:
     "The longest input the run's model takes: its shape's, a local model's own, else CANINE-c's."
     if c.model_config in MODEL_CONFIGS: return max_positions(c.model_config)
     local = Path(c.model_name_or_path or '') / 'config.json'
-    try: return int(json.loads(local.read_text()).get('max_position_embeddings', CANINE_MAX_POSITIONS))
+    try:
+        return int(json.loads(local.read_text()).get('max_position_embeddings',
+                                                     CANINE_MAX_POSITIONS))
     except (OSError, ValueError, AttributeError): return CANINE_MAX_POSITIONS
 
 # %% ../nbs/07_config.ipynb #0f3c4152
@@ -198,29 +261,37 @@ def _contradictions(c: TrainConfig) -> list[tuple[bool, str]]:
     "(broken, why) of every rule that ties settings together."
     positions, shares = _positions_of(c), c.mask_replace_prob + c.random_replace_prob
     return [
-        (bool(c.model_config and c.model_name_or_path), 'give either --model_name_or_path (continue a model) '
+        (bool(c.model_config and c.model_name_or_path),
+         'give either --model_name_or_path (continue a model) '
          'or --model_config (train from scratch), not both'),
-        (shares > 1 + 1e-9, '--mask_replace_prob + --random_replace_prob must be at most 1 (shares of the '
+        (shares > 1 + 1e-9,
+         '--mask_replace_prob + --random_replace_prob must be at most 1 (shares of the '
          f'chosen characters), got {shares:g}'),
-        (c.max_length > positions, f'--max_length must be at most {positions:,}, the longest input of the model, '
+        (c.max_length > positions,
+         f'--max_length must be at most {positions:,}, the longest input of the model, '
          f'got {c.max_length:,}'),
-        (c.cuda_graphs and not c.compile, '--cuda_graphs needs --compile (the graphs are captured by torch.compile)'),
+        (c.cuda_graphs and not c.compile,
+         '--cuda_graphs needs --compile (the graphs are captured by torch.compile)'),
         (c.cuda_graphs and c.gradient_accumulation_steps > 1,  # pytorch/pytorch#169545, open
-         "--cuda_graphs needs --gradient_accumulation_steps 1: the next micro-batch's graph replay overwrites the "
-         "gradients the previous one left in the graphs' memory"),
-        (c.full_eval and c.streaming, '--full_eval needs a prepared corpus: a stream has no end to evaluate to '
+         "--cuda_graphs needs --gradient_accumulation_steps 1: the next micro-batch's graph "
+         "replay overwrites the gradients the previous one left in the graphs' memory"),
+        (c.full_eval and c.streaming,
+         '--full_eval needs a prepared corpus: a stream has no end to evaluate to '
          '(use --eval_samples)'),
-        (c.streaming and c.max_steps is None, '--streaming needs --max_steps: the length of a stream is not known '
+        (c.streaming and c.max_steps is None,
+         '--streaming needs --max_steps: the length of a stream is not known '
          'in advance'),
-        (c.early_stopping_patience is not None and c.validation_fraction == 0, '--early_stopping_patience needs a '
-         'validation split (--validation_fraction above 0)'),
+        (c.early_stopping_patience is not None and c.validation_fraction == 0,
+         '--early_stopping_patience needs a validation split (--validation_fraction above 0)'),
     ]
 
 # %% ../nbs/07_config.ipynb #2dc38565
 def check_config(cfg: TrainConfig, # or a subclass of it, with its own fields
-                 accepts: dict | None = None, # what each field accepts (default: `ACCEPTS`, training's)
+                 # what each field accepts (default: `ACCEPTS`, training's)
+                 accepts: dict | None = None,
                 ) -> TrainConfig:
-    "`cfg` if each setting is one its declaration accepts and none contradicts another; `ConfigError` otherwise."
+    """`cfg` if each setting is one its declaration accepts and none
+    contradicts another; `ConfigError` otherwise."""
     accepts = accepts or ACCEPTS
     for f in fields(cfg):
         value = getattr(cfg, f.name)
@@ -231,13 +302,18 @@ def check_config(cfg: TrainConfig, # or a subclass of it, with its own fields
 
 # %% ../nbs/07_config.ipynb #234f3cb8
 def resolve_config(preset: str | None = None, **overrides) -> TrainConfig:
-    "A `TrainConfig` from a preset plus explicit overrides, checked; unknown keys and contradictions fail loudly."
+    """A `TrainConfig` from a preset plus explicit overrides, checked;
+    unknown keys and contradictions fail loudly."""
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     known = {f.name for f in fields(TrainConfig)}
-    if unknown := set(overrides) - known: raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+    if unknown := set(overrides) - known:
+        raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
     values = {**PRESETS.get(preset, {}), **overrides}
-    # an explicit model source replaces the preset's: --model_config trains from scratch, --model_name_or_path continues
-    if overrides.get('model_config') and 'model_name_or_path' not in overrides: values['model_name_or_path'] = None
-    if overrides.get('model_name_or_path') and 'model_config' not in overrides: values['model_config'] = None
+    # an explicit model source replaces the preset's: --model_config trains
+    # from scratch, --model_name_or_path continues
+    if overrides.get('model_config') and 'model_name_or_path' not in overrides:
+        values['model_name_or_path'] = None
+    if overrides.get('model_name_or_path') and 'model_config' not in overrides:
+        values['model_config'] = None
     return check_config(TrainConfig(**values))

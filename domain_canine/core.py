@@ -19,7 +19,8 @@ class ConfigError(ValueError):
     "An invalid combination of settings."
 
 class InputError(ValueError):
-    "Input a command cannot use (a query, a file of domains, a number out of range), with the reason."
+    """Input a command cannot use (a query, a file of domains, a
+    number out of range), with the reason."""
 
 # %% ../nbs/00_core.ipynb #1f23d661
 class WriteError(RuntimeError):
@@ -27,7 +28,8 @@ class WriteError(RuntimeError):
 
 _REASONS = {errno.ENOSPC: 'no space left on the device', errno.EDQUOT: 'the disk quota is exceeded',
             errno.EROFS: 'the file system is read-only', errno.EACCES: 'permission denied',
-            errno.EPERM: 'permission denied', errno.ENOTDIR: 'a part of the path is a file, not a folder',
+            errno.EPERM: 'permission denied',
+            errno.ENOTDIR: 'a part of the path is a file, not a folder',
             errno.EEXIST: 'a file is in the way', errno.EISDIR: 'it is a folder'}
 
 def nearest_folder(path) -> Path:
@@ -53,10 +55,12 @@ def write_reason(e: BaseException, path) -> str:
     if isinstance(e, OSError) and e.errno in _REASONS: return _REASONS[e.errno]
     line = (str(e).strip().splitlines() or [type(e).__name__])[0]
     if isinstance(e, OSError): return e.strerror or line
-    if (code := re.search(r'os error (\d+)', line)) and int(code[1]) in _REASONS: return _REASONS[int(code[1])]
+    if (code := re.search(r'os error (\d+)', line)) and int(code[1]) in _REASONS:
+        return _REASONS[int(code[1])]
     try: free = free_space(path)
     except OSError: free = None
-    if free is not None and free < 1 << 20:  # torch's "unexpected pos" names no cause: the space left does
+    # torch's "unexpected pos" names no cause: the space left does
+    if free is not None and free < 1 << 20:
         return f'no space left on the device ({format_bytes(free)} free; {type(e).__name__}: {line})'
     return f'{type(e).__name__}: {line}'
 
@@ -74,11 +78,13 @@ def writing(path, # what the block writes, as the message should name it
             *temporaries, # files or folders to delete if the block fails in any way
             error: type = WriteError, # the error class to raise
             what: str = ''): # what `path` is, for the message: 'checkpoint'...
-    "Turn a failed write of `path` into one `error` naming the path and the reason; any failure removes `temporaries`."
+    """Turn a failed write of `path` into one `error` naming the path and
+    the reason; any failure removes `temporaries`."""
     try: yield
     except BaseException as e:
         ours = type(e).__module__.startswith(__name__.split('.')[0]) or isinstance(e, error)
-        library = isinstance(e, (OSError, RuntimeError)) or type(e).__name__ == 'SafetensorError'  # by name: no import
+        # by name: no import
+        library = isinstance(e, (OSError, RuntimeError)) or type(e).__name__ == 'SafetensorError'
         reason = None if ours or not library else write_reason(e, path)
         for t in temporaries: remove_path(t)
         if reason is None: raise
@@ -86,7 +92,8 @@ def writing(path, # what the block writes, as the message should name it
 
 # %% ../nbs/00_core.ipynb #08a5f9f3
 def write_atomic(path, text: str) -> Path:
-    "Replace the file `path` by `text` at once: written beside it, then renamed (a failure leaves the old file)."
+    """Replace the file `path` by `text` at once: written beside it,
+    then renamed (a failure leaves the old file)."""
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
     with writing(path, tmp):
@@ -98,8 +105,10 @@ def write_atomic(path, text: str) -> Path:
     return path
 
 def sweep_temporaries(folder, patterns=('.*.tmp-*',)) -> list[Path]:
-    "Remove the files and folders in `folder` that match `patterns` (what killed processes left); return them."
-    found = sorted({p for pattern in patterns for p in Path(folder).glob(pattern)}) if Path(folder).is_dir() else []
+    """Remove the files and folders in `folder` that match `patterns`
+    (what killed processes left); return them."""
+    found = sorted({p for pattern in patterns
+                    for p in Path(folder).glob(pattern)}) if Path(folder).is_dir() else []
     for p in found: remove_path(p)
     return found
 
@@ -119,35 +128,51 @@ def check_folder(folder, what: str, # e.g. '--output_dir', as the message names 
         raise WriteError(f'cannot write to {what} {folder}: {reason}') from None
     finally: remove_path(probe)
     if need and (free := free_space(base)) < need:
-        raise WriteError(f'{what} {folder} has {format_bytes(free)} free; {needed_for} needs about {format_bytes(need)}')
+        raise WriteError(f'{what} {folder} has {format_bytes(free)} free; {needed_for} needs about '
+                         f'{format_bytes(need)}')
     return folder
 
 # %% ../nbs/00_core.ipynb #cca8a8ba
 MODEL_CONFIGS = {
-    'tiny':     dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                     num_hash_buckets=1024, max_position_embeddings=512),   # tests: a few seconds per run
-    'demo':     dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512,
-                     num_hash_buckets=4096, max_position_embeddings=512),   # the CPU demo: minutes on 2 cores
-    'small':    dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),  # benchmarks
-    'canine-c': dict(),                                                     # the full google/canine-c shape
+    'tiny':     dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64,
+                     # tests: a few seconds per run
+                     num_hash_buckets=1024, max_position_embeddings=512),
+    'demo':     dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=512,
+                     # the CPU demo: minutes on 2 cores
+                     num_hash_buckets=4096, max_position_embeddings=512),
+    # benchmarks
+    'small':    dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                     intermediate_size=1024),
+    # the full google/canine-c shape
+    'canine-c': dict(),
 }
-CANINE_MAX_POSITIONS = 16_384  # CANINE-c's position table: the longest input of a shape that does not name its own
+# CANINE-c's position table: the longest input of a shape that does not name its own
+CANINE_MAX_POSITIONS = 16_384
 
 def max_positions(shape: str) -> int:
     "The longest input, in characters with [CLS] and [SEP], that the named shape can take."
     return MODEL_CONFIGS[shape].get('max_position_embeddings', CANINE_MAX_POSITIONS)
 
 # %% ../nbs/00_core.ipynb #89f8f612
-def pick_device(name: str | None = None, # cpu, cuda or mps; None: the best available (cuda, then mps, then cpu)
-                index: int | None = None, # which GPU (a process of a data-parallel job drives its LOCAL_RANK)
+# cpu, cuda or mps; None: the best available (cuda, then mps, then cpu)
+def pick_device(name: str | None = None,
+                # which GPU (a process of a data-parallel job drives its LOCAL_RANK)
+                index: int | None = None,
                ) -> torch.device:
     "The requested device, or the best available one."
     import torch
-    if name is None: name = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-    if name not in ('cpu', 'cuda', 'mps'): raise ConfigError(f"unknown device {name!r}; use cpu, cuda or mps")
-    if name == 'cuda' and not torch.cuda.is_available(): raise ConfigError('--device cuda was asked for but no CUDA GPU is available')
-    if name == 'mps' and not torch.backends.mps.is_available(): raise ConfigError('--device mps was asked for but MPS is not available')
-    if name == 'cuda': torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if name is None:
+        name = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    if name not in ('cpu', 'cuda', 'mps'):
+        raise ConfigError(f"unknown device {name!r}; use cpu, cuda or mps")
+    if name == 'cuda' and not torch.cuda.is_available():
+        raise ConfigError('--device cuda was asked for but no CUDA GPU is available')
+    if name == 'mps' and not torch.backends.mps.is_available():
+        raise ConfigError('--device mps was asked for but MPS is not available')
+    if name == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return torch.device(name, index) if name == 'cuda' and index is not None else torch.device(name)
 
 def pick_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -155,9 +180,11 @@ def pick_precision(precision: str, device: torch.device) -> tuple[torch.dtype | 
     import torch
     if precision == 'auto':
         if device.type != 'cuda': return None, False
-        native_bf16 = torch.cuda.get_device_capability(device)[0] >= 8  # Ampere on; older GPUs only emulate bf16, slowly
+        # Ampere on; older GPUs only emulate bf16, slowly
+        native_bf16 = torch.cuda.get_device_capability(device)[0] >= 8
         return (torch.bfloat16, False) if native_bf16 else (torch.float16, True)
-    return {'bf16': (torch.bfloat16, False), 'fp16': (torch.float16, device.type == 'cuda'), 'fp32': (None, False)}[precision]
+    return {'bf16': (torch.bfloat16, False), 'fp16': (torch.float16, device.type == 'cuda'),
+            'fp32': (None, False)}[precision]
 
 # %% ../nbs/00_core.ipynb #aa31dd8a
 def autocast(device: str | torch.device, # where the forward pass runs
@@ -169,5 +196,6 @@ def autocast(device: str | torch.device, # where the forward pass runs
 
 # %% ../nbs/00_core.ipynb #75b62627
 def perplexity(loss: float) -> float:
-    "exp(`loss`), capped at exp(50): a diverging run's loss still gives a number (no `OverflowError`)."
+    """exp(`loss`), capped at exp(50): a diverging run's loss still
+    gives a number (no `OverflowError`)."""
     return math.exp(min(loss, 50))

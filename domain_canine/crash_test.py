@@ -15,15 +15,21 @@ __all__ = ['training_command', 'final_state', 'CrashTestFailed', 'crash_test']
 # %% ../nbs/16_crash_test.ipynb #0666e6a0
 def training_command(output_dir, steps: int = 120) -> list[str]:
     "A small CPU training run that checkpoints often (every 3 steps) and evaluates every 7."
-    return [sys.executable, '-m', 'domain_canine', 'train', '--preset', 'tiny', '--num_samples', '300', '--device', 'cpu',
-            '--max_steps', str(steps), '--save_steps', '3', '--eval_steps', '7', '--logging_steps', '2',
+    return [sys.executable, '-m', 'domain_canine', 'train', '--preset', 'tiny', '--num_samples',
+            '300', '--device', 'cpu',
+            '--max_steps', str(steps), '--save_steps', '3', '--eval_steps', '7', '--logging_steps',
+            '2',
             '--output_dir', str(output_dir), '--resume_from', 'latest']
 
 def final_state(output_dir) -> tuple[dict, list]:
     "Final weights (encoder and head) and the logged training losses of a finished run."
     final = Path(output_dir) / 'final-model'
-    weights = {**load_file(final / 'model.safetensors'), **{f'head.{k}': v for k, v in load_file(final / 'mlm_head.safetensors').items()}}
-    losses = [m['loss'] for m in map(json.loads, (Path(output_dir) / 'metrics.jsonl').read_text().splitlines()) if m['type'] == 'train']
+    weights = {**load_file(final / 'model.safetensors'),
+               **{f'head.{k}': v for k, v in load_file(final / 'mlm_head.safetensors').items()}}
+    losses = [m['loss']
+              for m in map(json.loads,
+                           (Path(output_dir) / 'metrics.jsonl').read_text().splitlines())
+              if m['type'] == 'train']
     return weights, losses
 
 # %% ../nbs/16_crash_test.ipynb #2fb6bd50
@@ -36,16 +42,20 @@ def _last_logged_step(run) -> int | None:
 
 # %% ../nbs/16_crash_test.ipynb #f9a12cb6
 class CrashTestFailed(RuntimeError):
-    "A run of the crash test that ended with an error of its own (not the kill), quoting its last words."
+    """A run of the crash test that ended with an error of its own
+    (not the kill), quoting its last words."""
 
 def _start(cmd: list[str], log_file: Path) -> subprocess.Popen:
     "Start a training run whose stderr goes to `log_file`, to be quoted if the run fails."
-    with open(log_file, 'w') as err: return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+    with open(log_file, 'w') as err:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
 
 def _check_exit(p: subprocess.Popen, log_file: Path, what: str):
-    "Wait for `p`; raise `CrashTestFailed` with the last line it wrote if it failed (a kill is not a failure)."
+    """Wait for `p`; raise `CrashTestFailed` with the last line it
+    wrote if it failed (a kill is not a failure)."""
     if p.wait() == 0 or p.returncode == -signal.SIGKILL: return
-    last = ([l.strip() for l in Path(log_file).read_text().splitlines() if l.strip()] or ['(nothing on stderr)'])[-1]
+    last = ([l.strip() for l in Path(log_file).read_text().splitlines() if l.strip()]
+            or ['(nothing on stderr)'])[-1]
     raise CrashTestFailed(f"{what} exited with code {p.returncode}: {last} (whole log: {log_file})")
 
 def _finish(cmd: list[str], log_file: Path, what: str):
@@ -56,25 +66,34 @@ def _finish(cmd: list[str], log_file: Path, what: str):
 def crash_test(moments: int = 5, # how many times to kill the run
                seed: int = 0, # seeds the kill delays
                steps: int = 120, workdir=None, log=print) -> dict:
-    "Kill a run `moments` times with SIGKILL at random moments, resume it each time, compare with an uninterrupted run."
+    """Kill a run `moments` times with SIGKILL at random moments, resume it
+    each time, compare with an uninterrupted run."""
     work = Path(workdir or tempfile.mkdtemp(prefix='domain-canine-crash-'))
     t0, logs = time.perf_counter(), work / 'logs'
     logs.mkdir(parents=True, exist_ok=True)
-    _finish(training_command(work / 'uninterrupted', steps), logs / 'uninterrupted.txt', 'the uninterrupted run')
+    _finish(training_command(work / 'uninterrupted', steps), logs / 'uninterrupted.txt',
+            'the uninterrupted run')
     rng, kills, run = np.random.default_rng(seed), [], work / 'killed'
-    targets = np.sort(rng.integers(1, steps, size=moments))  # kill points spread over the whole run
+    # kill points spread over the first 70% of the run: a resumed run is always still running at
+    # its kill (it needs seconds to start, then more steps than the delay after the target allows)
+    targets = np.sort(rng.integers(1, steps * 7 // 10, size=moments))
     for i, target in enumerate(targets):
-        extra = rng.uniform(0, 0.25)  # past the target step: mid-step, mid-evaluation or mid-checkpoint, as it falls
+        # past the target step: mid-step, mid-evaluation or mid-checkpoint, as it falls
+        extra = rng.uniform(0, 0.25)
         p = _start(training_command(run, steps), logs / f'moment-{i + 1}.txt')
         while p.poll() is None and (_last_logged_step(run) or 0) < target: time.sleep(0.01)
         time.sleep(extra)
         killed = p.poll() is None
         if killed: p.send_signal(signal.SIGKILL)
         _check_exit(p, logs / f'moment-{i + 1}.txt', f'the run of moment {i + 1}')
-        kills.append(dict(target_step=int(target), killed=killed, logged_step=_last_logged_step(run)))
-        log(f"moment {i + 1}/{moments}: {'killed' if killed else 'finished'} at logged step {kills[-1]['logged_step']}")
-    _finish(training_command(run, steps), logs / 'last.txt', f'the run resumed after {moments} moments')
+        kills.append(dict(target_step=int(target), killed=killed,
+                          logged_step=_last_logged_step(run)))
+        log(f"moment {i + 1}/{moments}: {'killed' if killed else 'finished'} at logged step "
+            f"{kills[-1]['logged_step']}")
+    _finish(training_command(run, steps), logs / 'last.txt',
+            f'the run resumed after {moments} moments')
     (a, la), (b, lb) = final_state(work / 'uninterrupted'), final_state(run)
     identical = a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a) and la == lb
-    return dict(moments=moments, kills=sum(k['killed'] for k in kills), identical=identical, seed=seed, steps=steps,
+    return dict(moments=moments, kills=sum(k['killed'] for k in kills), identical=identical,
+                seed=seed, steps=steps,
                 seconds=round(time.perf_counter() - t0, 1), events=kills)

@@ -27,7 +27,8 @@ SAMPLE_CORPUS = Path(str(files('domain_canine') / 'sample_corpus' / 'domains-sam
 SAMPLE_NAME = 'sample'  # the `--dataset` value that selects the bundled corpus
 
 class DataError(ValueError):
-    "A problem with the training data that the user can fix (missing file, nothing left after cleaning, hub unreachable)."
+    """A problem with the training data that the user can fix (missing file,
+    nothing left after cleaning, hub unreachable)."""
 
 # %% ../nbs/01_data.ipynb #b7b4d80b
 _VALID = re.compile(r'(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?')
@@ -47,12 +48,16 @@ def _reason(d: str) -> str | None:
     "Why the normalised ASCII name `d` is not a registrable host name (None: it is)."
     if len(d) > 253: return 'name_too_long'
     if ':' in d:
-        try: ipaddress.ip_address(d.strip('[]')); return 'ip_address'  # IPv6
+        try:
+            ipaddress.ip_address(d.strip('[]'))
+            return 'ip_address'  # IPv6
         except ValueError: return 'invalid_character'
     labels = d.split('.')
     if len(labels) < 2: return 'single_label'
     if labels[-1].isdigit():
-        try: ipaddress.ip_address(d); return 'ip_address'
+        try:
+            ipaddress.ip_address(d)
+            return 'ip_address'
         except ValueError: return 'numeric_tld'
     for l in labels:
         if not l: return 'empty_label'
@@ -65,10 +70,12 @@ def _reason(d: str) -> str | None:
 def clean_domain(line: str) -> tuple[str | None, str | None]:
     "Return `(domain, None)` for a usable line or `(None, reason)` for a rejected one."
     d = normalise_domain(line)
-    if _VALID.fullmatch(d) and len(d) <= 253 and not d[d.rfind('.') + 1:].isdigit(): return d, None  # fast path
+    # fast path
+    if _VALID.fullmatch(d) and len(d) <= 253 and not d[d.rfind('.') + 1:].isdigit(): return d, None
     if not d: return None, 'empty'
     if d[0] in '#;': return None, 'comment'
-    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in d): return None, 'whitespace_or_control'
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in d):
+        return None, 'whitespace_or_control'
     if any('\udc80' <= c <= '\udcff' for c in d): return None, 'invalid_utf8'
     if not d.isascii():
         if '@' in d or '/' in d: return None, 'invalid_character'
@@ -91,7 +98,8 @@ _TABULAR = {'.csv': ('csv', {}), '.tsv': ('csv', {'delimiter': '\t'}), '.parquet
 _HUB_ID = re.compile(r'[\w.-]+/[\w.-]+')
 
 def read_text_lines(path: str | Path, batch_size: int = 100_000) -> Iterator[list[str]]:
-    "Batches of lines of a (possibly gzip-compressed) text file, undecodable bytes kept as surrogate escapes."
+    """Batches of lines of a (possibly gzip-compressed) text file,
+    undecodable bytes kept as surrogate escapes."""
     path = Path(path)
     opener = gzip.open if path.suffix == '.gz' else open
     with opener(path, 'rt', encoding='utf-8', errors='surrogateescape', newline='') as f:
@@ -108,21 +116,26 @@ def first_error_line(e: Exception) -> str:
 
 def find_column(columns: list, # the columns of a table
                 given: str | None, # the column asked for (None: the first of `candidates` present)
-                candidates: tuple[str, ...], # the usual names of such a column, in order of preference
+                # the usual names of such a column, in order of preference
+                candidates: tuple[str, ...],
                 dataset: str, # the table, as the user named it
-                what: str = 'text', # what the column holds: the message names the flag --<what>_column
+                # what the column holds: the message names the flag --<what>_column
+                what: str = 'text',
                ) -> str:
-    "`given`, else the first of `candidates` present; a one-line error naming the table's columns if neither is."
+    """`given`, else the first of `candidates` present; a one-line error
+    naming the table's columns if neither is."""
     column = given or next((c for c in candidates if c in columns), None)
     if column not in columns:
         wanted = f'column {given!r}' if given else f"{what} column ({', '.join(candidates)})"
-        raise DataError(f"dataset {dataset!r} has no {wanted}; its columns: {', '.join(map(str, columns))} "
+        raise DataError(f"dataset {dataset!r} has no {wanted}; its columns: "
+                        f"{', '.join(map(str, columns))} "
                         f"(choose with --{what}_column)")
     return column
 
 def _text_column(ds, dataset: str, text_column: str | None) -> str:
     "The column holding the domains: `text_column`, else the first of TEXT_COLUMNS present."
-    return find_column(list(ds.column_names or next(iter(ds)).keys()), text_column, TEXT_COLUMNS, dataset)
+    return find_column(list(ds.column_names or next(iter(ds)).keys()), text_column, TEXT_COLUMNS,
+                       dataset)
 
 # %% ../nbs/01_data.ipynb #210141eb
 @contextmanager
@@ -135,21 +148,27 @@ def _no_bars(datasets):
         if was: datasets.enable_progress_bars()
 
 def _open_hf(dataset: str, config: str | None, split: str, streaming: bool):
-    "A `datasets` Dataset/IterableDataset for a tabular file, a saved dataset, a local folder or a hub id."
+    """A `datasets` Dataset/IterableDataset for a tabular file, a
+    saved dataset, a local folder or a hub id."""
     import datasets
     path = Path(dataset).expanduser()
     try:
         if path.is_file():
             builder, kw = _TABULAR[path.suffix]
-            with _no_bars(datasets):  # a local table converts without a bar: an error after it stays one line
-                return datasets.load_dataset(builder, data_files=str(path), split='train', streaming=streaming, **kw)
-        if path.is_dir() and ((path / 'dataset_info.json').exists() or (path / 'dataset_dict.json').exists()):
+            # a local table converts without a bar: an error after it stays one line
+            with _no_bars(datasets):
+                return datasets.load_dataset(builder, data_files=str(path), split='train',
+                                             streaming=streaming, **kw)
+        if path.is_dir() and ((path / 'dataset_info.json').exists()
+                              or (path / 'dataset_dict.json').exists()):
             ds = datasets.load_from_disk(str(path))
             if isinstance(ds, datasets.DatasetDict):
-                if split not in ds: raise DataError(f"{dataset} has no split {split!r}; its splits: {', '.join(ds)}")
+                if split not in ds:
+                    raise DataError(f"{dataset} has no split {split!r}; its splits: {', '.join(ds)}")
                 ds = ds[split]
             return ds.to_iterable_dataset() if streaming else ds
-        return datasets.load_dataset(str(path) if path.is_dir() else dataset, config, split=split, streaming=streaming)
+        return datasets.load_dataset(str(path) if path.is_dir() else dataset, config, split=split,
+                                     streaming=streaming)
     except DataError: raise
     except Exception as e:  # datasets raises many types for "offline", "not found", "bad file"
         hint = ('; without network access use --dataset FILE (one domain per line) or --preset demo'
@@ -184,14 +203,17 @@ class DomainSource:
             else: yield row, _column_values(rows, first, count)
 
     def _raw_batches(self, batch_size: int, start: int) -> Iterator[tuple[int, object]]:
-        "(row, rows) of the whole stream from `start`: a text file's lines, a dataset's Arrow column."
+        """(row, rows) of the whole stream from `start`: a text
+        file's lines, a dataset's Arrow column."""
         if self.kind == 'text':
             row = 0
-            for batch in read_text_lines(self.path, batch_size):  # the same batches whatever `start`
+            # the same batches whatever `start`
+            for batch in read_text_lines(self.path, batch_size):
                 if row + len(batch) > start: yield max(row, start), batch[max(0, start - row):]
                 row += len(batch)
             return
-        ds = self.ds.skip(start) if start else self.ds  # `datasets` never strides: whole-stream rows
+        # `datasets` never strides: whole-stream rows
+        ds = self.ds.skip(start) if start else self.ds
         for table in ds.select_columns([self.column]).with_format('arrow').iter(batch_size=batch_size):
             yield start, table.column(0)
             start += len(table)
@@ -208,51 +230,68 @@ def _column_values(column, first: int, step: int) -> list[str]:
 # %% ../nbs/01_data.ipynb #f61621df
 def open_source(dataset: str, # 'sample', a file, a saved dataset, a local folder or a hub id
                 split: str = 'train', # split of a hub/saved dataset
-                text_column: str | None = None, # column holding the domains (default: found by name)
+                # column holding the domains (default: found by name)
+                text_column: str | None = None,
                 config: str | None = None, # hub dataset configuration
-                streaming: bool = False, # read a hub dataset as an IterableDataset, never materialised
+                # read a hub dataset as an IterableDataset, never materialised
+                streaming: bool = False,
                ) -> DomainSource:
     "Open a source of domains."
     path = SAMPLE_CORPUS if dataset == SAMPLE_NAME else Path(dataset).expanduser()
     if path.is_file() and path.suffix not in _TABULAR:
         st = path.stat()
-        return DomainSource(dataset, 'text', f'text:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}', path=path)
-    if not path.exists() and not (_HUB_ID.fullmatch(dataset) and not dataset.startswith(('.', '/', '~'))):
+        return DomainSource(dataset, 'text', f'text:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}',
+                            path=path)
+    if not path.exists() and not (_HUB_ID.fullmatch(dataset)
+                                  and not dataset.startswith(('.', '/', '~'))):
         raise DataError(f"dataset file not found: {dataset}")
     ds = _open_hf(dataset, config, split, streaming)
     column = _text_column(ds, dataset, text_column)
     fingerprint = getattr(ds, '_fingerprint', None)
-    if path.is_file(): st = path.stat(); fingerprint = f'{path.resolve()}:{st.st_size}:{st.st_mtime_ns}'
-    return DomainSource(dataset, 'datasets', f'datasets:{dataset}:{config}:{split}:{column}:{fingerprint}', ds=ds, column=column)
+    if path.is_file():
+        st = path.stat()
+        fingerprint = f'{path.resolve()}:{st.st_size}:{st.st_mtime_ns}'
+    return DomainSource(dataset, 'datasets',
+                        f'datasets:{dataset}:{config}:{split}:{column}:{fingerprint}', ds=ds,
+                        column=column)
 
-def source_lines(dataset: str, split: str = 'train', text_column: str | None = None) -> Iterator[str]:
+def source_lines(dataset: str, split: str = 'train',
+                 text_column: str | None = None) -> Iterator[str]:
     "Raw lines of `dataset`, one at a time."
     for batch in open_source(dataset, split, text_column).batches(): yield from batch
 
 # %% ../nbs/01_data.ipynb #1a7b37ec
-def clean_batch(lines: list[str], validation_fraction: float = 0.1) -> tuple[list[str], list[bool], Counter]:
-    "Usable domains of a batch, whether each is in the validation split, and the rejected lines by reason."
+def clean_batch(lines: list[str],
+                validation_fraction: float = 0.1) -> tuple[list[str], list[bool], Counter]:
+    """Usable domains of a batch, whether each is in the validation
+    split, and the rejected lines by reason."""
     kept, valid, rejected = [], [], Counter()
     fullmatch, crc, threshold = _VALID.fullmatch, zlib.crc32, validation_fraction * _HASH_BUCKETS
     for line in lines:
-        d = line.strip().lower()  # the common case inline (a function call per line would cost half the time)
+        # the common case inline (a function call per line would cost half the time)
+        d = line.strip().lower()
         if d.endswith('.'): d = d[:-1]
         if fullmatch(d) and len(d) <= 253 and not d[d.rfind('.') + 1:].isdigit():
-            kept.append(d); valid.append(crc(d.encode()) % _HASH_BUCKETS < threshold)
+            kept.append(d)
+            valid.append(crc(d.encode()) % _HASH_BUCKETS < threshold)
             continue
         d, reason = clean_domain(line)  # everything else, including a BOM, takes the full path
         if reason: rejected[reason] += 1
-        else: kept.append(d); valid.append(is_validation(d, validation_fraction))
+        else:
+            kept.append(d)
+            valid.append(is_validation(d, validation_fraction))
     return kept, valid, rejected
 
 # %% ../nbs/01_data.ipynb #bd1a2cee
 def _open_memmapped(codepoints: str, offsets: str) -> EncodedDomains:
-    "Re-open memory-mapped arrays by file name (how an `EncodedDomains` of a prepared corpus travels to another process)."
+    """Re-open memory-mapped arrays by file name (how an `EncodedDomains` of
+    a prepared corpus travels to another process)."""
     return EncodedDomains(np.load(codepoints, mmap_mode='r'), np.load(offsets, mmap_mode='r'))
 
 @dataclass
 class EncodedDomains:
-    "A corpus as one flat array of code points plus offsets: domain `i` is `codepoints[offsets[i]:offsets[i+1]]`."
+    """A corpus as one flat array of code points plus offsets: domain `i`
+    is `codepoints[offsets[i]:offsets[i+1]]`."""
     codepoints: np.ndarray  # uint8 (ASCII) or uint32, all domains concatenated
     offsets: np.ndarray     # int64, len(domains) + 1
 
@@ -263,15 +302,18 @@ class EncodedDomains:
         try: cps = np.frombuffer(text.encode('ascii'), dtype=np.uint8)
         except UnicodeEncodeError: cps = np.frombuffer(text.encode('utf-32-le'), dtype=np.uint32)
         offsets = np.zeros(len(domains) + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, domains), dtype=np.int64, count=len(domains)), out=offsets[1:])
+        np.cumsum(np.fromiter(map(len, domains), dtype=np.int64, count=len(domains)),
+                  out=offsets[1:])
         return cls(cps, offsets)
 
     @property
     def lengths(self) -> np.ndarray:
-        "The length of every domain: an array as long as the corpus (preparation and small jobs; batches use `lengths_of`)."
+        """The length of every domain: an array as long as the corpus
+        (preparation and small jobs; batches use `lengths_of`)."""
         return np.diff(self.offsets)
     def lengths_of(self, idx: np.ndarray) -> np.ndarray:
-        "Lengths of the domains `idx`, gathered: the cost grows with `len(idx)`, not with the corpus."
+        """Lengths of the domains `idx`, gathered: the cost grows
+        with `len(idx)`, not with the corpus."""
         idx = np.asarray(idx)
         return self.offsets[idx + 1] - self.offsets[idx]
     def __len__(self): return len(self.offsets) - 1
@@ -279,20 +321,23 @@ class EncodedDomains:
         chunk = np.asarray(self.codepoints[self.offsets[i]:self.offsets[i + 1]])
         return chunk.tobytes().decode('ascii' if chunk.dtype == np.uint8 else 'utf-32-le')
     def __reduce__(self):
-        "Memory-mapped arrays travel by file name (a worker process maps the same pages), others by value."
+        """Memory-mapped arrays travel by file name (a worker process
+        maps the same pages), others by value."""
         if all(isinstance(a, np.memmap) and a.filename for a in (self.codepoints, self.offsets)):
             return _open_memmapped, (self.codepoints.filename, self.offsets.filename)
         return EncodedDomains, (np.asarray(self.codepoints), np.asarray(self.offsets))
 
 # %% ../nbs/01_data.ipynb #6bb51f4b
-_BYTE_CLASS = np.zeros(256, np.uint8)  # 1: letter or digit, 2: '-', 3: '.', 4: '\n', 0: anything else
+# 1: letter or digit, 2: '-', 3: '.', 4: '\n', 0: anything else
+_BYTE_CLASS = np.zeros(256, np.uint8)
 _BYTE_CLASS[np.frombuffer(b'abcdefghijklmnopqrstuvwxyz0123456789', np.uint8)] = 1
 _BYTE_CLASS[[ord('-'), ord('.'), ord('\n')]] = 2, 3, 4
 
 def _plain_lines(a: np.ndarray, lens: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Which lines of the lower-cased bytes `a` (line `i` ends at `ends[i]`) `clean_domain` keeps unchanged: 3–253
-    characters of [a-z0-9.-] with a dot, no empty label, no label over 63 or with a hyphen at its edge, the last
-    character a letter (a numeric top-level label is for `clean_domain` to judge)."""
+    """Which lines of the lower-cased bytes `a` (line `i` ends at `ends[i]`) `clean_domain` keeps
+    unchanged: 3–253 characters of [a-z0-9.-] with a dot, no empty label, no label over 63 or
+    with a hyphen at its edge, the last character a letter (a numeric top-level label is for
+    `clean_domain` to judge)."""
     cls, n = _BYTE_CLASS[a], len(lens)
     dot = cls == 3
     punct = dot | (cls == 2)
@@ -300,15 +345,18 @@ def _plain_lines(a: np.ndarray, lens: np.ndarray, ends: np.ndarray) -> np.ndarra
     odd[1:] |= punct[:-1] & punct[1:] & (dot[:-1] | dot[1:])
     plain = (lens >= 3) & (lens <= 253)
     plain[np.searchsorted(ends, np.flatnonzero(odd))] = False
-    seps = np.append(np.flatnonzero(cls >= 3), len(a))  # where labels end; a last line without '\n' ends at the end
+    # where labels end; a last line without '\n' ends at the end
+    seps = np.append(np.flatnonzero(cls >= 3), len(a))
     plain[np.minimum(np.searchsorted(ends, seps[np.diff(seps, prepend=-1) > 64]), n - 1)] = False
-    has_dot = np.zeros(n, bool); has_dot[np.searchsorted(ends, np.flatnonzero(dot))] = True
+    has_dot = np.zeros(n, bool)
+    has_dot[np.searchsorted(ends, np.flatnonzero(dot))] = True
     first, last = a[np.minimum(ends - lens, len(a) - 1)], a[np.maximum(ends - 1, 0)]
     return plain & has_dot & (_BYTE_CLASS[first] == 1) & (_BYTE_CLASS[last] == 1) & (last > ord('9'))
 
 # %% ../nbs/01_data.ipynb #36c6d1a4
 def _clean_others(lines: list[bytes], idx: np.ndarray) -> tuple[Counter, dict[int, bytes]]:
-    "`clean_domain` for the lines `idx`: the rejections by reason and the cleaned form of each kept line."
+    """`clean_domain` for the lines `idx`: the rejections by reason
+    and the cleaned form of each kept line."""
     rejected, fixed = Counter(), {}
     for i in idx.tolist():
         d, reason = clean_domain(lines[i].decode('utf-8', 'surrogateescape'))
@@ -326,8 +374,9 @@ def _split_lines(data: bytes) -> tuple[bytes, list[bytes]]:
 
 # %% ../nbs/01_data.ipynb #0c4dd8e7
 def byte_hashes(items: list[bytes]) -> np.ndarray:
-    """A 64-bit hash of each item: Python's own (SipHash, in C), salted per process. Hashes only ever meet hashes made
-    by the same process (deduplication during one preparation), so the salt changes nothing that is kept."""
+    """A 64-bit hash of each item: Python's own (SipHash, in C), salted per process. Hashes only
+    ever meet hashes made by the same process (deduplication during one preparation), so the salt
+    changes nothing that is kept."""
     return np.fromiter(map(hash, items), np.int64, len(items)).view(np.uint64)
 
 class CleanChunk(NamedTuple):
@@ -340,42 +389,55 @@ class CleanChunk(NamedTuple):
 
 def clean_chunk(data: bytes, # whole lines, e.g. from `read_text_chunks`
                 validation_fraction: float = 0.1,
-                max_length: int | None = None, # longest sequence incl. [CLS]/[SEP]; longer domains are rejected
+                # longest sequence incl. [CLS]/[SEP]; longer domains are rejected
+                max_length: int | None = None,
                ) -> CleanChunk:
-    "`clean_batch` for raw bytes: the usable domains as arrays, with their split, their hashes and what was rejected."
+    """`clean_batch` for raw bytes: the usable domains as arrays, with
+    their split, their hashes and what was rejected."""
     low, lines = _split_lines(data)
     a, lens = np.frombuffer(low, np.uint8), np.fromiter(map(len, lines), np.int64, len(lines))
     plain = _plain_lines(a, lens, np.cumsum(lens + 1) - 1) if lines else np.zeros(0, bool)
     rejected, fixed = _clean_others(lines, np.flatnonzero(~plain))
     at, new = np.fromiter(fixed, np.int64, len(fixed)), list(fixed.values())
-    out_len = np.where(plain, lens, 0); out_len[at] = np.fromiter(map(len, new), np.int64, len(new))
-    crc = np.fromiter(map(zlib.crc32, lines), np.int64, len(lines)); crc[at] = np.fromiter(map(zlib.crc32, new), np.int64, len(new))
-    hashes = byte_hashes(lines); hashes[at] = byte_hashes(new)
+    out_len = np.where(plain, lens, 0)
+    out_len[at] = np.fromiter(map(len, new), np.int64, len(new))
+    crc = np.fromiter(map(zlib.crc32, lines), np.int64, len(lines))
+    crc[at] = np.fromiter(map(zlib.crc32, new), np.int64, len(new))
+    hashes = byte_hashes(lines)
+    hashes[at] = byte_hashes(new)
     if max_length is not None and (long := out_len > max_length - 2).any():
-        rejected['longer_than_max_length'] += int(long.sum()); out_len[long] = 0; plain &= ~long
+        rejected['longer_than_max_length'] += int(long.sum())
+        out_len[long] = 0
+        plain &= ~long
     codepoints = a[np.repeat(plain, lens + 1)[:len(a)] & (a != 10)]
-    if len(at := at[out_len[at] > 0]):  # the cleaned forms of the other lines, inserted where those lines were
+    # the cleaned forms of the other lines, inserted where those lines were
+    if len(at := at[out_len[at] > 0]):
         before = np.cumsum(np.where(plain, lens, 0)) - np.where(plain, lens, 0)
         extra = np.frombuffer(b''.join(fixed[i] for i in at.tolist()), np.uint8)
         codepoints = np.insert(codepoints, np.repeat(before[at], out_len[at]), extra)
     kept = np.flatnonzero(out_len)
-    offsets = np.zeros(len(kept) + 1, np.int64); np.cumsum(out_len[kept], out=offsets[1:])
+    offsets = np.zeros(len(kept) + 1, np.int64)
+    np.cumsum(out_len[kept], out=offsets[1:])
     valid = crc[kept] % _HASH_BUCKETS < validation_fraction * _HASH_BUCKETS
-    return CleanChunk(EncodedDomains(codepoints, offsets), valid, hashes[kept], rejected, len(lines))
+    return CleanChunk(EncodedDomains(codepoints, offsets), valid, hashes[kept], rejected,
+                      len(lines))
 
 # %% ../nbs/01_data.ipynb #6042f803
-_LONE_CR = re.compile(rb'\r(?=[^\n])')  # a '\r' ends a line in text mode too (a '\r' at a chunk's end waits for the next byte)
+# a '\r' ends a line in text mode too (a '\r' at a chunk's end waits for the next byte)
+_LONE_CR = re.compile(rb'\r(?=[^\n])')
 
 @contextmanager
 def _reading(path: Path):
-    "A file that cannot be read to its end (a truncated or damaged gzip, an I/O error) is a `DataError` naming it."
+    """A file that cannot be read to its end (a truncated or damaged
+    gzip, an I/O error) is a `DataError` naming it."""
     try: yield
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise DataError(f"{path} is truncated or damaged ({first_error_line(e)})") from None
     except OSError as e: raise DataError(f"cannot read {path}: {e.strerror or e}") from None
 
 def read_text_chunks(path: str | Path, chunk_bytes: int = 1 << 22) -> Iterator[bytes]:
-    "Whole lines of a (possibly gzip-compressed) text file as bytes, about `chunk_bytes` at a time, split where `read_text_lines` splits."
+    """Whole lines of a (possibly gzip-compressed) text file as bytes, about
+    `chunk_bytes` at a time, split where `read_text_lines` splits."""
     path, rest = Path(path), b''
     with _reading(path), (gzip.open if path.suffix == '.gz' else open)(path, 'rb') as f:
         while block := f.read(chunk_bytes):
@@ -388,7 +450,8 @@ def read_text_chunks(path: str | Path, chunk_bytes: int = 1 << 22) -> Iterator[b
 
 # %% ../nbs/01_data.ipynb #2f7e5ffd
 def _same_text(enc: EncodedDomains, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    "Whether domains `a[i]` and `b[i]` of `enc` are equal, for every pair at once (touching only those domains)."
+    """Whether domains `a[i]` and `b[i]` of `enc` are equal, for every
+    pair at once (touching only those domains)."""
     off = enc.offsets
     start_a, start_b = off[a], off[b]
     n = off[a + 1] - start_a
@@ -403,27 +466,33 @@ def _same_text(enc: EncodedDomains, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def duplicate_indices(enc: EncodedDomains, # the domains
                       hashes: np.ndarray, # `domain_hashes` of some of them
-                      index: np.ndarray | None = None, # which domain each hash belongs to, ascending (default: all, in order)
+                      # which domain each hash belongs to, ascending (default: all, in order)
+                      index: np.ndarray | None = None,
                      ) -> np.ndarray:
-    "The domains among `index` whose text occurs earlier among them (exact: equal hashes are compared byte by byte)."
+    """The domains among `index` whose text occurs earlier among them
+    (exact: equal hashes are compared byte by byte)."""
     index = np.arange(len(hashes)) if index is None else index
-    order = np.argsort(hashes, kind='stable')  # equal hashes end up adjacent, earliest occurrence first
+    # equal hashes end up adjacent, earliest occurrence first
+    order = np.argsort(hashes, kind='stable')
     hs = hashes[order]
     starts = np.r_[True, hs[1:] != hs[:-1]]
     first_of_group = order[np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))]
-    cand = np.nonzero(~starts)[0]  # same hash as the group's first; a collision with different text is kept
+    # same hash as the group's first; a collision with different text is kept
+    cand = np.nonzero(~starts)[0]
     a, b = index[first_of_group[cand]], index[order[cand]]
     return np.sort(b[_same_text(enc, a, b)])
 
 # %% ../nbs/01_data.ipynb #e703114d
-CLEANING_VERSION = 1  # bump when normalisation or validation changes: every cached corpus is rebuilt
+# bump when normalisation or validation changes: every cached corpus is rebuilt
+CLEANING_VERSION = 1
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get('DOMAIN_CANINE_CACHE', Path.home() / '.cache' / 'domain-canine'))
 
 @dataclass
 class PreparedCorpus:
-    "Train and validation splits as (memory-mapped) arrays, with the counts of what cleaning rejected."
+    """Train and validation splits as (memory-mapped) arrays, with
+    the counts of what cleaning rejected."""
     train: EncodedDomains
     valid: EncodedDomains
     rejected: Counter
@@ -434,27 +503,33 @@ class PreparedCorpus:
 
     def summary(self) -> str:
         rej = count_summary(self.rejected) or 'none'
-        return (f"{self.source}: {len(self.train):,} train / {len(self.valid):,} validation domains from "
-                f"{self.lines_read:,} lines; rejected: {rej}")
+        return (f"{self.source}: {len(self.train):,} train / {len(self.valid):,} "
+                f"validation domains from {self.lines_read:,} lines; rejected: {rej}")
 
 # %% ../nbs/01_data.ipynb #7bf7e9de
-_CHUNK = 1 << 18  # lines per chunk of the passes over per-line arrays (~60 MB of working arrays), whatever the corpus size
+# lines per chunk of the passes over per-line arrays (~60 MB of
+# working arrays), whatever the corpus size
+_CHUNK = 1 << 18
 
 def _chunks(n: int): return ((s, min(s + _CHUNK, n)) for s in range(0, n, _CHUNK))
 
 def _new_array(path: Path, dtype, shape: tuple) -> np.memmap:
-    """A new memory-mapped .npy file, given all its disk blocks first: a full device fails here with ENOSPC, where
-    writing into the mapping would kill the process with SIGBUS."""
+    """A new memory-mapped .npy file, given all its disk blocks first: a full device fails here with
+    ENOSPC, where writing into the mapping would kill the process with SIGBUS."""
     out = np.lib.format.open_memmap(path, mode='w+', dtype=dtype, shape=shape)
     with open(path, 'r+b') as f: os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
     return out
 
-def _save_split(folder: Path, name: str, enc: EncodedDomains, keep: np.ndarray, valid: np.ndarray, side: bool):
-    "Write the kept domains of one side of the split as `<name>_codepoints.npy` and `<name>_offsets.npy`, chunk by chunk."
+def _save_split(folder: Path, name: str, enc: EncodedDomains, keep: np.ndarray, valid: np.ndarray,
+                side: bool):
+    """Write the kept domains of one side of the split as
+    `<name>_codepoints.npy` and `<name>_offsets.npy`, chunk by chunk."""
     n_lines, counts, chars = len(enc), 0, 0
-    for s, e in _chunks(n_lines):  # first pass: the sizes, so both files can be created at their final size
+    # first pass: the sizes, so both files can be created at their final size
+    for s, e in _chunks(n_lines):
         sel = np.nonzero(keep[s:e] & (valid[s:e] == side))[0] + s
-        counts += len(sel); chars += int((enc.offsets[sel + 1] - enc.offsets[sel]).sum())
+        counts += len(sel)
+        chars += int((enc.offsets[sel + 1] - enc.offsets[sel]).sum())
     offsets = _new_array(folder / f'{name}_offsets.npy', np.int64, (counts + 1,))
     out = _new_array(folder / f'{name}_codepoints.npy', np.uint8, (chars,))
     offsets[0], i, o = 0, 0, 0
@@ -466,7 +541,9 @@ def _save_split(folder: Path, name: str, enc: EncodedDomains, keep: np.ndarray, 
         src = np.repeat(starts - (ends - n), n) + np.arange(o, o + n.sum())
         out[o:o + n.sum()] = enc.codepoints[src]
         i, o = i + len(sel), o + int(n.sum())
-    offsets.flush(); out.flush(); del offsets, out
+    offsets.flush()
+    out.flush()
+    del offsets, out
 
 def _load_split(folder: Path, name: str) -> EncodedDomains:
     "A prepared split, memory-mapped: a process holds only the pages it touches."
@@ -478,35 +555,48 @@ _PARTITIONS = 256  # hash partitions of the deduplication: each holds about 1/25
 _HASH_RECORD = np.dtype([('hash', np.uint64), ('line', np.int64)])
 
 def _cleaned_chunks(source: DomainSource, validation_fraction: float, max_length: int | None):
-    "`clean_chunk` over the whole source: a text file's bytes as they are, a dataset's values as stripped lines."
+    """`clean_chunk` over the whole source: a text file's bytes as they
+    are, a dataset's values as stripped lines."""
     if source.kind == 'text':
-        for data in read_text_chunks(source.path): yield clean_chunk(data, validation_fraction, max_length)
+        for data in read_text_chunks(source.path):
+            yield clean_chunk(data, validation_fraction, max_length)
         return
-    for batch in source.batches():  # stripping changes no verdict; a line break inside a value is whitespace like a space
+    # stripping changes no verdict; a line break inside a value is whitespace like a space
+    for batch in source.batches():
         text = '\n'.join(v.strip().replace('\n', ' ') for v in batch) + '\n'
         yield clean_chunk(text.encode('utf-8', 'surrogateescape'), validation_fraction, max_length)
 
-def _read_clean(source: DomainSource, work: Path, validation_fraction: float, max_length: int | None,
+def _read_clean(source: DomainSource, work: Path, validation_fraction: float,
+                max_length: int | None,
                 num_samples: int | None) -> tuple[int, Counter, int]:
-    """Clean the source chunk by chunk into files: the bytes of the clean domains, their lengths, their split, and
-    (hash, line) records partitioned by the hash's top byte. Returns the clean lines, the rejections, the lines read."""
+    """Clean the source chunk by chunk into files: the bytes of the clean domains, their lengths,
+    their split, and (hash, line) records partitioned by the hash's top byte. Returns the clean
+    lines, the rejections, the lines read."""
     rejected, lines_read, n, unique = Counter(), 0, 0, np.zeros(0, np.uint64)
-    names = ('bytes.bin', 'lengths.bin', 'valid.bin', *(f'hashes-{p:03d}.bin' for p in range(_PARTITIONS)))
+    names = ('bytes.bin', 'lengths.bin', 'valid.bin', *(f'hashes-{p:03d}.bin'
+                                                        for p in range(_PARTITIONS)))
     files = {name: open(work / name, 'wb') for name in names}
     try:
         for enc, is_valid, hashes, rej, lines in _cleaned_chunks(source, validation_fraction, max_length):
-            lines_read += lines; rejected += rej
-            files['bytes.bin'].write(enc.codepoints.tobytes())  # punycode: ASCII, one byte per character, names of ≤ 253
+            lines_read += lines
+            rejected += rej
+            # punycode: ASCII, one byte per character, names of ≤ 253
+            files['bytes.bin'].write(enc.codepoints.tobytes())
             files['lengths.bin'].write(enc.lengths.astype(np.uint8).tobytes())
             files['valid.bin'].write(is_valid.tobytes())
             records = np.empty(len(enc), _HASH_RECORD)
             records['hash'], records['line'] = hashes, np.arange(n, n + len(enc))
-            part = (records['hash'] >> np.uint64(56)).astype(np.uint8)  # a small integer type: numpy sorts it by radix
-            order = np.argsort(part, kind='stable')  # stable: lines stay ascending within a partition
-            records, bounds = records[order], np.searchsorted(part[order], np.arange(_PARTITIONS + 1))
-            for p in np.nonzero(np.diff(bounds))[0]: files[f'hashes-{p:03d}.bin'].write(records[bounds[p]:bounds[p + 1]].tobytes())
+            # a small integer type: numpy sorts it by radix
+            part = (records['hash'] >> np.uint64(56)).astype(np.uint8)
+            # stable: lines stay ascending within a partition
+            order = np.argsort(part, kind='stable')
+            records, bounds = records[order], np.searchsorted(part[order],
+                                                              np.arange(_PARTITIONS + 1))
+            for p in np.nonzero(np.diff(bounds))[0]:
+                files[f'hashes-{p:03d}.bin'].write(records[bounds[p]:bounds[p + 1]].tobytes())
             n += len(enc)
-            if num_samples is not None:  # memory in proportion to the sample asked for, not to the source
+            # memory in proportion to the sample asked for, not to the source
+            if num_samples is not None:
                 unique = np.unique(np.concatenate([unique, records['hash']]))
                 if len(unique) >= num_samples: break
     finally:
@@ -515,21 +605,26 @@ def _read_clean(source: DomainSource, work: Path, validation_fraction: float, ma
 
 # %% ../nbs/01_data.ipynb #ee4910f5
 def _line_offsets(work: Path, n: int) -> np.ndarray:
-    "Offsets of the `n` clean lines in `bytes.bin`, computed chunk by chunk into a memory-mapped file."
+    """Offsets of the `n` clean lines in `bytes.bin`, computed
+    chunk by chunk into a memory-mapped file."""
     lengths = np.memmap(work / 'lengths.bin', dtype=np.uint8, mode='r', shape=(n,))
     offsets = _new_array(work / 'offsets.npy', np.int64, (n + 1,))
     offsets[0] = 0
-    for s, e in _chunks(n): offsets[s + 1:e + 1] = offsets[s] + np.cumsum(lengths[s:e], dtype=np.int64)
+    for s, e in _chunks(n):
+        offsets[s + 1:e + 1] = offsets[s] + np.cumsum(lengths[s:e], dtype=np.int64)
     return offsets
 
 def _mark_duplicates(work: Path, enc: EncodedDomains, keep: np.ndarray) -> int:
-    "Clear `keep` for every line whose text occurred earlier, one hash partition at a time; returns how many."
+    """Clear `keep` for every line whose text occurred earlier, one
+    hash partition at a time; returns how many."""
     found = 0
     for p in range(_PARTITIONS):
         path = work / f'hashes-{p:03d}.bin'
-        records = np.fromfile(path, dtype=_HASH_RECORD)  # equal domains have equal hashes: same partition
+        # equal domains have equal hashes: same partition
+        records = np.fromfile(path, dtype=_HASH_RECORD)
         dup = duplicate_indices(enc, records['hash'], records['line'])
-        keep[dup] = False; found += len(dup)
+        keep[dup] = False
+        found += len(dup)
         path.unlink()
     return found
 
@@ -548,7 +643,8 @@ def file_lock(path: str | Path):
 
 # %% ../nbs/01_data.ipynb #7bae716a
 def sweep_corpora(cache_dir: str | Path | None = None) -> list[Path]:
-    "Remove the temporary folders of preparations that were killed (those of corpora nobody is building now)."
+    """Remove the temporary folders of preparations that were killed
+    (those of corpora nobody is building now)."""
     corpora, gone = Path(cache_dir or default_cache_dir()) / 'corpora', []
     for work in sorted(corpora.glob('*.tmp-*')) if corpora.is_dir() else []:
         try:
@@ -560,57 +656,83 @@ def sweep_corpora(cache_dir: str | Path | None = None) -> list[Path]:
     return gone
 
 # %% ../nbs/01_data.ipynb #0cfae290
-def corpus_folder(source: DomainSource, num_samples: int | None, validation_fraction: float, max_length: int | None,
+def corpus_folder(source: DomainSource, num_samples: int | None, validation_fraction: float,
+                  max_length: int | None,
                   cache_dir: str | Path | None = None) -> tuple[Path, str]:
-    "Where the prepared corpus of `source` with these settings is cached, and the key that names it."
-    key_text = json.dumps([source.identity, CLEANING_VERSION, num_samples, validation_fraction, max_length])
-    return Path(cache_dir or default_cache_dir()) / 'corpora' / hashlib.sha256(key_text.encode()).hexdigest()[:20], key_text
+    """Where the prepared corpus of `source` with these settings
+    is cached, and the key that names it."""
+    key_text = json.dumps([source.identity, CLEANING_VERSION, num_samples, validation_fraction,
+                           max_length])
+    return Path(cache_dir
+                or default_cache_dir()) / 'corpora' / hashlib.sha256(key_text.encode()).hexdigest()[:20], key_text
 
 def prepare_corpus(dataset: str = SAMPLE_NAME, # see `open_source`
                    num_samples: int | None = None, # keep the first N unique clean domains
-                   validation_fraction: float = 0.1, # held-out share, by a stable hash of the domain
-                   max_length: int | None = None, # longest sequence incl. [CLS]/[SEP]; longer domains are rejected
+                   # held-out share, by a stable hash of the domain
+                   validation_fraction: float = 0.1,
+                   # longest sequence incl. [CLS]/[SEP]; longer domains are rejected
+                   max_length: int | None = None,
                    split: str = 'train', text_column: str | None = None, config: str | None = None,
-                   cache_dir: str | Path | None = None, # default: $DOMAIN_CANINE_CACHE or ~/.cache/domain-canine
+                   # default: $DOMAIN_CANINE_CACHE or ~/.cache/domain-canine
+                   cache_dir: str | Path | None = None,
                    log=print) -> PreparedCorpus:
     "Clean, deduplicate, split and encode a corpus into cached memory-mapped arrays."
-    if not 0 <= validation_fraction < 1: raise DataError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    if not 0 <= validation_fraction < 1:
+        raise DataError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     source = open_source(dataset, split, text_column, config)
-    folder, key_text = corpus_folder(source, num_samples, validation_fraction, max_length, cache_dir)
+    folder, key_text = corpus_folder(source, num_samples, validation_fraction, max_length,
+                                     cache_dir)
     sweep_corpora(cache_dir)
-    with file_lock(folder.with_name(folder.name + '.lock')):  # one process builds, the others wait and read
+    # one process builds, the others wait and read
+    with file_lock(folder.with_name(folder.name + '.lock')):
         if (folder / 'stats.json').is_file():
             stats = json.loads((folder / 'stats.json').read_text())
-            return PreparedCorpus(_load_split(folder, 'train'), _load_split(folder, 'valid'), Counter(stats['rejected']),
+            return PreparedCorpus(_load_split(folder, 'train'), _load_split(folder, 'valid'),
+                                  Counter(stats['rejected']),
                                   dataset, stats['lines_read'], stats['seconds'], str(folder))
-        return _build_corpus(source, folder, key_text, num_samples, validation_fraction, max_length, log)
+        return _build_corpus(source, folder, key_text, num_samples, validation_fraction, max_length,
+                             log)
 
 # %% ../nbs/01_data.ipynb #e4c203b8
-def _build_corpus(source, folder, key_text, num_samples, validation_fraction, max_length, log) -> PreparedCorpus:
+def _keep_first(keep: np.ndarray, num_samples: int):
+    """Clear `keep` after its first `num_samples` set entries (the
+    first N unique domains), chunk by chunk."""
+    total = 0
+    for s, e in _chunks(len(keep)):
+        keep[s:e] &= total + np.cumsum(keep[s:e]) <= num_samples
+        total += int(keep[s:e].sum())
+
+def _build_corpus(source, folder, key_text, num_samples, validation_fraction, max_length,
+                  log) -> PreparedCorpus:
     start = time.perf_counter()
     work = folder.with_name(folder.name + f'.tmp-{os.getpid()}')
     with writing(folder, work):  # a failed write: one line, and nothing of it is left
         remove_path(work)
         work.mkdir(parents=True)
-        n, rejected, lines_read = _read_clean(source, work, validation_fraction, max_length, num_samples)
-        if n == 0: raise DataError(f"no usable domains in {source.name!r} after cleaning (rejected: {dict(rejected) or 'nothing'})")
-        enc = EncodedDomains(np.memmap(work / 'bytes.bin', dtype=np.uint8, mode='r'), _line_offsets(work, n))
-        keep = _new_array(work / 'keep.npy', bool, (n,)); keep[:] = True
+        n, rejected, lines_read = _read_clean(source, work, validation_fraction, max_length,
+                                              num_samples)
+        if n == 0:
+            raise DataError(f"no usable domains in {source.name!r} after cleaning (rejected: "
+                            f"{dict(rejected) or 'nothing'})")
+        enc = EncodedDomains(np.memmap(work / 'bytes.bin', dtype=np.uint8, mode='r'),
+                             _line_offsets(work, n))
+        keep = _new_array(work / 'keep.npy', bool, (n,))
+        keep[:] = True
         if n_dup := _mark_duplicates(work, enc, keep): rejected['duplicate'] += n_dup
-        if num_samples is not None:  # the first N unique ones
-            total = 0
-            for s, e in _chunks(n):
-                keep[s:e] &= total + np.cumsum(keep[s:e]) <= num_samples; total += int(keep[s:e].sum())
+        if num_samples is not None: _keep_first(keep, num_samples)
         valid = np.memmap(work / 'valid.bin', dtype=bool, mode='r', shape=(n,))
         _save_split(work, 'train', enc, keep, valid, False)
         _save_split(work, 'valid', enc, keep, valid, True)
         del enc, keep, valid
-        for name in ('bytes.bin', 'lengths.bin', 'valid.bin', 'offsets.npy', 'keep.npy'): (work / name).unlink()
+        for name in ('bytes.bin', 'lengths.bin', 'valid.bin', 'offsets.npy', 'keep.npy'):
+            (work / name).unlink()
         seconds = time.perf_counter() - start
-        (work / 'stats.json').write_text(json.dumps(dict(key=key_text, rejected=rejected, lines_read=lines_read, seconds=seconds)))
+        (work / 'stats.json').write_text(json.dumps(dict(key=key_text, rejected=rejected,
+                                                         lines_read=lines_read, seconds=seconds)))
         remove_path(folder)  # an incomplete one (no stats.json)
         work.rename(folder)
-    c = PreparedCorpus(_load_split(folder, 'train'), _load_split(folder, 'valid'), rejected, source.name, lines_read, seconds, str(folder))
+    c = PreparedCorpus(_load_split(folder, 'train'), _load_split(folder, 'valid'), rejected,
+                       source.name, lines_read, seconds, str(folder))
     log(f"prepared {c.summary()} in {seconds:.1f} s (cached in {folder})")
     return c
 
@@ -618,21 +740,27 @@ def _build_corpus(source, folder, key_text, num_samples, validation_fraction, ma
 PREPARATION_BYTES_PER_LINE = 42
 
 def estimate_lines(path: str | Path, sample: int = 1 << 20) -> int:
-    "About how many lines a (possibly gzip-compressed) text file holds, from the bytes per line of its first `sample` bytes."
+    """About how many lines a (possibly gzip-compressed) text file holds, from
+    the bytes per line of its first `sample` bytes."""
     path = Path(path)
     with _reading(path), (gzip.open if path.suffix == '.gz' else open)(path, 'rb') as f:
         head = f.read(sample)
-        used = f.fileobj.tell() if path.suffix == '.gz' else len(head)  # compressed bytes behind `head`
+        # compressed bytes behind `head`
+        used = f.fileobj.tell() if path.suffix == '.gz' else len(head)
     lines = head.count(b'\n') + (bool(head) and not head.endswith(b'\n'))
     return round(lines * path.stat().st_size / max(used, 1))
 
-def preparation_need(dataset: str = SAMPLE_NAME, num_samples: int | None = None, validation_fraction: float = 0.1,
+def preparation_need(dataset: str = SAMPLE_NAME, num_samples: int | None = None,
+                     validation_fraction: float = 0.1,
                      max_length: int | None = None, cache_dir: str | Path | None = None) -> int:
-    "Bytes of disk a preparation will use at its peak: 0 if the corpus is cached; for a hub dataset, from `num_samples`."
+    """Bytes of disk a preparation will use at its peak: 0 if the corpus is
+    cached; for a hub dataset, from `num_samples`."""
     path = SAMPLE_CORPUS if dataset == SAMPLE_NAME else Path(dataset).expanduser()
-    if not (path.is_file() and path.suffix not in _TABULAR):  # opening a hub dataset to count it would cost minutes
+    # opening a hub dataset to count it would cost minutes
+    if not (path.is_file() and path.suffix not in _TABULAR):
         return PREPARATION_BYTES_PER_LINE * (num_samples or 0)
-    folder, _ = corpus_folder(open_source(dataset), num_samples, validation_fraction, max_length, cache_dir)
+    folder, _ = corpus_folder(open_source(dataset), num_samples, validation_fraction, max_length,
+                              cache_dir)
     if (folder / 'stats.json').is_file(): return 0
     lines = estimate_lines(path)
     return PREPARATION_BYTES_PER_LINE * (min(lines, num_samples) if num_samples else lines)
@@ -652,8 +780,10 @@ class Corpus:
         return f"{self.source}: {len(self.train):,} train / {len(self.valid):,} validation domains; rejected: {rej}"
 
 # %% ../nbs/01_data.ipynb #4bc279cf
-def clean_domains(lines: Iterable[str], num_samples: int | None = None) -> tuple[list[str], Counter]:
-    "Usable, deduplicated domains in input order (at most `num_samples`) and the counts of rejected lines by reason."
+def clean_domains(lines: Iterable[str],
+                  num_samples: int | None = None) -> tuple[list[str], Counter]:
+    """Usable, deduplicated domains in input order (at most `num_samples`)
+    and the counts of rejected lines by reason."""
     seen, rejected = {}, Counter()
     for line in lines:
         d, reason = clean_domain(line)
@@ -666,35 +796,47 @@ def clean_domains(lines: Iterable[str], num_samples: int | None = None) -> tuple
 
 def load_corpus(dataset: str = SAMPLE_NAME, # see `open_source`
                 num_samples: int | None = None, # keep the first N usable domains (None: all)
-                validation_fraction: float = 0.1, # share of domains held out, by a stable hash of the domain
+                # share of domains held out, by a stable hash of the domain
+                validation_fraction: float = 0.1,
                 split: str = 'train', # split of a hub dataset
                 text_column: str | None = None, # column of a hub dataset holding the domains
                ) -> Corpus:
     "Read, clean, deduplicate and split a corpus into lists of strings."
-    if not 0 <= validation_fraction < 1: raise DataError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    if not 0 <= validation_fraction < 1:
+        raise DataError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     domains, rejected = clean_domains(source_lines(dataset, split, text_column), num_samples)
-    if not domains: raise DataError(f"no usable domains in {dataset!r} after cleaning (rejected: {dict(rejected) or 'nothing'})")
+    if not domains:
+        raise DataError(f"no usable domains in {dataset!r} after cleaning (rejected: "
+                        f"{dict(rejected) or 'nothing'})")
     valid = [is_validation(d, validation_fraction) for d in domains]
-    return Corpus([d for d, v in zip(domains, valid) if not v], [d for d, v in zip(domains, valid) if v], rejected, dataset)
+    return Corpus([d for d, v in zip(domains, valid) if not v],
+                  [d for d, v in zip(domains, valid) if v], rejected, dataset)
 
 # %% ../nbs/01_data.ipynb #6607366a
-def stream_domains(source: DomainSource, validation: bool = False, # the validation split instead of train
+# the validation split instead of train
+def stream_domains(source: DomainSource, validation: bool = False,
                    validation_fraction: float = 0.1, max_length: int | None = None,
                    rejected: Counter | None = None, # counts rejections as the stream goes
-                   num_samples: int | None = None, # stop after the first N clean domains (of both splits)
+                   # stop after the first N clean domains (of both splits)
+                   num_samples: int | None = None,
                    batch_size: int = 10_000,
-                   start: tuple[int, int] = (0, 0), # (raw line, clean domains before it): where to resume
-                   positions: bool = False, # yield (raw line, clean domains before, batch) instead of batches
+                   # (raw line, clean domains before it): where to resume
+                   start: tuple[int, int] = (0, 0),
+                   # yield (raw line, clean domains before, batch) instead of batches
+                   positions: bool = False,
                   ) -> Iterator[list[str]]:
     "Batches of clean domains of one split, read lazily from `source`."
     line0, seen = start
     for line, batch in source.numbered_batches(batch_size, line0):
         kept, is_valid, rej = clean_batch(batch, validation_fraction)
-        if num_samples is not None: kept, is_valid = kept[:num_samples - seen], is_valid[:num_samples - seen]
+        if num_samples is not None:
+            kept, is_valid = kept[:num_samples - seen], is_valid[:num_samples - seen]
         before, seen = seen, seen + len(kept)
         if rejected is not None: rejected.update(rej)
         fits = [max_length is None or len(d) <= max_length - 2 for d in kept]
-        if rejected is not None: rejected['longer_than_max_length'] += sum(v == validation and not f for v, f in zip(is_valid, fits))
+        if rejected is not None:
+            rejected['longer_than_max_length'] += sum(v == validation and not f for v,
+                                                      f in zip(is_valid, fits))
         out = [d for d, v, f in zip(kept, is_valid, fits) if v == validation and f]
         if out: yield (line, before, out) if positions else out
         if num_samples is not None and seen >= num_samples: return

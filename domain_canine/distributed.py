@@ -26,15 +26,20 @@ class Topology:
     world_size: int = 1  # processes in the job
 
     @property
-    def is_main(self) -> bool: return self.rank == 0  # the one that writes checkpoints, metrics and progress
+    # the one that writes checkpoints, metrics and progress
+    def is_main(self) -> bool: return self.rank == 0
     @property
     def enabled(self) -> bool: return self.world_size > 1
 
 def topology_from_env(env: dict | None = None) -> Topology:
     "The topology torchrun describes in the environment (rank 0 of 1 without torchrun)."
     env = os.environ if env is None else env
-    try: t = Topology(int(env.get('RANK', 0)), int(env.get('LOCAL_RANK', 0)), int(env.get('WORLD_SIZE', 1)))
-    except ValueError: raise DistributedError('RANK, LOCAL_RANK and WORLD_SIZE must be integers (they are set by torchrun)') from None
+    try:
+        t = Topology(int(env.get('RANK', 0)), int(env.get('LOCAL_RANK', 0)),
+                     int(env.get('WORLD_SIZE', 1)))
+    except ValueError:
+        raise DistributedError('RANK, LOCAL_RANK and WORLD_SIZE must be integers (they are set by '
+                               'torchrun)') from None
     if t.world_size < 1 or not 0 <= t.rank < t.world_size:
         raise DistributedError(f'RANK {t.rank} is not within WORLD_SIZE {t.world_size}')
     return t

@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
 from .core import perplexity, writing
-from .data import EncodedDomains, clean_domain, count_summary, load_corpus, source_lines
-from .masking import DOMAIN_CHARS, MASK, PAD, CharVocab, MaskedBatches, evaluation_order, pad_batch
+from .data import (EncodedDomains, clean_domain, count_summary, load_corpus,
+                                source_lines)
+from .masking import (DOMAIN_CHARS, MASK, PAD, CharVocab, MaskedBatches,
+                                   evaluation_order, pad_batch)
 from .model import DomainCanineMLM
 from .training import eval_outputs
 from .core import InputError
@@ -29,12 +31,15 @@ __all__ = ['SPLITS', 'BOS', 'EOS', 'LENGTH_BUCKETS', 'eval_domains', 'ranks', 'm
 SPLITS = ('all', 'train', 'valid')
 
 def eval_domains(dataset: str, # 'sample', a text file (one domain per line) or a hub dataset id
-                 split: str = 'all', # all clean domains, or one side of the stable hash split: train or valid
+                 # all clean domains, or one side of the stable hash split: train or valid
+                 split: str = 'all',
                  validation_fraction: float = 0.1, # share of the validation side, as in training
-                 num_samples: int | None = None, # only the first N clean domains (as training's --num_samples)
+                 # only the first N clean domains (as training's --num_samples)
+                 num_samples: int | None = None,
                 ) -> list[str]:
     "The clean domains of `dataset` to evaluate on."
-    if split not in SPLITS: raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     corpus = load_corpus(dataset, num_samples, validation_fraction)
     domains = corpus.train + corpus.valid if split == 'all' else getattr(corpus, split)
     if not domains: raise InputError(f"the {split} split of {dataset!r} is empty")
@@ -55,12 +60,14 @@ def ranks(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def _to(batch: dict, device) -> dict: return {k: to_device(v, device) for k, v in batch.items()}
 
 def _own_mask(batch: dict, mask_id: int) -> dict:
-    "`batch` with training's mask replaced, in place, by the model's `mask_id` (a hub checkpoint's)."
+    """`batch` with training's mask replaced, in place, by the
+    model's `mask_id` (a hub checkpoint's)."""
     if mask_id != MASK: batch['input_ids'].masked_fill_(batch['input_ids'] == MASK, mask_id)
     return batch
 
 @torch.no_grad()
-def masked_eval(model: DomainCanineMLM, # the model (any module with `.vocab` that returns an `MLMOutput`)
+# the model (any module with `.vocab` that returns an `MLMOutput`)
+def masked_eval(model: DomainCanineMLM,
                 enc: EncodedDomains, # the domains
                 batch_size: int = 64, # domains per batch; together with `seed` it decides the masks
                 seed: int = 42, # masking seed (training's default)
@@ -69,7 +76,8 @@ def masked_eval(model: DomainCanineMLM, # the model (any module with `.vocab` th
                 progress: bool = True, # show a progress bar
                ) -> dict[str, np.ndarray]:
     "Domain, position, loss and rank of the right class for every masked character."
-    order = evaluation_order(enc, None, seed)  # shortest first, as training's periodic evaluation: the same masks
+    # shortest first, as training's periodic evaluation: the same masks
+    order = evaluation_order(enc, None, seed)
     batches = MaskedBatches(enc, model.vocab, batch_size, seed, epoch=0, order=order,
                             mlm_probability=mlm_probability)
     host, dev = dict(domain=[], position=[]), dict(loss=[], rank=[])
@@ -83,7 +91,8 @@ def masked_eval(model: DomainCanineMLM, # the model (any module with `.vocab` th
         dev['loss'].append(F.cross_entropy(logits, out.labels, reduction='none'))
         dev['rank'].append(ranks(logits, out.labels))
     back = lambda parts: torch.cat(parts).cpu().numpy()  # one copy back: the results
-    return {**{k: np.concatenate(v) for k, v in host.items()}, **{k: back(v) for k, v in dev.items()}}
+    return {**{k: np.concatenate(v) for k, v in host.items()},
+            **{k: back(v) for k, v in dev.items()}}
 
 # %% ../nbs/13_evaluation.ipynb #ba3e4b3e
 def cloze_positions(lengths: np.ndarray, seed: int = 42) -> np.ndarray:
@@ -92,15 +101,21 @@ def cloze_positions(lengths: np.ndarray, seed: int = 42) -> np.ndarray:
 
 # %% ../nbs/13_evaluation.ipynb #d7c98aa7
 @torch.no_grad()
-def cloze_logits(model: DomainCanineMLM, ids: torch.Tensor, masked_index: torch.Tensor, device) -> torch.Tensor:
-    "Log-probabilities (float32, on `device`) at the flat positions `masked_index` of `ids`, [UNK] excluded."
-    logits = model(input_ids=to_device(ids, device), attention_mask=to_device((ids != PAD).long(), device),
+def cloze_logits(model: DomainCanineMLM, ids: torch.Tensor, masked_index: torch.Tensor,
+                 device) -> torch.Tensor:
+    """Log-probabilities (float32, on `device`) at the flat positions
+    `masked_index` of `ids`, [UNK] excluded."""
+    logits = model(input_ids=to_device(ids, device),
+                   attention_mask=to_device((ids != PAD).long(), device),
                    masked_index=to_device(masked_index, device)).logits.float()
-    unk = torch.full((1,), model.vocab.unk, device=logits.device)  # made there: no copy from the host
+    # made there: no copy from the host
+    unk = torch.full((1,), model.vocab.unk, device=logits.device)
     return logits.index_fill(1, unk, float('-inf')).log_softmax(-1)
 
-def _hide(enc: EncodedDomains, vocab: CharVocab, rows: np.ndarray, positions: np.ndarray, mask_id: int = MASK):
-    "Padded ids of domains `rows` with character `positions` replaced by `mask_id`, the hidden classes, their flat indices."
+def _hide(enc: EncodedDomains, vocab: CharVocab, rows: np.ndarray, positions: np.ndarray,
+          mask_id: int = MASK):
+    """Padded ids of domains `rows` with character `positions` replaced by
+    `mask_id`, the hidden classes, their flat indices."""
     ids, _ = pad_batch(enc, rows)
     r, c = torch.arange(len(rows)), torch.from_numpy(positions + 1)
     labels = vocab.classes(ids[r, c])
@@ -138,7 +153,8 @@ class CharNgramLM:
         self.n, self.d, self.chars = order, discount, chars
         self.n_domains = 0
 
-    def __repr__(self): return f'CharNgramLM(order={self.n}, discount={self.d}, trained on {self.n_domains:,} domains)'
+    def __repr__(self):
+        return f'CharNgramLM(order={self.n}, discount={self.d}, trained on {self.n_domains:,} domains)'
 
     def pad(self, domain: str) -> str: return BOS * (self.n - 1) + domain + EOS
 
@@ -146,13 +162,16 @@ class CharNgramLM:
 @patch
 def fit(self: CharNgramLM, domains: list[str]) -> CharNgramLM:
     "Count the n-grams of `domains`."
-    top = Counter(s[i - self.n + 1:i + 1] for s in map(self.pad, domains) for i in range(self.n - 1, len(s)))
+    top = Counter(s[i - self.n + 1:i + 1] for s in map(self.pad, domains)
+                  for i in range(self.n - 1, len(s)))
     self.counts = {self.n: top}
     for k in range(self.n - 1, 0, -1): self.counts[k] = Counter(g[1:] for g in self.counts[k + 1])
     self.totals, self.types = {}, {}
     for k, counts in self.counts.items():
         totals, types = Counter(), Counter()
-        for g, c in counts.items(): totals[g[:-1]] += c; types[g[:-1]] += 1
+        for g, c in counts.items():
+            totals[g[:-1]] += c
+            types[g[:-1]] += 1
         self.totals[k], self.types[k] = totals, types
     self.n_domains = len(domains)
     return self
@@ -179,12 +198,14 @@ def log_prob(self: CharNgramLM, domain: str) -> float:
 # %% ../nbs/13_evaluation.ipynb #05244968
 @patch
 def cloze(self: CharNgramLM, domain: str, i: int) -> np.ndarray:
-    "Log-probability of `domain` with each of `chars` at position `i` (up to a constant that does not depend on it)."
+    """Log-probability of `domain` with each of `chars` at position `i`
+    (up to a constant that does not depend on it)."""
     s, j = self.pad(domain), i + self.n - 1
     scores = np.empty(len(self.chars))
     for k, c in enumerate(self.chars):
         t = s[:j] + c + s[j + 1:]
-        scores[k] = sum(math.log(self.prob(t[m - self.n + 1:m], t[m])) for m in range(j, min(j + self.n, len(t))))
+        scores[k] = sum(math.log(self.prob(t[m - self.n + 1:m], t[m]))
+                        for m in range(j, min(j + self.n, len(t))))
     return scores
 
 # %% ../nbs/13_evaluation.ipynb #61834c34
@@ -193,14 +214,18 @@ def ngram_cloze_eval(lm: CharNgramLM, # a fitted n-gram model
                      positions: np.ndarray, # the hidden character of each domain
                      progress: bool = True, # show a progress bar
                     ) -> dict[str, np.ndarray]:
-    "Loss and rank of the hidden character of every domain under the n-gram model (the cloze test of the baseline)."
+    """Loss and rank of the hidden character of every domain under the
+    n-gram model (the cloze test of the baseline)."""
     loss, rank = np.empty(len(domains)), np.empty(len(domains), dtype=np.int64)
-    for k, (d, i) in enumerate(_bar(zip(domains, positions), 'n-gram cloze', len(domains), progress)):
+    for k, (d, i) in enumerate(_bar(zip(domains, positions), 'n-gram cloze', len(domains),
+                                    progress)):
         scores = lm.cloze(d, int(i))
         logp = scores - np.logaddexp.reduce(scores)
         j = lm.chars.find(d[i])
-        loss[k], rank[k] = (-logp[j], (scores > scores[j]).sum()) if j >= 0 else (np.inf, len(lm.chars))
-    return dict(domain=np.arange(len(domains)), position=np.asarray(positions), loss=loss, rank=rank)
+        loss[k], rank[k] = (-logp[j],
+                            (scores > scores[j]).sum()) if j >= 0 else (np.inf, len(lm.chars))
+    return dict(domain=np.arange(len(domains)), position=np.asarray(positions), loss=loss,
+                rank=rank)
 
 # %% ../nbs/13_evaluation.ipynb #5c9b8ed0
 LENGTH_BUCKETS = ((1, 8), (9, 12), (13, 16), (17, 24), (25, 253))  # domain lengths in characters
@@ -219,11 +244,13 @@ def part_of(domain: str, position: int) -> str:
 # %% ../nbs/13_evaluation.ipynb #be52e367
 def _rate(x: np.ndarray) -> float | None: return float(x.mean()) if len(x) else None
 
-def group_figures(masked: dict, cloze: dict, ngram: dict | None, sel_masked: np.ndarray, sel_cloze: np.ndarray) -> dict:
+def group_figures(masked: dict, cloze: dict, ngram: dict | None, sel_masked: np.ndarray,
+                  sel_cloze: np.ndarray) -> dict:
     "The figures of one group: the selected masked characters and cloze items."
     r, c = masked['rank'][sel_masked], cloze['rank'][sel_cloze]
     loss = _rate(masked['loss'][sel_masked])
-    out = dict(n_masked=int(len(r)), masked_accuracy=_rate(r == 0), masked_top5=_rate(r < 5), loss=loss,
+    out = dict(n_masked=int(len(r)), masked_accuracy=_rate(r == 0), masked_top5=_rate(r < 5),
+               loss=loss,
                perplexity=None if loss is None else perplexity(loss),
                n_cloze=int(len(c)), cloze_top1=_rate(c == 0), cloze_top5=_rate(c < 5))
     if ngram is not None:
@@ -234,15 +261,19 @@ def group_figures(masked: dict, cloze: dict, ngram: dict | None, sel_masked: np.
 # %% ../nbs/13_evaluation.ipynb #dcea5f29
 def _group_keys(items: dict, domains: np.ndarray, key) -> np.ndarray:
     "`key(domain, position)` for every measured character of `items`."
-    return np.array([key(d, int(i)) for d, i in zip(domains[items['domain']], items['position'])], dtype=object)
+    return np.array([key(d, int(i)) for d, i in zip(domains[items['domain']], items['position'])],
+                    dtype=object)
 
-def breakdowns(domains: list[str], masked: dict, cloze: dict, ngram: dict | None, top_tlds: int = 10) -> dict:
-    "Figures by part of the name, by length bucket and by TLD (the `top_tlds` most frequent, then 'other')."
+def breakdowns(domains: list[str], masked: dict, cloze: dict, ngram: dict | None,
+               top_tlds: int = 10) -> dict:
+    """Figures by part of the name, by length bucket and by TLD (the
+    `top_tlds` most frequent, then 'other')."""
     tlds = Counter(map(tld_of, domains))
     common = [t for t, _ in tlds.most_common(top_tlds)]
     buckets = {length_bucket(len(d)) for d in domains}
     groupings = {'by_part': (part_of, ['label', 'tld']),
-                 'by_length': (lambda d, i: length_bucket(len(d)), [length_bucket(lo) for lo, _ in LENGTH_BUCKETS
+                 'by_length': (lambda d, i: length_bucket(len(d)),
+                               [length_bucket(lo) for lo, _ in LENGTH_BUCKETS
                                                                      if length_bucket(lo) in buckets]),
                  'by_tld': (lambda d, i: tld_of(d) if tld_of(d) in common else 'other',
                             common + (['other'] if len(tlds) > len(common) else []))}
@@ -270,7 +301,8 @@ def evaluate(model: DomainCanineMLM, # the model to measure
     cloze = cloze_eval(model, enc, positions, batch_size, device, progress)
     ng = ngram_cloze_eval(ngram, domains, positions, progress) if ngram is not None else None
     every = lambda r: np.ones(len(r['rank']), dtype=bool)
-    report = dict(n_domains=len(domains), seed=seed, batch_size=batch_size, mlm_probability=mlm_probability,
+    report = dict(n_domains=len(domains), seed=seed, batch_size=batch_size,
+                  mlm_probability=mlm_probability,
                   **group_figures(masked, cloze, ng, every(masked), every(cloze)))
     if ngram is not None: report.update(ngram_order=ngram.n, ngram_train_domains=ngram.n_domains)
     return {**report, **breakdowns(domains, masked, cloze, ng, top_tlds)}
@@ -278,12 +310,14 @@ def evaluate(model: DomainCanineMLM, # the model to measure
 # %% ../nbs/13_evaluation.ipynb #267174bd
 def _pct(x) -> str: return '–' if x is None else f'{x:.1%}'
 
-_COLUMNS = (('masked', 'n_masked', '{:,}'), ('accuracy', 'masked_accuracy', _pct), ('top-5', 'masked_top5', _pct),
+_COLUMNS = (('masked', 'n_masked', '{:,}'), ('accuracy', 'masked_accuracy', _pct),
+            ('top-5', 'masked_top5', _pct),
             ('loss', 'loss', '{:.3f}'), ('cloze', 'n_cloze', '{:,}'), ('top-1', 'cloze_top1', _pct),
             ('top-5', 'cloze_top5', _pct), ('n-gram top-1', 'ngram_cloze_top1', _pct))
 
 def _line(name: str, cells: list[str]) -> str:
-    return f'{name:<14}' + ''.join(c.rjust(max(len(t), 7) + 2) for c, (t, _, _) in zip(cells, _COLUMNS))
+    return f'{name:<14}' + ''.join(c.rjust(max(len(t), 7) + 2) for c,
+                                   (t, _, _) in zip(cells, _COLUMNS))
 
 def _row(name: str, figures: dict) -> str:
     "One table row: the group's name and its figures ('–' where it has none)."
@@ -294,15 +328,20 @@ def _row(name: str, figures: dict) -> str:
 def format_report(report: dict, source: str = '') -> str:
     "The evaluation as a text table."
     r = report
-    lines = [f"{r['n_domains']:,} domains{' of ' + source if source else ''}; seed {r['seed']}, batch size {r['batch_size']}",
-             f"masked characters ({r['mlm_probability']:.0%} masked as in training): accuracy {_pct(r['masked_accuracy'])}, "
-             f"top-5 {_pct(r['masked_top5'])}, loss {r['loss']:.4f}, perplexity {r['perplexity']:.3f}",
-             f"cloze (one hidden character per domain): top-1 {_pct(r['cloze_top1'])}, top-5 {_pct(r['cloze_top5'])}"]
+    lines = [f"{r['n_domains']:,} domains{' of ' + source if source else ''}; seed {r['seed']}, "
+             f"batch size {r['batch_size']}",
+             f"masked characters ({r['mlm_probability']:.0%} masked as in training): "
+             f"accuracy {_pct(r['masked_accuracy'])}, top-5 {_pct(r['masked_top5'])}, "
+             f"loss {r['loss']:.4f}, perplexity {r['perplexity']:.3f}",
+             f"cloze (one hidden character per domain): top-1 {_pct(r['cloze_top1'])}, top-5 "
+             f"{_pct(r['cloze_top5'])}"]
     if 'ngram_order' in r:
-        lines.append(f"{r['ngram_order']}-gram baseline ({r['ngram_train_domains']:,} training domains): cloze top-1 "
-                     f"{_pct(r['ngram_cloze_top1'])}, top-5 {_pct(r['ngram_cloze_top5'])}")
+        lines.append(f"{r['ngram_order']}-gram baseline ({r['ngram_train_domains']:,} "
+                     f"training domains): cloze top-1 {_pct(r['ngram_cloze_top1'])}, "
+                     f"top-5 {_pct(r['ngram_cloze_top5'])}")
         if r.get('ngram_train_overlap'):
-            lines.append(f"note: {r['ngram_train_overlap']:.0%} of these domains are in the baseline's training data")
+            lines.append(f"note: {r['ngram_train_overlap']:.0%} of these domains are in the "
+                         f"baseline's training data")
     lines += ['', _line('', [t for t, _, _ in _COLUMNS]), _row('all', r)]
     for name, title in (('by_part', 'part'), ('by_length', 'length'), ('by_tld', 'tld')):
         lines += [''] + [_row(f'{title} {g}', figures) for g, figures in r[name].items()]
@@ -322,7 +361,8 @@ def pseudo_log_likelihood(model: DomainCanineMLM, # the model
                           device: str | torch.device = 'cpu', # where the model is
                           progress: bool = True, # show a progress bar
                          ) -> np.ndarray:
-    "Sum over each domain's characters of log P(character | the rest), one character hidden at a time ([UNK] excluded)."
+    """Sum over each domain's characters of log P(character | the rest), one
+    character hidden at a time ([UNK] excluded)."""
     model.eval()
     enc = EncodedDomains.from_strings(domains)
     dom, pos = _unique_positions(enc.lengths)
@@ -331,9 +371,11 @@ def pseudo_log_likelihood(model: DomainCanineMLM, # the model
     for s in _bar(starts, 'score', len(starts), progress):
         rows = order[s:s + batch_size]
         ids, labels, index = _hide(enc, model.vocab, dom[rows], pos[rows], model.mask_id)
-        logps.append(cloze_logits(model, ids, index, device).gather(1, to_device(labels, device)[:, None]).squeeze(1))
+        logps.append(cloze_logits(model, ids, index,
+                                  device).gather(1, to_device(labels, device)[:, None]).squeeze(1))
     totals = np.zeros(len(domains))
-    if logps: np.add.at(totals, dom[order], torch.cat(logps).cpu().double().numpy())  # one copy back: the scores
+    # one copy back: the scores
+    if logps: np.add.at(totals, dom[order], torch.cat(logps).cpu().double().numpy())
     return totals
 
 # %% ../nbs/13_evaluation.ipynb #8c4e8889
@@ -344,7 +386,8 @@ def embed_domains(model: DomainCanineMLM, # the model (only its encoder is used)
                   device: str | torch.device = 'cpu', # where the model is
                   progress: bool = True, # show a progress bar
                  ) -> np.ndarray:
-    "(domains, hidden size) float32 array: each domain's mean last hidden state over its characters."
+    """(domains, hidden size) float32 array: each domain's mean
+    last hidden state over its characters."""
     model.eval()
     enc = EncodedDomains.from_strings(domains)
     order = np.argsort(enc.lengths, kind='stable')
@@ -354,24 +397,32 @@ def embed_domains(model: DomainCanineMLM, # the model (only its encoder is used)
         rows = order[s:s + batch_size]
         ids, lens = pad_batch(enc, rows)
         pos = torch.arange(ids.shape[1])
-        chars = to_device(((pos >= 1) & (pos <= lens[:, None])).unsqueeze(-1).float(), device)  # made on the host
+        # made on the host
+        chars = to_device(((pos >= 1) & (pos <= lens[:, None])).unsqueeze(-1).float(), device)
         hidden = model.encoder(input_ids=to_device(ids, device),
-                               attention_mask=to_device((ids != PAD).long(), device)).last_hidden_state
-        out[rows] = ((hidden.float() * chars).sum(1) / chars.sum(1)).cpu().numpy()  # the result, batch by batch
+                               attention_mask=to_device((ids != PAD).long(),
+                                                        device)).last_hidden_state
+        # the result, batch by batch
+        out[rows] = ((hidden.float() * chars).sum(1) / chars.sum(1)).cpu().numpy()
     return out
 
 # %% ../nbs/13_evaluation.ipynb #c91425c8
 def _write_parquet(path: Path, domains: list[str], vectors: np.ndarray):
     import pyarrow as pa, pyarrow.parquet as pq
-    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), vectors.shape[1])
-    pq.write_table(pa.table({'domain': pa.array(domains, pa.string()), 'embedding': column}), str(path))
+    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()),
+                                               vectors.shape[1])
+    pq.write_table(pa.table({'domain': pa.array(domains, pa.string()), 'embedding': column}),
+                   str(path))
 
 def write_embeddings(path, # .npy or .parquet
                      domains: list[str], vectors: np.ndarray) -> Path:
-    "Write `vectors` as .npy (rows in the order of `domains`) or as Parquet (columns domain, embedding)."
+    """Write `vectors` as .npy (rows in the order of `domains`) or
+    as Parquet (columns domain, embedding)."""
     path = Path(path)
-    if path.suffix not in ('.npy', '.parquet'): raise InputError(f'the output must end in .npy or .parquet, got {path.name}')
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')  # written beside it, renamed when complete
+    if path.suffix not in ('.npy', '.parquet'):
+        raise InputError(f'the output must end in .npy or .parquet, got {path.name}')
+    # written beside it, renamed when complete
+    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
     with writing(path, tmp):
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == '.npy':
@@ -397,7 +448,7 @@ def read_domains(domains: list[str], # domains given on the command line
             if reason: skipped[reason] += 1
             else: out.append(d)
     if not out and skipped:  # every line of the file refused: say how many, and why
-        raise InputError(f'no usable domains in {file}: all {sum(skipped.values()):,} lines skipped '
-                         f'({count_summary(skipped).replace("_", " ")})')
+        raise InputError(f'no usable domains in {file}: all {sum(skipped.values()):,} '
+                         f'lines skipped ({count_summary(skipped).replace("_", " ")})')
     if not out: raise InputError('no domains to process: give domains as arguments or --file FILE')
     return out, skipped

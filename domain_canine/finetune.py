@@ -15,11 +15,14 @@ from fastcore.basics import patch
 from torch import nn
 from transformers import CanineConfig, CanineForSequenceClassification, CanineTokenizer
 from transformers.utils import logging as hf_logging
-from .core import ConfigError, InputError, check_folder, pick_device, write_atomic, writing
+from .core import (ConfigError, InputError, check_folder, pick_device, write_atomic,
+                                writing)
 from .config import ACCEPTS, Accepts, TrainConfig, check_config
 from .data import DataError, EncodedDomains
-from .masking import CharVocab, EpochOrder, PAD, evaluation_order, pad_batch, padded_length
-from .model import ModelError, build_model, canine_config, note_unverified, use_sdpa, verify_model_dir
+from .masking import (CharVocab, EpochOrder, PAD, evaluation_order, pad_batch,
+                                   padded_length)
+from .model import (ModelError, build_model, canine_config, note_unverified, use_sdpa,
+                                 verify_model_dir)
 from .checkpoint import checkpoint_step, model_dirs, sweep_checkpoints
 from .distributed import all_reduce_sum, shutdown_distributed
 from .run_data import RunData, _no_validation
@@ -39,59 +42,80 @@ __all__ = ['FINETUNE_ACCEPTS', 'FINETUNE_DEFAULTS', 'ARM_KINDS', 'ARM_SETTINGS',
 # %% ../nbs/13d_finetune.ipynb #9a1662ff
 @dataclass
 class FinetuneConfig(TrainConfig):
-    "Every setting of a fine-tuning run: training's, and the task's (`dataset` is the labelled file)."
-    label_column: str | None = None  # column of the labels (default: label, labels, class, target or category)
-    group_column: str | None = None  # rows of a group stay on one side (default: `group` when present)
-    split_column: str | None = None  # a given side per row: train, validation or test (default: split or side)
-    split_by: str = 'auto'  # auto (the split column, else the groups, else a hash of the text), column, group or hash
+    """Every setting of a fine-tuning run: training's, and the
+    task's (`dataset` is the labelled file)."""
+    # column of the labels (default: label, labels, class, target or category)
+    label_column: str | None = None
+    # rows of a group stay on one side (default: `group` when present)
+    group_column: str | None = None
+    # a given side per row: train, validation or test (default: split or side)
+    split_column: str | None = None
+    # auto (the split column, else the groups, else a hash of the text), column, group or hash
+    split_by: str = 'auto'
     test_fraction: float = 0.2  # share held out for the final test (hash and group splits)
     from_scratch: bool = False  # the same architecture with random weights: what pre-training adds
-    freeze_encoder: bool = False  # train only the classification head on the encoder's fixed features
-    data_order: ClassVar[tuple[str, ...]] = TrainConfig.data_order + (  # a resume warns when the task's rows change
+    # train only the classification head on the encoder's fixed features
+    freeze_encoder: bool = False
+    # a resume warns when the task's rows change
+    data_order: ClassVar[tuple[str, ...]] = TrainConfig.data_order + (
         'text_column', 'label_column', 'group_column', 'split_column', 'split_by', 'test_fraction')
 
 # %% ../nbs/13d_finetune.ipynb #53562e51
-FINETUNE_ACCEPTS = {**ACCEPTS, 'label_column': Accepts(), 'group_column': Accepts(), 'split_column': Accepts(),
+FINETUNE_ACCEPTS = {**ACCEPTS, 'label_column': Accepts(), 'group_column': Accepts(),
+                    'split_column': Accepts(),
                     'split_by': Accepts(choices=SPLIT_BY), 'from_scratch': Accepts(bool),
                     'freeze_encoder': Accepts(bool),
                     'test_fraction': Accepts(float, 0, 1, open_low=True, open_high=True)}
 
-FINETUNE_DEFAULTS = dict(  # fine-tuning wants a short run: a few epochs, no long warmup, frequent evaluation
+# fine-tuning wants a short run: a few epochs, no long warmup, frequent evaluation
+FINETUNE_DEFAULTS = dict(
     epochs=3, batch_size=32, learning_rate=5e-5, warmup_steps=0, eval_steps=100, save_steps=500,
     logging_steps=10, output_dir='runs/finetune')
 
 # %% ../nbs/13d_finetune.ipynb #95781026
 def check_finetune_config(cfg: FinetuneConfig) -> FinetuneConfig:
-    "`cfg` if training's checks and the task's declarations accept it, and it reads its file whole; else `ConfigError`."
+    """`cfg` if training's checks and the task's declarations accept it, and
+    it reads its file whole; else `ConfigError`."""
     check_config(cfg, FINETUNE_ACCEPTS)
-    if cfg.streaming: raise ConfigError('fine-tuning reads its labelled file whole: --streaming is for pre-training')
+    if cfg.streaming:
+        raise ConfigError('fine-tuning reads its labelled file whole: --streaming is for '
+                          'pre-training')
     return cfg
 
 def finetune_config(**settings) -> FinetuneConfig:
-    "A checked `FinetuneConfig`: `FINETUNE_DEFAULTS` under `settings` (a model shape alone trains from it)."
+    """A checked `FinetuneConfig`: `FINETUNE_DEFAULTS` under
+    `settings` (a model shape alone trains from it)."""
     values = {**FINETUNE_DEFAULTS, **settings}
-    if settings.get('model_config') and 'model_name_or_path' not in settings: values['model_name_or_path'] = None
+    if settings.get('model_config') and 'model_name_or_path' not in settings:
+        values['model_name_or_path'] = None
     return check_finetune_config(FinetuneConfig(**values))
 
 # %% ../nbs/13d_finetune.ipynb #6866fbca
 def finetune_task(cfg: FinetuneConfig,
                   max_positions: int | None = None, # the model's positions (default: its source's)
                  ) -> LabelledTask:
-    "The labelled file (or built-in task) of `cfg`, cut into sides; names too long for the model rejected as too_long."
-    return load_task(cfg.dataset, cfg.split_by, cfg.test_fraction, cfg.validation_fraction, cfg.seed,
-                     max_positions=max_positions or (lambda: source_config(cfg).max_position_embeddings),
-                     text_column=cfg.text_column, label_column=cfg.label_column, group_column=cfg.group_column,
+    """The labelled file (or built-in task) of `cfg`, cut into sides; names
+    too long for the model rejected as too_long."""
+    return load_task(cfg.dataset, cfg.split_by, cfg.test_fraction, cfg.validation_fraction,
+                     cfg.seed,
+                     max_positions=max_positions
+                     or (lambda: source_config(cfg).max_position_embeddings),
+                     text_column=cfg.text_column, label_column=cfg.label_column,
+                     group_column=cfg.group_column,
                      split_column=cfg.split_column, split=cfg.dataset_split)
 
 # %% ../nbs/13d_finetune.ipynb #3e660eb1
 class LabelledBatches(torch.utils.data.Dataset):
-    "One epoch of labelled batches: ids, attention mask, labels; batch `b` depends only on (seed, epoch, b)."
+    """One epoch of labelled batches: ids, attention mask, labels;
+    batch `b` depends only on (seed, epoch, b)."""
     def __init__(self, side: TaskSide, batch_size: int, seed: int = 0, epoch: int = 0,
                  bucket: bool = False, # length-bucketed batches (`EpochOrder`)
-                 order: np.ndarray | None = None): # a fixed order (an evaluation's); default: the epoch's
+                 # a fixed order (an evaluation's); default: the epoch's
+                 order: np.ndarray | None = None):
         self.side, self.bs, self.epoch, self.labels = side, batch_size, epoch, torch.from_numpy(side.labels)
         n, lengths = len(side.texts), side.enc.lengths_of if bucket else None
-        self.order = EpochOrder(n, batch_size, seed, epoch, lengths) if order is None else np.asarray(order)
+        self.order = EpochOrder(n, batch_size, seed, epoch,
+                                lengths) if order is None else np.asarray(order)
 
     def __len__(self): return -(-len(self.order) // self.bs)
 
@@ -100,35 +124,45 @@ class LabelledBatches(torch.utils.data.Dataset):
         o = self.order
         idx = o.batch(b) if isinstance(o, EpochOrder) else o[b * self.bs:(b + 1) * self.bs]
         ids, _ = pad_batch(self.side.enc, idx)
-        return dict(input_ids=ids, attention_mask=(ids != PAD).long(), labels=self.labels[torch.from_numpy(idx)])
+        return dict(input_ids=ids, attention_mask=(ids != PAD).long(),
+                    labels=self.labels[torch.from_numpy(idx)])
 
 # %% ../nbs/13d_finetune.ipynb #43fb3224
 class LabelledRunBatches(torch.utils.data.Dataset):
-    "Micro-batch `g` of a run is batch `g % per_epoch` of epoch `g // per_epoch` (as pre-training's `RunBatches`)."
+    """Micro-batch `g` of a run is batch `g % per_epoch` of epoch `g //
+    per_epoch` (as pre-training's `RunBatches`)."""
     def __init__(self, side: TaskSide, cfg: FinetuneConfig, per_epoch: int):
         self.side, self.cfg, self.per_epoch, self._epoch = side, cfg, per_epoch, None
 
     def epoch_batches(self, epoch: int) -> LabelledBatches:
         if self._epoch is None or self._epoch.epoch != epoch:
             c = self.cfg
-            self._epoch = LabelledBatches(self.side, c.batch_size, c.seed, epoch, c.length_bucketing)
+            self._epoch = LabelledBatches(self.side, c.batch_size, c.seed, epoch,
+                                          c.length_bucketing)
         return self._epoch
 
     def __len__(self): return 2**62  # the run decides how many it takes
-    def __getitem__(self, g: int): return self.epoch_batches(g // self.per_epoch)[g % self.per_epoch]
+    def __getitem__(self,
+                    g: int): return self.epoch_batches(g // self.per_epoch)[g % self.per_epoch]
 
 # %% ../nbs/13d_finetune.ipynb #4bca33b2
-def task_run_data(cfg: FinetuneConfig, task: LabelledTask, world_size: int = 1, log=print) -> RunData:
-    "What the `Trainer` needs of a task: the training micro-batches, the validation batches, the run's length."
+def task_run_data(cfg: FinetuneConfig, task: LabelledTask, world_size: int = 1,
+                  log=print) -> RunData:
+    """What the `Trainer` needs of a task: the training micro-batches,
+    the validation batches, the run's length."""
     per_step, train, valid = cfg.gradient_accumulation_steps * world_size, task.sides['train'], task.sides['validation']
     steps_per_epoch = -(-len(train.texts) // cfg.batch_size) // per_step
     if steps_per_epoch == 0:
-        raise DataError(f"{len(train.texts)} training rows are fewer than one optimizer step (batch_size × "
-                        f"gradient_accumulation_steps × processes = {cfg.batch_size * per_step})")
-    if len(valid.texts) == 0: _no_validation(cfg, len(train.texts), log)  # as pre-training: a warning, or an error
+        raise DataError(f"{len(train.texts)} training rows are fewer than one "
+                        f"optimizer step (batch_size × gradient_accumulation_steps "
+                        f"× processes = {cfg.batch_size * per_step})")
+    # as pre-training: a warning, or an error
+    if len(valid.texts) == 0: _no_validation(cfg, len(train.texts), log)
     order = evaluation_order(valid.enc, None, cfg.seed)
-    return RunData(CharVocab(), task, valid.enc, order, cfg.max_steps or cfg.epochs * steps_per_epoch,
-                   steps_per_epoch, train.enc, LabelledRunBatches(train, cfg, steps_per_epoch * per_step),
+    return RunData(CharVocab(), task, valid.enc, order, cfg.max_steps
+                   or cfg.epochs * steps_per_epoch,
+                   steps_per_epoch, train.enc,
+                   LabelledRunBatches(train, cfg, steps_per_epoch * per_step),
                    LabelledBatches(valid, cfg.batch_size, cfg.seed, order=order))
 
 # %% ../nbs/13d_finetune.ipynb #2b24c57d
@@ -149,28 +183,33 @@ class DomainCanineClassifier(nn.Module):
 
     def forward(self, input_ids, attention_mask, labels=None) -> ClassifierOutput:
         logits = self.clf(input_ids=input_ids, attention_mask=attention_mask).logits
-        return ClassifierOutput(None if labels is None else F.cross_entropy(logits.float(), labels), logits, labels)
+        return ClassifierOutput(None if labels is None else F.cross_entropy(logits.float(), labels),
+                                logits, labels)
 
 # %% ../nbs/13d_finetune.ipynb #0f964d63
 @patch
 def save(self: DomainCanineClassifier, path) -> Path:
-    "Write the classifier (config with label names, safetensors weights) and the tokenizer files into `path`."
+    """Write the classifier (config with label names, safetensors
+    weights) and the tokenizer files into `path`."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     hf_logging.disable_progress_bar()
     self.clf.save_pretrained(path)
-    for name, text in tokenizer_files(self.clf.config.max_position_embeddings).items(): (path / name).write_bytes(text)
+    for name, text in tokenizer_files(self.clf.config.max_position_embeddings).items():
+        (path / name).write_bytes(text)
     return path
 
 @functools.cache
 def tokenizer_files(max_length: int) -> dict[str, bytes]:
-    "The files `CanineTokenizer.save_pretrained` writes (made once: building the tokenizer takes seconds)."
+    """The files `CanineTokenizer.save_pretrained` writes (made once:
+    building the tokenizer takes seconds)."""
     with tempfile.TemporaryDirectory() as d:
         CanineTokenizer(model_max_length=max_length).save_pretrained(d)
         return {p.name: p.read_bytes() for p in Path(d).iterdir()}
 
 def is_classifier_dir(path) -> bool:
-    "Whether `path` holds a saved `CanineForSequenceClassification` (its config names the architecture)."
+    """Whether `path` holds a saved `CanineForSequenceClassification` (its config names the
+    architecture)."""
     try: config = json.loads((Path(path) / 'config.json').read_text())
     except (OSError, ValueError): return False
     return 'CanineForSequenceClassification' in (config.get('architectures') or [])
@@ -178,16 +217,20 @@ def is_classifier_dir(path) -> bool:
 # %% ../nbs/13d_finetune.ipynb #9105c85c
 @patch(cls_method=True)
 def load(cls: DomainCanineClassifier, path, device='cpu',
-         verify: bool = True, # check the files against checkpoint.json first (False: the caller just did)
-         note=None, # where the line about a directory without checkpoint.json goes (default: stderr)
+         # check the files against checkpoint.json first (False: the caller just did)
+         verify: bool = True,
+         # where the line about a directory without checkpoint.json goes (default: stderr)
+         note=None,
         ) -> DomainCanineClassifier:
-    "Load a classifier written by `save`, its checksums verified first; a clear `ModelError` if `path` is not one."
+    """Load a classifier written by `save`, its checksums verified first;
+    a clear `ModelError` if `path` is not one."""
     path = Path(path)
     if not is_classifier_dir(path): raise ModelError(f"{path} holds no CANINE sequence classifier")
     if verify and not verify_model_dir(path): note_unverified(path, note)
     hf_logging.disable_progress_bar()
     try: clf = CanineForSequenceClassification.from_pretrained(path)
-    except Exception as e:  # torch, safetensors and transformers raise many types for a damaged file
+    # torch, safetensors and transformers raise many types for a damaged file
+    except Exception as e:
         raise ModelError(f"cannot load the classifier in {path}: {type(e).__name__}: "
                          f"{str(e).strip().splitlines()[0]}") from None
     return cls(clf).to(device)
@@ -210,7 +253,8 @@ def pretrained_encoder_state(cfg: FinetuneConfig) -> dict:
 
 # %% ../nbs/13d_finetune.ipynb #92b47a43
 def classifier_config(base: CanineConfig, classes: list[str]) -> CanineConfig:
-    "`base` with a head for `classes`: their names in `id2label`/`label2id`, as `pipeline` shows them."
+    """`base` with a head for `classes`: their names in
+    `id2label`/`label2id`, as `pipeline` shows them."""
     config = copy.deepcopy(base)
     config.num_labels = len(classes)
     config.id2label, config.label2id = dict(enumerate(classes)), {c: i for i, c in enumerate(classes)}
@@ -218,32 +262,41 @@ def classifier_config(base: CanineConfig, classes: list[str]) -> CanineConfig:
     return config
 
 def build_classifier(cfg: FinetuneConfig, classes: list[str]) -> DomainCanineClassifier:
-    "A fresh head on `cfg`'s encoder (random weights with `from_scratch`); only the head trains with `freeze_encoder`."
+    """A fresh head on `cfg`'s encoder (random weights with
+    `from_scratch`); only the head trains with `freeze_encoder`."""
     base = source_config(cfg)
     model = DomainCanineClassifier(CanineForSequenceClassification(classifier_config(base, classes)))
     if cfg.model_name_or_path is not None and not cfg.from_scratch:
         model.encoder.load_state_dict(pretrained_encoder_state(cfg))
-    # the head reads the pooled [CLS] molecule: CANINE's character-level output layers get no gradient (DDP insists)
-    for unused in (model.encoder.projection, model.encoder.final_char_encoder): unused.requires_grad_(False)
+    # the head reads the pooled [CLS] molecule: CANINE's character-level
+    # output layers get no gradient (DDP insists)
+    for unused in (model.encoder.projection, model.encoder.final_char_encoder):
+        unused.requires_grad_(False)
     if cfg.freeze_encoder: model.encoder.requires_grad_(False)
     if cfg.dropout is not None: set_dropout(model, cfg.dropout)
     return use_sdpa(model, cfg.attention == 'sdpa')
 
 # %% ../nbs/13d_finetune.ipynb #ab8c199b
 def check_output_dir(cfg: FinetuneConfig):
-    "`--output_dir` writable (nothing made yet) and swept; its room is checked once the task says how long the run is."
+    """`--output_dir` writable (nothing made yet) and swept; its room is
+    checked once the task says how long the run is."""
     check_folder(cfg.output_dir, '--output_dir')
     sweep_checkpoints(cfg.output_dir)
 
 def finetune_trainer(cfg: FinetuneConfig, callbacks=None, log=print,
-                     task: LabelledTask | None = None, # the task, read already (default: `cfg`'s, read here)
-                     keep: bool = True, # write checkpoints and the final model (False: a comparison's arm, scored once)
+                     # the task, read already (default: `cfg`'s, read here)
+                     task: LabelledTask | None = None,
+                     # write checkpoints and the final model (False: a
+                     # comparison's arm, scored once)
+                     keep: bool = True,
                     ) -> Trainer:
     "A `Trainer` of a classifier on `cfg`'s task (one process, or one of a torchrun job)."
     topo, device = join_job(cfg, check_output_dir)
     task = task or finetune_task(cfg)
-    data = task_run_data(cfg, task, topo.world_size, log if topo.is_main else (lambda *a, **k: None))
-    if topo.is_main:  # room for its checkpoints, epoch ones included, before the model is built or anything written
+    data = task_run_data(cfg, task, topo.world_size, log if topo.is_main
+                         else (lambda *a, **k: None))
+    # room for its checkpoints, epoch ones included, before the model is built or anything written
+    if topo.is_main:
         if keep: check_disk(cfg, epochs=data.total_steps // data.steps_per_epoch)
         out = Path(cfg.output_dir)
         with writing(out): out.mkdir(parents=True, exist_ok=True)  # the run begins here
@@ -251,16 +304,19 @@ def finetune_trainer(cfg: FinetuneConfig, callbacks=None, log=print,
             dict(report=task.report, classes=task.classes, max_length=task.max_length), indent=2))
     model = build_classifier(cfg, task.classes).to(device)
     trainer = Trainer(cfg, model, data, [*(callbacks or []), *run_loggers(cfg)], log, topo, device)
-    if not keep: trainer.save = lambda name: Path(cfg.output_dir) / name  # no checkpoint: not even the epochs' ones
+    # no checkpoint: not even the epochs' ones
+    if not keep: trainer.save = lambda name: Path(cfg.output_dir) / name
     return trainer
 
 # %% ../nbs/13d_finetune.ipynb #6abeaf6e
 @torch.no_grad()
-def predict_side(model: DomainCanineClassifier, side: TaskSide, batch_size: int, device) -> np.ndarray:
+def predict_side(model: DomainCanineClassifier, side: TaskSide, batch_size: int,
+                 device) -> np.ndarray:
     "The class probabilities of every row of `side`, in its order."
     model.eval()
     batches = LabelledBatches(side, batch_size, order=np.arange(len(side.texts)))
-    out = [F.softmax(model(**{k: v.to(device) for k, v in batches[b].items()}).logits.float(), -1).cpu()
+    out = [F.softmax(model(**{k: v.to(device) for k, v in batches[b].items()}).logits.float(),
+                     -1).cpu()
            for b in range(len(batches))]
     model.train()
     return torch.cat(out).numpy() if out else np.zeros((0, model.clf.config.num_labels), np.float32)
@@ -273,12 +329,15 @@ def test_results(trainer: Trainer) -> dict:
     return dict(step=trainer.state.step, classes=classes, test_rows=n,
                 test_accuracy=float((probs.argmax(-1) == side.labels).mean()) if n else None,
                 test_loss=float(-np.log(np.maximum(picked, 1e-12)).mean()) if n else None,
-                texts=side.texts, labels=side.labels.tolist(), probabilities=probs.round(6).tolist())
+                texts=side.texts, labels=side.labels.tolist(),
+                probabilities=probs.round(6).tolist())
 
 # %% ../nbs/13d_finetune.ipynb #67411ba1
 def finetune(cfg: FinetuneConfig, callbacks=None, log=print) -> Path:
-    "Fine-tune with `cfg`; the final model's directory (with `test_results.json` in the run folder)."
-    try: return _finetune(cfg, callbacks, log)  # its trainer, DDP wrapper included, is gone before the process group
+    """Fine-tune with `cfg`; the final model's directory (with
+    `test_results.json` in the run folder)."""
+    # its trainer, DDP wrapper included, is gone before the process group
+    try: return _finetune(cfg, callbacks, log)
     finally: shutdown_distributed()
 
 def _finetune(cfg: FinetuneConfig, callbacks, log) -> Path:
@@ -287,11 +346,14 @@ def _finetune(cfg: FinetuneConfig, callbacks, log) -> Path:
     if trainer.topo.is_main and trainer.stopped_by is None:
         r = test_results(trainer)
         write_atomic(Path(cfg.output_dir) / 'test_results.json', json.dumps(r))
-        if r['test_rows']: log(f"test: accuracy {r['test_accuracy']:.3f}, loss {r['test_loss']:.4f} "
+        if r['test_rows']:
+            log(f"test: accuracy {r['test_accuracy']:.3f}, loss {r['test_loss']:.4f} "
                                f"on {r['test_rows']:,} rows")
         else: log('test: the task has no test rows')
-    all_reduce_sum(torch.zeros(1, device=trainer.device), trainer.topo)  # in a job the others wait for rank 0's test:
-    return final                                                          # every process leaves the job together
+    # in a job the others wait for rank 0's test:
+    all_reduce_sum(torch.zeros(1, device=trainer.device), trainer.topo)
+    # every process leaves the job together
+    return final
 
 # %% ../nbs/13d_finetune.ipynb #1a9e675f
 ARM_KINDS = ('finetuned', 'frozen', 'scratch')
@@ -303,20 +365,28 @@ def model_positions(model: str) -> int:
     "The positions of `model`'s architecture (its configuration read without its weights)."
     return source_config(finetune_config(model_name_or_path=str(model))).max_position_embeddings
 
-def classifier_arm(model: str, # a model or checkpoint directory, a classifier fine-tuned before, or a hub id
-                   kind: str = 'finetuned', # finetuned, frozen (a head on the fixed encoder) or scratch (random weights)
+# a model or checkpoint directory, a classifier fine-tuned before, or a hub id
+def classifier_arm(model: str,
+                   # finetuned, frozen (a head on the fixed encoder) or scratch (random weights)
+                   kind: str = 'finetuned',
                    log=_quiet, # where each run's lines go (the comparison's table owns stdout)
-                   workdir=None, # where its temporary run folder goes (default: the system's temporary folder)
-                   **settings, # the budget and the rest of `finetune_config`: epochs, max_steps, learning_rate, ...
+                   # where its temporary run folder goes (default: the system's temporary folder)
+                   workdir=None,
+                   # the budget and the rest of `finetune_config`: epochs,
+                   # max_steps, learning_rate, ...
+                   **settings,
                   ) -> Arm:
-    "An arm that fine-tunes a classifier on `model` with `settings` in a temporary folder and predicts the test side."
-    if kind not in ARM_KINDS: raise ConfigError(f"unknown arm {kind!r}; choose from {', '.join(ARM_KINDS)}")
+    """An arm that fine-tunes a classifier on `model` with `settings` in a
+    temporary folder and predicts the test side."""
+    if kind not in ARM_KINDS:
+        raise ConfigError(f"unknown arm {kind!r}; choose from {', '.join(ARM_KINDS)}")
     def fit_predict(task: LabelledTask, seed: int) -> np.ndarray:
         if task.max_length > (n := model_positions(model)):
-            raise DataError(f'{task.name} has names of {task.max_length} positions and {model} takes {n}: '
-                            f'load the task with max_positions={n}')
+            raise DataError(f'{task.name} has names of {task.max_length} positions and '
+                            f'{model} takes {n}: load the task with max_positions={n}')
         with tempfile.TemporaryDirectory(prefix='arm-', dir=workdir) as out:
-            cfg = finetune_config(**{**ARM_SETTINGS, **settings}, dataset=task.name, model_name_or_path=str(model),
+            cfg = finetune_config(**{**ARM_SETTINGS, **settings}, dataset=task.name,
+                                  model_name_or_path=str(model),
                                   output_dir=out, seed=seed, from_scratch=kind == 'scratch',
                                   freeze_encoder=kind == 'frozen')
             try:
@@ -328,7 +398,8 @@ def classifier_arm(model: str, # a model or checkpoint directory, a classifier f
 
 # %% ../nbs/13d_finetune.ipynb #8a15680f
 def arm_models(paths: list) -> list[str]:
-    "The models of `paths`: a run directory gives its checkpoints (`model_dirs`, checksums verified); a hub id stays."
+    """The models of `paths`: a run directory gives its checkpoints
+    (`model_dirs`, checksums verified); a hub id stays."""
     models = [str(m) for p in paths for m in (model_dirs([p]) if Path(p).exists() else [p])]
     for m in models: model_positions(m)  # a hub id that cannot be read fails here, before any work
     return models
@@ -336,13 +407,16 @@ def arm_models(paths: list) -> list[str]:
 def _architecture(model: str) -> str:
     "`model`'s configuration without its name: equal for every checkpoint of one run."
     config = source_config(finetune_config(model_name_or_path=str(model))).to_dict()
-    return json.dumps({k: v for k, v in config.items() if k not in ('_name_or_path', 'transformers_version')},
+    return json.dumps({k: v for k,
+                       v in config.items() if k not in ('_name_or_path', 'transformers_version')},
                       sort_keys=True)
 
 def classifier_arms(models: list[str], kinds=ARM_KINDS, log=_quiet,
-                    frozen_learning_rate: float | None = None, # the frozen arms' (default: `settings`' learning rate)
+                    # the frozen arms' (default: `settings`' learning rate)
+                    frozen_learning_rate: float | None = None,
                     workdir=None, **settings) -> list[Arm]:
-    "Per model, an arm of each kind in `kinds`; one scratch arm per architecture, on the first model that has it."
+    """Per model, an arm of each kind in `kinds`; one scratch arm per
+    architecture, on the first model that has it."""
     arms, seen = [], set()
     for model in models:
         for kind in kinds:
@@ -354,11 +428,13 @@ def classifier_arms(models: list[str], kinds=ARM_KINDS, log=_quiet,
 
 # %% ../nbs/13d_finetune.ipynb #5ca4c835
 def longest_text(max_positions: int) -> int:
-    "The most characters a model of `max_positions` positions reads ([CLS], [SEP] and a spare block besides)."
+    """The most characters a model of `max_positions` positions reads
+    ([CLS], [SEP] and a spare block besides)."""
     return max(n for n in range(max_positions) if padded_length(n) <= max_positions)
 
 def clean_query(text: str, max_positions: int) -> str:
-    "`text` cleaned as fine-tuning cleans its rows; an `InputError` with the reason where it would reject it."
+    """`text` cleaned as fine-tuning cleans its rows; an `InputError`
+    with the reason where it would reject it."""
     d, reason = clean_text(text)
     if reason == 'empty': raise InputError('empty input: type a domain (or a name without its TLD)')
     if reason:
@@ -373,8 +449,10 @@ def clean_query(text: str, max_positions: int) -> str:
 @dataclass
 class Classification:
     query: str                    # what the user typed
-    text: str                     # what the classifier read: the query cleaned as fine-tuning cleans its rows
-    top: list[tuple[str, float]]  # the most probable classes with their probabilities, most probable first
+    # what the classifier read: the query cleaned as fine-tuning cleans its rows
+    text: str
+    # the most probable classes with their probabilities, most probable first
+    top: list[tuple[str, float]]
 
     @property
     def label(self) -> str: return self.top[0][0]
@@ -388,11 +466,13 @@ class Classification:
 
 # %% ../nbs/13d_finetune.ipynb #1d4898f3
 class Classifier:
-    "Class probabilities of typed domains from a fine-tuned classifier (a final model or checkpoint)."
+    """Class probabilities of typed domains from a fine-tuned
+    classifier (a final model or checkpoint)."""
     def __init__(self, model: DomainCanineClassifier, device: str | torch.device | None = None):
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.model, config = model.to(self.device).eval(), model.clf.config
-        self.classes = [config.id2label[i] for i in range(config.num_labels)]  # the order of every answer
+        # the order of every answer
+        self.classes = [config.id2label[i] for i in range(config.num_labels)]
         self.max_positions = config.max_position_embeddings
 
     @classmethod
@@ -401,14 +481,16 @@ class Classifier:
         return cls(DomainCanineClassifier.load(path), device)
 
     def clean(self, queries: list[str]) -> list[str]:
-        "Every query cleaned as fine-tuning cleans its rows; an `InputError` for the first it would reject."
+        """Every query cleaned as fine-tuning cleans its rows; an
+        `InputError` for the first it would reject."""
         queries = [queries] if isinstance(queries, str) else queries
         return [clean_query(q, self.max_positions) for q in queries]
 
 # %% ../nbs/13d_finetune.ipynb #039ad1cf
 @patch
 def probabilities(self: Classifier, queries: list[str], batch_size: int = 256) -> np.ndarray:
-    "Class probabilities (queries, classes) in `classes` order; every query is checked before any is read."
+    """Class probabilities (queries, classes) in `classes` order;
+    every query is checked before any is read."""
     texts, out = self.clean(queries), []
     enc, to = EncodedDomains.from_strings(texts), lambda t: to_device(t, self.device)
     with torch.no_grad():

@@ -22,18 +22,25 @@ _MARKERS = re.compile(r'\[mask\]|\?', re.IGNORECASE)
 
 def _refused(text: str) -> str | None:
     "Why training would not take `text` (a query with its masks read as letters); None if it would."
-    if not text.isascii(): return 'not ASCII: ask with its punycode form, xn--…, as training reads it'
-    _, reason = clean_domain(text if '.' in text else text + '.com')  # without a dot, a mask may be the dot
+    if not text.isascii():
+        return 'not ASCII: ask with its punycode form, xn--…, as training reads it'
+    # without a dot, a mask may be the dot
+    _, reason = clean_domain(text if '.' in text else text + '.com')
     return reason and reason.replace('_', ' ')
 
 def parse_masked(text: str, mask_id: int = MASK) -> str:
     "The query with each `?` or `[MASK]` replaced by the code point `mask_id` (the model's mask)."
     q = _MARKERS.sub(chr(mask_id), text.strip().lower())
     if q.endswith('.'): q = q[:-1]
-    if not q: raise InputError('empty query: type a domain with ? or [MASK] for each hidden character')
-    if len(q) > MAX_DOMAIN_LENGTH: raise InputError(f'query too long: {len(q)} characters, a domain has at most {MAX_DOMAIN_LENGTH}')
-    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in q): raise InputError(f'{text!r} contains whitespace or control characters')
-    if chr(mask_id) not in q: raise InputError(f'{text!r} has nothing to predict: mark hidden characters with ? or [MASK]')
+    if not q:
+        raise InputError('empty query: type a domain with ? or [MASK] for each hidden character')
+    if len(q) > MAX_DOMAIN_LENGTH:
+        raise InputError(f'query too long: {len(q)} characters, a domain has at most '
+                         f'{MAX_DOMAIN_LENGTH}')
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in q):
+        raise InputError(f'{text!r} contains whitespace or control characters')
+    if chr(mask_id) not in q:
+        raise InputError(f'{text!r} has nothing to predict: mark hidden characters with ? or [MASK]')
     if reason := _refused(q.replace(chr(mask_id), 'a')):
         raise InputError(f'{text!r} is not a usable domain ({reason}): training would reject it')
     return q
@@ -70,7 +77,8 @@ class Prediction:
 
     def to_dict(self) -> dict:
         return dict(query=self.query, filled=self.filled,
-                    masks=[dict(position=m.position, top=[dict(char=c, prob=p) for c, p in m.top]) for m in self.masks])
+                    masks=[dict(position=m.position, top=[dict(char=c, prob=p) for c, p in m.top])
+                           for m in self.masks])
 
 # %% ../nbs/11_inference.ipynb #8d4e999c
 class Predictor:
@@ -86,7 +94,8 @@ class Predictor:
 
     @torch.no_grad()
     def probabilities(self, ids: torch.Tensor) -> torch.Tensor:
-        "Class probabilities (masked positions, classes) at the masks of `ids` (on the host), [UNK] excluded."
+        """Class probabilities (masked positions, classes) at the masks
+        of `ids` (on the host), [UNK] excluded."""
         to = lambda t: to_device(t, self.device)
         logits = self.model(input_ids=to(ids), attention_mask=to((ids != PAD).long()),
                             masked_index=to(mask_index(ids, self.mask_id))).logits
@@ -106,9 +115,11 @@ def predict(self: Predictor, queries: list[str], top_k: int = 5) -> list[Predict
     top_p, top_c = probs.topk(min(top_k, len(self.vocab) - 1), dim=-1)
     results = [Prediction(q, '') for q in queries]
     for r, c, ps, cs in zip(rows.tolist(), cols.tolist(), top_p.tolist(), top_c.tolist()):
-        results[r].masks.append(MaskPrediction(c - 1, [(self.vocab.char(k), p) for k, p in zip(cs, ps)]))
+        results[r].masks.append(MaskPrediction(c - 1, [(self.vocab.char(k), p) for k,
+                                                       p in zip(cs, ps)]))
     filled = self.fill(ids, probs)
-    for res, row, n in zip(results, filled, map(len, texts)): res.filled = ''.join(map(chr, row[1:n + 1].tolist()))
+    for res, row, n in zip(results, filled, map(len, texts)):
+        res.filled = ''.join(map(chr, row[1:n + 1].tolist()))
     return results
 
 # %% ../nbs/11_inference.ipynb #e31d7d94

@@ -16,7 +16,8 @@ __all__ = ['PAD', 'CLS', 'SEP', 'MASK', 'DOWNSAMPLING_RATE', 'DOMAIN_CHARS', 'Ch
            'padding_fraction']
 
 # %% ../nbs/03_masking.ipynb #34b6190e
-PAD, CLS, SEP, MASK = 0, 0xE000, 0xE001, 0xE003  # padding, [CLS], [SEP], [MASK] as CanineTokenizer defines them
+# padding, [CLS], [SEP], [MASK] as CanineTokenizer defines them
+PAD, CLS, SEP, MASK = 0, 0xE000, 0xE001, 0xE003
 DOWNSAMPLING_RATE = 4  # CANINE pools 4 characters into one "molecule" for its deep stack
 
 # %% ../nbs/03_masking.ipynb #0c8a2bd3
@@ -37,7 +38,8 @@ class CharVocab:
     def classes(self, ids: torch.Tensor) -> torch.Tensor:
         "Class index of each code point in `ids` ([UNK] for characters outside the vocabulary)."
         inside = ids < len(self.table)
-        return torch.where(inside, self.table.to(ids.device)[ids.clamp(max=len(self.table) - 1)], self.unk)
+        return torch.where(inside, self.table.to(ids.device)[ids.clamp(max=len(self.table) - 1)],
+                           self.unk)
 
     def char(self, cls: int) -> str:
         "The character of class `cls` ('\ufffd' for [UNK])."
@@ -45,16 +47,20 @@ class CharVocab:
 
 # %% ../nbs/03_masking.ipynb #6947bfc3
 def padded_length(longest: int) -> int:
-    "Sequence length for a batch whose longest domain has `longest` characters: [CLS]+[SEP], rounded up to 4, plus a spare block."
+    """Sequence length for a batch whose longest domain has `longest` characters:
+    [CLS]+[SEP], rounded up to 4, plus a spare block."""
     return DOWNSAMPLING_RATE * (-(-(longest + 2) // DOWNSAMPLING_RATE) + 1)
 
 # %% ../nbs/03_masking.ipynb #d4b64dee
-def pad_batch(enc: EncodedDomains, idx: np.ndarray, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    "Input ids `[CLS] domain [SEP] 0…` of domains `idx`, padded to `length` (default: the batch's own), and their lengths."
+def pad_batch(enc: EncodedDomains, idx: np.ndarray,
+              length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input ids `[CLS] domain [SEP] 0…` of domains `idx`, padded to `length`
+    (default: the batch's own), and their lengths."""
     idx = np.asarray(idx)
     lens = enc.lengths_of(idx)  # gathered: never the whole corpus's lengths
     width = length or padded_length(int(lens.max()))
-    if width < lens.max() + 2: raise ValueError(f'length {width} is too short for a domain of {lens.max()} characters')
+    if width < lens.max() + 2:
+        raise ValueError(f'length {width} is too short for a domain of {lens.max()} characters')
     pos = np.arange(width)[None, :]
     inside = (pos >= 1) & (pos <= lens[:, None])
     ids = np.zeros((len(idx), width), dtype=np.int64)
@@ -64,13 +70,16 @@ def pad_batch(enc: EncodedDomains, idx: np.ndarray, length: int | None = None) -
 
 # %% ../nbs/03_masking.ipynb #26c8462a
 def _maskable_end(x: np.ndarray, lengths: np.ndarray, exclude_tld: bool) -> np.ndarray:
-    "Last maskable position of each row: the domain's last character, or the one before its last dot."
+    """Last maskable position of each row: the domain's last
+    character, or the one before its last dot."""
     if not exclude_tld: return lengths
     last_dot = np.where(x == ord('.'), np.arange(x.shape[1]), 0).max(1)
     return np.where(last_dot > 1, last_dot - 1, lengths)
 
-def _span_mask(ends: np.ndarray, width: int, span_lengths: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    "One contiguous span per row, of a length drawn from `span_lengths` (inclusive), inside positions 1..end."
+def _span_mask(ends: np.ndarray, width: int, span_lengths: tuple[int, int],
+               rng: np.random.Generator) -> np.ndarray:
+    """One contiguous span per row, of a length drawn from
+    `span_lengths` (inclusive), inside positions 1..end."""
     lo, hi = span_lengths
     length = np.minimum(rng.integers(lo, hi + 1, len(ends)), ends)
     start = 1 + (rng.random(len(ends)) * (ends - length + 1)).astype(np.int64)
@@ -78,9 +87,11 @@ def _span_mask(ends: np.ndarray, width: int, span_lengths: tuple[int, int], rng:
     return (pos >= start[:, None]) & (pos < (start + length)[:, None])
 
 # %% ../nbs/03_masking.ipynb #0f29d305
-def _replace_chosen(x: np.ndarray, chosen: np.ndarray, vocab: CharVocab, mask_replace_prob: float, random_replace_prob: float,
+def _replace_chosen(x: np.ndarray, chosen: np.ndarray, vocab: CharVocab, mask_replace_prob: float,
+                    random_replace_prob: float,
                     rng: np.random.Generator) -> np.ndarray:
-    "`x` with its chosen positions replaced by [MASK], by a random domain character, or left as they are (BERT's 80/10/10)."
+    """`x` with its chosen positions replaced by [MASK], by a random domain
+    character, or left as they are (BERT's 80/10/10)."""
     if mask_replace_prob >= 1: return np.where(chosen, MASK, x)
     r = rng.random(x.shape)
     randoms = vocab.codepoints.numpy()[rng.integers(0, len(vocab.chars), x.shape)]
@@ -92,11 +103,15 @@ def mask_batch(ids: torch.Tensor, # (batch, length) input ids from `pad_batch`
                lengths: torch.Tensor, # (batch,) characters per domain
                vocab: CharVocab, # output classes, for labels and random replacements
                mlm_probability: float = 0.15, # expected share of characters to predict
-               generator: torch.Generator | None = None, # source of randomness (seeded per batch for exact resume)
+               # source of randomness (seeded per batch for exact resume)
+               generator: torch.Generator | None = None,
                mask_replace_prob: float = 1.0, # share of chosen characters replaced by [MASK]
-               random_replace_prob: float = 0.0, # share replaced by a random domain character (the rest stay as they are)
-               exclude_tld: bool = False, # never mask the top-level domain (the last dot and what follows)
-               span_masking: bool = False, # mask one contiguous span instead, in `span_fraction` of the domains
+               # share replaced by a random domain character (the rest stay as they are)
+               random_replace_prob: float = 0.0,
+               # never mask the top-level domain (the last dot and what follows)
+               exclude_tld: bool = False,
+               # mask one contiguous span instead, in `span_fraction` of the domains
+               span_masking: bool = False,
                span_fraction: float = 0.8, # share of domains masked with a span when `span_masking`
                span_lengths: tuple[int, int] = (2, 5), # shortest and longest span
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,14 +122,17 @@ def mask_batch(ids: torch.Tensor, # (batch, length) input ids from `pad_batch`
     pos = np.arange(width)
     ends = _maskable_end(x, lens, exclude_tld)
     is_cand = (pos >= 1) & (pos <= ends[:, None])
-    k = np.minimum(np.maximum(np.floor(mlm_probability * ends + rng.random(b)).astype(np.int64), 1), ends)
+    k = np.minimum(np.maximum(np.floor(mlm_probability * ends + rng.random(b)).astype(np.int64), 1),
+                   ends)
     scores = np.where(is_cand, rng.random((b, width)), 2.0)
-    chosen = scores <= np.take_along_axis(np.sort(scores, axis=1), (k - 1)[:, None], axis=1)  # each row's k smallest
+    # each row's k smallest
+    chosen = scores <= np.take_along_axis(np.sort(scores, axis=1), (k - 1)[:, None], axis=1)
     if span_masking:
         use_span = rng.random(b) < span_fraction
         chosen = np.where(use_span[:, None], _span_mask(ends, width, span_lengths, rng), chosen)
     table = vocab.table.numpy()
-    labels = np.where(chosen, np.where(x < len(table), table[np.minimum(x, len(table) - 1)], vocab.unk), -100)
+    labels = np.where(chosen, np.where(x < len(table), table[np.minimum(x, len(table) - 1)],
+                                       vocab.unk), -100)
     out = _replace_chosen(x, chosen, vocab, mask_replace_prob, random_replace_prob, rng)
     return torch.from_numpy(out), torch.from_numpy(labels)
 
@@ -133,7 +151,8 @@ def _mix(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 class Permutation:
-    "A seeded pseudo-random permutation of [0, n), evaluated at any positions without an n-sized array."
+    """A seeded pseudo-random permutation of [0, n), evaluated at
+    any positions without an n-sized array."""
     def __init__(self, n: int, seed: int, rounds: int = 6):
         self.n, self.side = n, np.uint64(max(2, math.isqrt(max(n - 1, 0)) + 1))  # a² ≥ n
         self.keys = np.random.default_rng(seed).integers(0, 2**63, rounds, dtype=np.uint64)
@@ -157,10 +176,12 @@ class Permutation:
 
 # %% ../nbs/03_masking.ipynb #44784a10
 class EpochOrder:
-    "One epoch's order of `n` domains, batch by batch: batch `b` costs one pool of work, and nothing epoch-sized is built."
+    """One epoch's order of `n` domains, batch by batch: batch `b` costs one
+    pool of work, and nothing epoch-sized is built."""
     def __init__(self, n: int, # domains in the epoch
                  batch_size: int, seed: int = 0, epoch: int = 0,
-                 lengths_of=None, # function: domain indices -> lengths; given, batches are length-bucketed
+                 # function: domain indices -> lengths; given, batches are length-bucketed
+                 lengths_of=None,
                  pool: int = 64): # batches per bucketing pool
         self.n, self.bs, self.seed, self.epoch, self.lengths_of = n, batch_size, seed, epoch, lengths_of
         self.pool_size, self.perm, self._last = batch_size * pool, Permutation(n, batch_seed(seed, epoch)), (-1, None)
@@ -177,13 +198,15 @@ class EpochOrder:
 # %% ../nbs/03_masking.ipynb #e6deb7e0
 @patch
 def pool(self: EpochOrder, k: int) -> np.ndarray:
-    "The domains of pool `k` in batch order (bucketed: sorted by length, then its full batches shuffled)."
+    """The domains of pool `k` in batch order (bucketed: sorted by
+    length, then its full batches shuffled)."""
     if self._last[0] == k: return self._last[1]
     idx = self.perm(np.arange(k * self.pool_size, min((k + 1) * self.pool_size, self.n)))
     if self.lengths_of is not None:
         idx = idx[np.argsort(self.lengths_of(idx), kind='stable')]
         full = len(idx) // self.bs * self.bs  # a partial last batch of the epoch stays last
-        slots = np.random.default_rng(batch_seed(self.seed, self.epoch, k, -3)).permutation(full // self.bs)
+        slots = np.random.default_rng(batch_seed(self.seed, self.epoch, k,
+                                                 -3)).permutation(full // self.bs)
         idx[:full] = idx[:full].reshape(-1, self.bs)[slots].ravel()
     self._last = (k, idx)
     return idx
@@ -197,15 +220,19 @@ def to_array(self: EpochOrder) -> np.ndarray:
 # %% ../nbs/03_masking.ipynb #25ddbdc4
 class MaskedBatches(torch.utils.data.Dataset):
     "One epoch of masked batches; batch `b` depends only on (seed, epoch, b)."
-    def __init__(self, enc: EncodedDomains, vocab: CharVocab, batch_size: int, seed: int = 0, epoch: int = 0,
+    def __init__(self, enc: EncodedDomains, vocab: CharVocab, batch_size: int, seed: int = 0,
+                 epoch: int = 0,
                  bucket: bool = False, # length-bucketed batches (`EpochOrder`)
-                 order: np.ndarray | None = None, # a fixed order of domains (an evaluation's); default: the epoch's
+                 # a fixed order of domains (an evaluation's); default: the epoch's
+                 order: np.ndarray | None = None,
                  **masking):  # masking: keyword arguments of `mask_batch`
         self.enc, self.vocab, self.bs, self.seed, self.epoch, self.masking = enc, vocab, batch_size, seed, epoch, masking
-        self.order = (EpochOrder(len(enc), batch_size, seed, epoch, enc.lengths_of if bucket else None) if order is None
+        self.order = (EpochOrder(len(enc), batch_size, seed, epoch,
+                                 enc.lengths_of if bucket else None) if order is None
                       else np.asarray(order))
 
-    def __len__(self): return -(-len(self.order) // self.bs)  # the order may be a subset (evaluation)
+    # the order may be a subset (evaluation)
+    def __len__(self): return -(-len(self.order) // self.bs)
 
     def indices(self, b: int) -> np.ndarray:
         "The domains of batch `b`."
@@ -217,23 +244,30 @@ class MaskedBatches(torch.utils.data.Dataset):
         ids, lens = pad_batch(self.enc, self.indices(b))
         g = torch.Generator().manual_seed(batch_seed(self.seed, self.epoch, b))
         input_ids, labels = mask_batch(ids, lens, self.vocab, generator=g, **self.masking)
-        masked_index = (labels != -100).flatten().nonzero().squeeze(1)  # computed here, on the CPU: no GPU sync later
-        return dict(input_ids=input_ids, attention_mask=(ids != PAD).long(), labels=labels, masked_index=masked_index)
+        # computed here, on the CPU: no GPU sync later
+        masked_index = (labels != -100).flatten().nonzero().squeeze(1)
+        return dict(input_ids=input_ids, attention_mask=(ids != PAD).long(), labels=labels,
+                    masked_index=masked_index)
 
 # %% ../nbs/03_masking.ipynb #c54b1567
 def evaluation_order(valid: EncodedDomains, n: int | None, # how many (None: all)
                      seed: int) -> np.ndarray:
-    "The domains an evaluation takes: all, or a sample of `n` fixed by `seed`; shortest first, so its batches carry little padding."
+    """The domains an evaluation takes: all, or a sample of `n` fixed by `seed`;
+    shortest first, so its batches carry little padding."""
     idx = np.arange(len(valid))
-    if n is not None and n < len(valid): idx = np.sort(np.random.default_rng(batch_seed(seed, -2)).choice(len(valid), n, replace=False))
+    if n is not None and n < len(valid):
+        idx = np.sort(np.random.default_rng(batch_seed(seed,
+                                                       -2)).choice(len(valid), n, replace=False))
     return idx[np.argsort(valid.lengths_of(idx), kind='stable')]
 
 # %% ../nbs/03_masking.ipynb #c893686d
 def padding_fraction(batches, n: int | None = None) -> float:
-    "Share of the positions of the first `n` batches (all by default) of an iterable of batches that are padding."
+    """Share of the positions of the first `n` batches (all by default)
+    of an iterable of batches that are padding."""
     pad = total = 0
     for i, batch in enumerate(batches):
         if n is not None and i >= n: break
         mask = batch['attention_mask']
-        pad += int((mask == 0).sum()); total += mask.numel()
+        pad += int((mask == 0).sum())
+        total += mask.numel()
     return pad / max(total, 1)

@@ -33,12 +33,14 @@ class ModelError(ValueError):
 
 def canine_config(name: str) -> CanineConfig:
     "The `CanineConfig` of a named model shape."
-    if name not in MODEL_CONFIGS: raise ModelError(f"unknown model config {name!r}; choose one of {', '.join(MODEL_CONFIGS)}")
+    if name not in MODEL_CONFIGS:
+        raise ModelError(f"unknown model config {name!r}; choose one of {', '.join(MODEL_CONFIGS)}")
     return CanineConfig(**MODEL_CONFIGS[name])
 
 # %% ../nbs/04_model.ipynb #4417468d
 def mlm_head(hidden_size: int, n_classes: int) -> nn.Sequential:
-    "Linear → GELU → LayerNorm → Linear, as in the original project (LayerNorm with torch's default eps, as there)."
+    """Linear → GELU → LayerNorm → Linear, as in the original project
+    (LayerNorm with torch's default eps, as there)."""
     return nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.LayerNorm(hidden_size),
                          nn.Linear(hidden_size, n_classes))
 
@@ -50,7 +52,8 @@ class MLMOutput:
 
 # %% ../nbs/04_model.ipynb #52a74e15
 class DomainCanineMLM(nn.Module):
-    "A CANINE encoder with a masked-character head over `vocab`, queried with the mask it was trained with."
+    """A CANINE encoder with a masked-character head over `vocab`,
+    queried with the mask it was trained with."""
     def __init__(self, encoder: CanineModel, vocab: CharVocab | None = None,
                  mask_id: int = MASK): # the code point that hides a character in the input
         super().__init__()
@@ -59,19 +62,24 @@ class DomainCanineMLM(nn.Module):
         self.head.apply(encoder._init_weights)
         if encoder.pooler is not None: encoder.pooler.requires_grad_(False)
 
-    def forward(self, input_ids, attention_mask, labels=None, masked_index=None, positions=None) -> MLMOutput:
-        "Logits at masked positions (`masked_index`: flat indices, else `positions`, else where `labels` != -100)."
+    def forward(self, input_ids, attention_mask, labels=None, masked_index=None,
+                positions=None) -> MLMOutput:
+        """Logits at masked positions (`masked_index`: flat indices, else
+        `positions`, else where `labels` != -100)."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if masked_index is None:
-            masked_index = (positions if positions is not None else labels != -100).flatten().nonzero().squeeze(1)
+            masked_index = (positions if positions is not None
+                            else labels != -100).flatten().nonzero().squeeze(1)
         logits = self.head(hidden.flatten(0, 1).index_select(0, masked_index))
         if labels is None: return MLMOutput(None, logits, None)
         targets = labels.flatten().index_select(0, masked_index)
         return MLMOutput(F.cross_entropy(logits.float(), targets), logits, targets)
 
 # %% ../nbs/04_model.ipynb #b4bef4c7
-def logits_at_widths(model: DomainCanineMLM, enc: EncodedDomains, idx, widths) -> dict[int, torch.Tensor]:
-    "Logits at every character position of a batch padded to the largest width, then cropped to each of `widths`."
+def logits_at_widths(model: DomainCanineMLM, enc: EncodedDomains, idx,
+                     widths) -> dict[int, torch.Tensor]:
+    """Logits at every character position of a batch padded to the
+    largest width, then cropped to each of `widths`."""
     ids, lens = pad_batch(enc, idx, max(widths))
     with torch.no_grad():
         out = {}
@@ -81,60 +89,81 @@ def logits_at_widths(model: DomainCanineMLM, enc: EncodedDomains, idx, widths) -
         return out
 
 # %% ../nbs/04_model.ipynb #17b91d8e
-SDPA_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]  # in order of preference: both correct with masks in backward
+# in order of preference: both correct with masks in backward
+SDPA_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 class SdpaCanineSelfAttention(CanineSelfAttention):
-    "CANINE's self-attention computed by `F.scaled_dot_product_attention`: same parameters, same results."
+    """CANINE's self-attention computed by `F.scaled_dot_product_attention`: same parameters, same
+    results."""
     def forward(self, from_tensor, to_tensor, attention_mask=None, output_attentions=False):
-        if output_attentions: return super().forward(from_tensor, to_tensor, attention_mask, output_attentions)
+        if output_attentions:
+            return super().forward(from_tensor, to_tensor, attention_mask, output_attentions)
         b, n = from_tensor.shape[:2]
-        heads = lambda x: x.view(b, -1, self.num_attention_heads, self.attention_head_size).transpose(1, 2)
+        heads = lambda x: x.view(b, -1, self.num_attention_heads,
+                                 self.attention_head_size).transpose(1, 2)
         q, k, v = heads(self.query(from_tensor)), heads(self.key(to_tensor)), heads(self.value(to_tensor))
         if attention_mask is not None:
-            if attention_mask.ndim == 3:  # 1 = attend, as the original converts it: 0 / the dtype's lowest value
+            # 1 = attend, as the original converts it: 0 / the dtype's lowest value
+            if attention_mask.ndim == 3:
                 attention_mask = (1.0 - attention_mask[:, None].float()) * torch.finfo(q.dtype).min
             attention_mask = attention_mask.to(q.dtype)
         with sdpa_kernel(SDPA_BACKENDS):
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask,
-                                                     dropout_p=self.dropout.p if self.training else 0.0)
+                                                     dropout_p=self.dropout.p if self.training
+                                                     else 0.0)
         return (context.transpose(1, 2).reshape(b, n, self.all_head_size),)
 
 def use_sdpa(model: nn.Module, on: bool = True) -> nn.Module:
-    "Switch every CANINE self-attention layer of `model` to SDPA (or back to the original); weights stay where they are."
+    """Switch every CANINE self-attention layer of `model` to SDPA (or back
+    to the original); weights stay where they are."""
     for m in model.modules():
-        if isinstance(m, CanineSelfAttention): m.__class__ = SdpaCanineSelfAttention if on else CanineSelfAttention
+        if isinstance(m, CanineSelfAttention):
+            m.__class__ = SdpaCanineSelfAttention if on else CanineSelfAttention
     return model
 
-def sdpa_backend(device: torch.device, dtype: torch.dtype = torch.bfloat16, heads: int = 12, length: int = 32, dim: int = 64) -> str:
-    "The first of `SDPA_BACKENDS` that `device` runs for a masked attention of this shape, forward and backward."
+def sdpa_backend(device: torch.device, dtype: torch.dtype = torch.bfloat16, heads: int = 12,
+                 length: int = 32, dim: int = 64) -> str:
+    """The first of `SDPA_BACKENDS` that `device` runs for a masked
+    attention of this shape, forward and backward."""
     q = torch.randn(2, heads, length, dim, device=device, dtype=dtype, requires_grad=True)
-    mask = torch.zeros(2, 1, length, length, device=device, dtype=dtype); mask[..., -3:] = torch.finfo(dtype).min
+    mask = torch.zeros(2, 1, length, length, device=device, dtype=dtype)
+    mask[..., -3:] = torch.finfo(dtype).min
     for backend in SDPA_BACKENDS:
         try:
-            with sdpa_kernel([backend]): F.scaled_dot_product_attention(q, q, q, attn_mask=mask).sum().backward()
+            with sdpa_kernel([backend]):
+                F.scaled_dot_product_attention(q, q, q, attn_mask=mask).sum().backward()
             return backend.name.lower()
         except RuntimeError: continue
     return 'none'
 
-# transformers builds CANINE's masks with `create_bidirectional_mask` from 5.9 on, and takes the switch ours needs from
-# 5.15 on: the floor in settings.ini, checked here so that an older transformers fails at import, in one line
+# transformers builds CANINE's masks with `create_bidirectional_mask`
+# from 5.9 on, and takes the switch ours needs from
+# 5.15 on: the floor in settings.ini, checked here so that an older
+# transformers fails at import, in one line
 _create_bidirectional_mask = getattr(modeling_canine, 'create_bidirectional_mask', None)
-# a second import in one process (a chapter's cells beside the package) finds ours in place: take what it wraps
-_create_bidirectional_mask = getattr(_create_bidirectional_mask, 'wrapped', _create_bidirectional_mask)
-if 'allow_is_bidirectional_skip' not in inspect.signature(_create_bidirectional_mask or (lambda: None)).parameters:
+# a second import in one process (a chapter's cells beside the
+# package) finds ours in place: take what it wraps
+_create_bidirectional_mask = getattr(_create_bidirectional_mask, 'wrapped',
+                                     _create_bidirectional_mask)
+if 'allow_is_bidirectional_skip' not in inspect.signature(_create_bidirectional_mask
+                                                          or (lambda: None)).parameters:
     import transformers
     raise ImportError(f'domain-canine needs transformers>=5.15, found {transformers.__version__}: '
                       'pip install "transformers>=5.15"')
 
 def _mask_without_host_sync(config, inputs_embeds, attention_mask, **kw):
-    """CANINE's additive mask built on the device: 0 where attended, the dtype's lowest value elsewhere, one row for
-    every query. transformers' own asks whether the mask is all ones, and its eager path (CANINE's) copies a scalar
-    from the host: each makes the host wait for the GPU, and a step called it twice (measured on an H200)."""
-    if kw or attention_mask is None or attention_mask.ndim != 2:  # anything else: transformers' own, always built
-        return _create_bidirectional_mask(config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+    """CANINE's additive mask built on the device: 0 where attended, the dtype's lowest value
+    elsewhere, one row for every query. transformers' own asks whether the mask is all ones, and
+    its eager path (CANINE's) copies a scalar from the host: each makes the host wait for the
+    GPU, and a step called it twice (measured on an H200)."""
+    # anything else: transformers' own, always built
+    if kw or attention_mask is None or attention_mask.ndim != 2:
+        return _create_bidirectional_mask(config=config, inputs_embeds=inputs_embeds,
+                                          attention_mask=attention_mask,
                                           **{**kw, 'allow_is_bidirectional_skip': False})
     dtype, keep = inputs_embeds.dtype, attention_mask[:, None, None, :].bool()
-    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(~keep, torch.finfo(dtype).min)
+    return torch.zeros(keep.shape, dtype=dtype,
+                       device=keep.device).masked_fill_(~keep, torch.finfo(dtype).min)
 _mask_without_host_sync.wrapped = _create_bidirectional_mask
 modeling_canine.create_bidirectional_mask = _mask_without_host_sync
 
@@ -157,11 +186,14 @@ def is_model_dir(path) -> bool:
 @patch
 def save(self: DomainCanineMLM, path) -> Path:
     "Write encoder (safetensors via `save_pretrained`), head and vocabulary into `path`."
-    path = Path(path); path.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
     hf_logging.disable_progress_bar()  # a bar per checkpoint would bury the training progress bar
     self.encoder.save_pretrained(path)
-    save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, str(path / HEAD_WEIGHTS))
-    (path / HEAD_CONFIG).write_text(json.dumps(dict(vocab=self.vocab.chars, mask=self.mask_id, format=1), indent=2))
+    save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
+              str(path / HEAD_WEIGHTS))
+    (path / HEAD_CONFIG).write_text(json.dumps(dict(vocab=self.vocab.chars, mask=self.mask_id,
+                                                    format=1), indent=2))
     return path
 
 # %% ../nbs/04_model.ipynb #2978e86d
@@ -178,31 +210,37 @@ def _listed(path: Path) -> dict | None:
     "The {file name: SHA-256} that `path`'s marker lists; None when it cannot be read as one."
     try: files = json.loads((path / MARKER).read_text())['files']
     except (OSError, ValueError, KeyError, TypeError): return None
-    ok = isinstance(files, dict) and all(isinstance(v, str) and Path(k).name == k for k, v in files.items())
+    ok = isinstance(files, dict) and all(isinstance(v, str) and Path(k).name == k for k,
+                                         v in files.items())
     return files if ok else None
 
 def _model_file(name: str) -> bool:
     "Whether a loader reads the file `name`: the encoder's weights and configuration, the head's."
-    return name in ('config.json', HEAD_CONFIG) or name.endswith(('.safetensors', '.safetensors.index.json'))
+    return name in ('config.json',
+                    HEAD_CONFIG) or name.endswith(('.safetensors', '.safetensors.index.json'))
 
 # %% ../nbs/04_model.ipynb #1e0541b2
 def checksum_problem(path) -> str | None:
-    "None when every file that `path`'s marker lists is intact and every model file is listed; else the first problem."
+    """None when every file that `path`'s marker lists is intact and every
+    model file is listed; else the first problem."""
     path = Path(path)
     files = _listed(path)
-    if files is None: return f"{path / MARKER} is unreadable (not the list of files and checksums it should be)"
+    if files is None:
+        return f"{path / MARKER} is unreadable (not the list of files and checksums it should be)"
     for name, digest in files.items():
         f = path / name
         if not f.is_file(): return f"{path} is missing {name}, which its {MARKER} lists"
         try: intact = file_sha256(f) == digest
         except OSError as e: return f"cannot read {f}: {e.strerror or e}"
         if not intact: return f"{f} is corrupt (checksum mismatch): {MARKER} lists another SHA-256"
-    if extra := [p.name for p in sorted(path.iterdir()) if p.name not in files and _model_file(p.name)]:
+    if extra := [p.name for p in sorted(path.iterdir()) if p.name not in files
+                 and _model_file(p.name)]:
         return f"{path / extra[0]} is not listed in {MARKER}: it was written after the checkpoint"
     return None
 
 def verify_model_dir(path) -> bool:
-    "True when `path`'s files match its marker, False when it has none (nothing to check); else a `ModelError`."
+    """True when `path`'s files match its marker, False when it has none
+    (nothing to check); else a `ModelError`."""
     path = Path(path)
     if not (path / MARKER).exists(): return False
     if problem := checksum_problem(path): raise ModelError(problem)
@@ -217,44 +255,56 @@ def note_unverified(path, note=None):
 # %% ../nbs/04_model.ipynb #e754cdf9
 @patch(cls_method=True)
 def load(cls: DomainCanineMLM, path, device='cpu',
-         verify: bool = True, # check the files against checkpoint.json first (False: the caller just did)
-         note=None, # where the line about a directory without checkpoint.json goes (default: stderr)
+         # check the files against checkpoint.json first (False: the caller just did)
+         verify: bool = True,
+         # where the line about a directory without checkpoint.json goes (default: stderr)
+         note=None,
         ) -> DomainCanineMLM:
-    "Load a model written by `save`, its checksums verified first; a clear `ModelError` if `path` is not one."
+    """Load a model written by `save`, its checksums verified first; a
+    clear `ModelError` if `path` is not one."""
     path = Path(path)
     if not path.is_dir(): raise ModelError(f"model directory not found: {path}")
-    verified = not verify or verify_model_dir(path)  # a file that differs stops here, before anything reads it
+    # a file that differs stops here, before anything reads it
+    verified = not verify or verify_model_dir(path)
     if not (is_original_dir(path) or is_model_dir(path)):
-        raise ModelError(f"{path} is not a domain-canine model directory (expected config.json, {HEAD_WEIGHTS}, {HEAD_CONFIG})")
+        raise ModelError(f"{path} is not a domain-canine model directory (expected config.json, "
+                         f"{HEAD_WEIGHTS}, {HEAD_CONFIG})")
     if not verified: note_unverified(path, note)
     if is_original_dir(path): return load_original(path).to(device)
     hf_logging.disable_progress_bar()
     try:
         head_cfg = json.loads((path / HEAD_CONFIG).read_text())
         mask = head_cfg.get('mask', MASK)  # not recorded: written before it was, by training here
-        if mask not in MASKS: raise ModelError(f"mask {mask!r} is neither {MASK} ([MASK]) nor {ORIGINAL_MASK} ([CLS])")
+        if mask not in MASKS:
+            raise ModelError(f"mask {mask!r} is neither {MASK} ([MASK]) nor {ORIGINAL_MASK} ([CLS])")
         model = cls(CanineModel.from_pretrained(path), CharVocab(head_cfg['vocab']), mask)
         model.head.load_state_dict(load_file(str(path / HEAD_WEIGHTS)))
-    except Exception as e:  # torch, safetensors and transformers raise many types for a damaged file
-        raise ModelError(f"cannot load the model in {path}: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from None
+    # torch, safetensors and transformers raise many types for a damaged file
+    except Exception as e:
+        raise ModelError(f"cannot load the model in {path}: {type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0]}") from None
     return model.to(device)
 
 # %% ../nbs/04_model.ipynb #342855f1
 def read_original_state(path) -> dict:
-    "The original `training_state.bin`, read without executing code (only argparse.Namespace is allowlisted)."
+    """The original `training_state.bin`, read without executing code
+    (only argparse.Namespace is allowlisted)."""
     import argparse, pickle
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(Path(path) / ORIGINAL_STATE, map_location='cpu', weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as e:
-        raise ModelError(f"cannot read {Path(path) / ORIGINAL_STATE} safely: {str(e).strip().splitlines()[0]}") from None
+        raise ModelError(f"cannot read {Path(path) / ORIGINAL_STATE} safely: "
+                         f"{str(e).strip().splitlines()[0]}") from None
 
 # %% ../nbs/04_model.ipynb #06707254
 def head_from_original(sd: dict, vocab: CharVocab) -> dict:
-    "Our head's state dict from the original 16,384-class head's, keeping the rows of `vocab`'s characters."
+    """Our head's state dict from the original 16,384-class head's,
+    keeping the rows of `vocab`'s characters."""
     w, b = sd['3.weight'], sd['3.bias']
     rows = torch.tensor([ord(c) for c in vocab.chars])
-    others = torch.ones(len(b), dtype=torch.bool); others[rows] = False
+    others = torch.ones(len(b), dtype=torch.bool)
+    others[rows] = False
     unk_w, unk_b = w[others].mean(0, keepdim=True), b[others].logsumexp(0, keepdim=True)
     out = {k: v for k, v in sd.items() if not k.startswith('3.')}
     return {**out, '3.weight': torch.cat([w[rows], unk_w]), '3.bias': torch.cat([b[rows], unk_b])}
@@ -262,27 +312,33 @@ def head_from_original(sd: dict, vocab: CharVocab) -> dict:
 def load_original(path) -> DomainCanineMLM:
     "A `DomainCanineMLM` from an original-project checkpoint directory."
     state = read_original_state(path)
-    if 'mlm_head_state_dict' not in state: raise ModelError(f"{path}/{ORIGINAL_STATE} has no mlm_head_state_dict")
+    if 'mlm_head_state_dict' not in state:
+        raise ModelError(f"{path}/{ORIGINAL_STATE} has no mlm_head_state_dict")
     hf_logging.disable_progress_bar()
     model = DomainCanineMLM(CanineModel.from_pretrained(path), mask_id=ORIGINAL_MASK)
     try: model.head.load_state_dict(head_from_original(state['mlm_head_state_dict'], model.vocab))
     except (KeyError, RuntimeError) as e:
-        raise ModelError(f"the head in {path}/{ORIGINAL_STATE} does not fit: {str(e).strip().splitlines()[0]}") from None
-    model.original_info = {k: (vars(v) if k == 'args' and hasattr(v, '__dict__') else v) for k, v in state.items()
+        raise ModelError(f"the head in {path}/{ORIGINAL_STATE} does not fit: "
+                         f"{str(e).strip().splitlines()[0]}") from None
+    model.original_info = {k: (vars(v) if k == 'args' and hasattr(v, '__dict__') else v) for k,
+                           v in state.items()
                            if isinstance(v, (int, float, str)) or k == 'args'}
     return model
 
 # %% ../nbs/04_model.ipynb #e9f4ab15
 def import_original(src, dst) -> Path:
-    "Convert an original-project checkpoint `src` into a new model directory `dst` (written beside it, then renamed)."
+    """Convert an original-project checkpoint `src` into a new model
+    directory `dst` (written beside it, then renamed)."""
     src, dst = Path(src), Path(dst)
     if not is_original_dir(src):
-        raise ModelError(f"{src} is not a checkpoint of the original project (expected config.json and {ORIGINAL_STATE})")
+        raise ModelError(f"{src} is not a checkpoint of the original project (expected config.json "
+                         f"and {ORIGINAL_STATE})")
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise ModelError(f"{dst} already exists: give a new folder for the imported model")
     note_unverified(src)  # the original wrote no checksums
     model = load_original(src)
-    tmp = dst.with_name(f'.tmp-{dst.name}')  # a failed write leaves neither a partial model nor this
+    # a failed write leaves neither a partial model nor this
+    tmp = dst.with_name(f'.tmp-{dst.name}')
     with writing(dst, tmp, what='the imported model'):
         remove_path(tmp)
         model.save(tmp)
@@ -297,17 +353,22 @@ def write_original_checkpoint(path, # the directory to write
                               model_config: str = 'tiny', # the encoder's shape
                               seed: int = 0, # its random initial weights
                              ) -> Path:
-    "A checkpoint as the original project wrote one, after one optimizer step on one masked domain (for tests)."
+    """A checkpoint as the original project wrote one, after one
+    optimizer step on one masked domain (for tests)."""
     import argparse
     from transformers import CanineTokenizer, get_linear_schedule_with_warmup
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         encoder = CanineModel(canine_config(model_config))
         head = mlm_head(encoder.config.hidden_size, 16_384)  # one class per code point below 16,384
-        opt = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=1e-5, weight_decay=0.01)
-        sched, scaler = get_linear_schedule_with_warmup(opt, 500, 10_000), torch.amp.GradScaler('cpu')
-        ids = torch.tensor([[CLS, ord('a'), ORIGINAL_MASK, ord('.'), ord('i'), ord('o'), SEP]])  # 'ab.io', b hidden
-        loss = F.cross_entropy(head(encoder(input_ids=ids).last_hidden_state[:, 2]), torch.tensor([ord('b')]))
+        opt = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=1e-5,
+                                weight_decay=0.01)
+        sched, scaler = get_linear_schedule_with_warmup(opt, 500,
+                                                        10_000), torch.amp.GradScaler('cpu')
+        # 'ab.io', b hidden
+        ids = torch.tensor([[CLS, ord('a'), ORIGINAL_MASK, ord('.'), ord('i'), ord('o'), SEP]])
+        loss = F.cross_entropy(head(encoder(input_ids=ids).last_hidden_state[:, 2]),
+                               torch.tensor([ord('b')]))
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
@@ -318,26 +379,33 @@ def write_original_checkpoint(path, # the directory to write
     args = argparse.Namespace(batch_size=256, learning_rate=1e-5, mlm_probability=0.15, bf16=True)
     torch.save(dict(epoch=0, step=1, global_step=1, mlm_head_state_dict=head.state_dict(),
                     optimizer_state_dict=opt.state_dict(), scheduler_state_dict=sched.state_dict(),
-                    scaler_state_dict=scaler.state_dict(), train_loss=loss.item(), args=args), Path(path) / ORIGINAL_STATE)
+                    scaler_state_dict=scaler.state_dict(), train_loss=loss.item(), args=args),
+               Path(path) / ORIGINAL_STATE)
     return Path(path)
 
 # %% ../nbs/04_model.ipynb #fba39427
-def build_model(model_name_or_path: str | None = None, # our model dir, a hub id or a local CANINE dir; None: from `model_config`
+# our model dir, a hub id or a local CANINE dir; None: from `model_config`
+def build_model(model_name_or_path: str | None = None,
                 model_config: str = 'demo', # named shape for a model trained from scratch
                 vocab: CharVocab | None = None, # output classes of a new head
                ) -> DomainCanineMLM:
     "A model to train with [MASK]: loaded from `model_name_or_path`, or fresh from a named shape."
-    if model_name_or_path is None: return DomainCanineMLM(CanineModel(canine_config(model_config)), vocab)
+    if model_name_or_path is None:
+        return DomainCanineMLM(CanineModel(canine_config(model_config)), vocab)
     p = Path(model_name_or_path).expanduser()
-    if is_model_dir(p) or is_original_dir(p) or (p / MARKER).exists():  # a checkpoint missing a file: named on load
+    # a checkpoint missing a file: named on load
+    if is_model_dir(p) or is_original_dir(p) or (p / MARKER).exists():
         model = DomainCanineMLM.load(p)
-        model.mask_id = MASK  # what training masks with, from the first step: what its checkpoints record
+        # what training masks with, from the first step: what its checkpoints record
+        model.mask_id = MASK
         return model
     if p.exists() and not (p / 'config.json').is_file():
         raise ModelError(f"{model_name_or_path} holds no CANINE model (no config.json)")
     if p.exists(): note_unverified(p)  # a plain CANINE directory has no checkpoint.json
     try: encoder = CanineModel.from_pretrained(str(p) if p.exists() else model_name_or_path)
-    except Exception as e:  # offline, not found, not a CANINE config, damaged weights: all one line for the user
-        raise ModelError(f"could not load CANINE from {model_name_or_path!r} ({str(e).strip().splitlines()[0]}); "
+    # offline, not found, not a CANINE config, damaged weights: all one line for the user
+    except Exception as e:
+        raise ModelError(f"could not load CANINE from {model_name_or_path!r} "
+                         f"({str(e).strip().splitlines()[0]}); "
                          "without network access use a local directory or --model_config") from None
     return DomainCanineMLM(encoder, vocab)

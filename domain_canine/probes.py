@@ -14,11 +14,14 @@ import dnstwist
 from transformers import CanineModel
 from transformers.utils import logging as hf_logging
 from .core import pick_device
-from .data import SAMPLE_NAME, clean_domain, count_summary, first_error_line, load_corpus
-from .model import HEAD_CONFIG, DomainCanineMLM, ModelError, is_model_dir, is_original_dir, read_original_state
+from .data import (SAMPLE_NAME, clean_domain, count_summary, first_error_line,
+                                load_corpus)
+from .model import (HEAD_CONFIG, DomainCanineMLM, ModelError, is_model_dir,
+                                 is_original_dir, read_original_state)
 from .model import note_unverified, verify_model_dir
 from .checkpoint import MARKER, checkpoint_step, model_dirs
-from .evaluation import SPLITS, CharNgramLM, _pct, embed_domains, pseudo_log_likelihood, tld_of
+from .evaluation import (SPLITS, CharNgramLM, _pct, embed_domains,
+                                      pseudo_log_likelihood, tld_of)
 from .core import InputError
 
 # %% auto #0
@@ -29,8 +32,10 @@ __all__ = ['LOOKALIKE_KINDS', 'TASKS', 'OneGlyphFuzzer', 'domain_variants', 'dom
            'format_probe_report', 'load_probe_model', 'probe', 'probe_checkpoints', 'format_probe_series']
 
 # %% ../nbs/13a_probes.ipynb #0a1368c0
-LOOKALIKE_KINDS = ('addition', 'bitsquatting', 'cyrillic', 'homoglyph', 'hyphenation', 'insertion', 'omission',
-                   'plural', 'repetition', 'replacement', 'subdomain', 'transposition', 'vowel-swap')
+LOOKALIKE_KINDS = ('addition', 'bitsquatting', 'cyrillic', 'homoglyph', 'hyphenation', 'insertion',
+                   'omission',
+                   'plural', 'repetition', 'replacement', 'subdomain', 'transposition',
+                   'vowel-swap')
 
 class OneGlyphFuzzer(dnstwist.Fuzzer):
     "dnstwist's `Fuzzer` with one homoglyph per variant (dnstwist's own applies two)."
@@ -42,7 +47,8 @@ class OneGlyphFuzzer(dnstwist.Fuzzer):
         out = {d[:i] + g + d[i + 1:] for i, c in enumerate(d) for g in glyphs.get(c, ())}
         for i in range(len(d) - 1):  # pairs, as dnstwist does: `rn` -> `m`, and `oo` -> `00`
             win = d[i:i + 2]
-            out |= {d[:i] + win.replace(c, g) + d[i + 2:] for c in {win[0], win[1], win} for g in glyphs.get(c, ())}
+            out |= {d[:i] + win.replace(c, g) + d[i + 2:] for c in {win[0], win[1], win}
+                    for g in glyphs.get(c, ())}
         return out
 
 # %% ../nbs/13a_probes.ipynb #4cb19eae
@@ -50,7 +56,8 @@ def domain_variants(domain: str, # a clean domain
                     kinds: tuple[str, ...] = LOOKALIKE_KINDS, # dnstwist permutation kinds
                    ) -> dict[str, str]:
     "Every look-alike dnstwist makes of `domain`, with its kind, sorted; the original left out."
-    fuzzer = OneGlyphFuzzer(domain)  # raises for a name the `idna` package rejects, such as `ab--cd`
+    # raises for a name the `idna` package rejects, such as `ab--cd`
+    fuzzer = OneGlyphFuzzer(domain)
     fuzzer.generate(list(kinds))
     out = {}
     for p in sorted(fuzzer.domains, key=lambda p: p['domain']):
@@ -68,7 +75,8 @@ def domain_rng(domain: str, seed: int = 0) -> np.random.Generator:
 def cap_variants(variants: dict[str, str], # variant -> kind
                  n: int, # how many to keep, at most
                  rng: np.random.Generator) -> list[tuple[str, str]]:
-    "At most `n` (variant, kind) pairs, one kind after the other in a shuffled order (variants shuffled too)."
+    """At most `n` (variant, kind) pairs, one kind after the other in a
+    shuffled order (variants shuffled too)."""
     by_kind = {}
     for v in sorted(variants): by_kind.setdefault(variants[v], []).append(v)
     queues = [[vs[i] for i in rng.permutation(len(vs))] for _, vs in sorted(by_kind.items())]
@@ -81,7 +89,8 @@ def cap_variants(variants: dict[str, str], # variant -> kind
 # %% ../nbs/13a_probes.ipynb #2b5cf043
 @dataclass
 class Lookalikes:
-    "Real domains and their look-alikes: `variants[i]` is a look-alike of `originals[group[i]]`, of kind `kinds[i]`."
+    """Real domains and their look-alikes: `variants[i]` is a look-alike
+    of `originals[group[i]]`, of kind `kinds[i]`."""
     originals: list[str]
     variants: list[str]
     kinds: list[str]
@@ -94,7 +103,8 @@ class Lookalikes:
         return self.originals + self.variants
 
 # %% ../nbs/13a_probes.ipynb #94724db9
-def _is_idn(domain: str) -> bool: return any(label.startswith('xn--') for label in domain.split('.'))
+def _is_idn(domain: str) -> bool: return any(label.startswith('xn--')
+                                             for label in domain.split('.'))
 
 def usable_originals(domains: list[str]) -> tuple[list[str], Counter]:
     "The clean, distinct, ASCII domains in their given order, and the others counted by reason."
@@ -103,32 +113,42 @@ def usable_originals(domains: list[str]) -> tuple[list[str], Counter]:
         d, reason = clean_domain(text)
         reason = reason or ('duplicate' if d in seen else 'idn' if _is_idn(d) else None)
         if reason: skipped[reason] += 1
-        else: out.append(d); seen.add(d)
+        else:
+            out.append(d)
+            seen.add(d)
     return out, skipped
 
 # %% ../nbs/13a_probes.ipynb #d9f79d63
 def make_lookalikes(domains: list[str], # real domains (cleaned here as training cleans them)
-                    real: set[str] | None = None, # every known real domain: none is ever a look-alike
+                    # every known real domain: none is ever a look-alike
+                    real: set[str] | None = None,
                     per_domain: int = 8, # look-alikes kept per domain, at most
                     kinds: tuple[str, ...] = LOOKALIKE_KINDS, # dnstwist permutation kinds
                     seed: int = 0, # with each domain, decides which of its look-alikes are kept
                    ) -> Lookalikes:
-    "Up to `per_domain` look-alikes of each domain that are not real domains; domains without any are counted in `skipped`."
+    """Up to `per_domain` look-alikes of each domain that are not real
+    domains; domains without any are counted in `skipped`."""
     if not domains: raise InputError('no domains to make look-alikes of')
     if per_domain < 1: raise InputError(f'per_domain must be at least 1, got {per_domain}')
     if unknown := sorted(set(kinds) - set(LOOKALIKE_KINDS)):
-        raise InputError(f"unknown look-alike kinds: {', '.join(unknown)}; choose from {', '.join(LOOKALIKE_KINDS)}")
+        raise InputError(f"unknown look-alike kinds: {', '.join(unknown)}; choose from "
+                         f"{', '.join(LOOKALIKE_KINDS)}")
     originals, skipped = usable_originals(domains)
     known, kept, rows = set(real or ()) | set(originals), [], []
     for d in originals:
         try: found = domain_variants(d, kinds)
-        except ValueError: skipped['unparseable'] += 1; continue  # idna's errors are UnicodeErrors, hence ValueErrors
+        except ValueError:
+            skipped['unparseable'] += 1
+            continue  # idna's errors are UnicodeErrors, hence ValueErrors
         found = {v: k for v, k in found.items() if v not in known}
-        if not found: skipped['no_lookalikes'] += 1; continue
+        if not found:
+            skipped['no_lookalikes'] += 1
+            continue
         rows += [(v, k, len(kept)) for v, k in cap_variants(found, per_domain, domain_rng(d, seed))]
         kept.append(d)
     variants, kinds_, group = zip(*rows) if rows else ((), (), ())
-    return Lookalikes(kept, list(variants), list(kinds_), np.array(group, dtype=np.int64), dict(sorted(skipped.items())))
+    return Lookalikes(kept, list(variants), list(kinds_), np.array(group, dtype=np.int64),
+                      dict(sorted(skipped.items())))
 
 # %% ../nbs/13a_probes.ipynb #ee85b23e
 def ranking_figures(real: np.ndarray, # score of each original
@@ -136,35 +156,42 @@ def ranking_figures(real: np.ndarray, # score of each original
                     group: np.ndarray, # original of each look-alike
                     select: np.ndarray | None = None, # which look-alikes count (None: all)
                    ) -> dict:
-    "Pairs, domains, AUC over (original, its look-alike) pairs (ties half) and share of originals above all theirs."
+    """Pairs, domains, AUC over (original, its look-alike) pairs (ties
+    half) and share of originals above all theirs."""
     v, g = (variant, group) if select is None else (variant[select], group[select])
     if not len(v): return dict(n_pairs=0, n_domains=0, auc=None, ranked_first=None)
     wins = (real[g] > v) + 0.5 * (real[g] == v)
     best = np.full(len(real), -np.inf)
     np.maximum.at(best, g, v)
     has = np.bincount(g, minlength=len(real)) > 0
-    return dict(n_pairs=int(len(v)), n_domains=int(has.sum()), auc=float(wins.mean()), ranked_first=float((real > best)[has].mean()))
+    return dict(n_pairs=int(len(v)), n_domains=int(has.sum()), auc=float(wins.mean()),
+                ranked_first=float((real > best)[has].mean()))
 
 # %% ../nbs/13a_probes.ipynb #36bdf847
-def ranking_report(scores: np.ndarray, # one per string of `looks.strings`: the originals, then the look-alikes
+# one per string of `looks.strings`: the originals, then the look-alikes
+def ranking_report(scores: np.ndarray,
                    looks: Lookalikes) -> dict:
     "`ranking_figures` over all look-alikes (`all`) and for each kind (`by_kind`, sorted by kind)."
     n, kinds = len(looks.originals), np.array(looks.kinds, dtype=object)
     real, variant = scores[:n], scores[n:]
     return dict(all=ranking_figures(real, variant, looks.group),
-                by_kind={k: ranking_figures(real, variant, looks.group, kinds == k) for k in sorted(set(looks.kinds))})
+                by_kind={k: ranking_figures(real, variant, looks.group, kinds == k)
+                         for k in sorted(set(looks.kinds))})
 
 # %% ../nbs/13a_probes.ipynb #30b76e5f
-def _lengths(strings: list[str]) -> np.ndarray: return np.fromiter(map(len, strings), np.float64, len(strings))
+def _lengths(strings: list[str]) -> np.ndarray:
+    return np.fromiter(map(len, strings), np.float64, len(strings))
 
 def ngram_scores(lm: CharNgramLM, strings: list[str]) -> dict[str, np.ndarray]:
-    "Log-probability under the n-gram model, whole and per predicted symbol (the characters and the end marker)."
+    """Log-probability under the n-gram model, whole and per predicted
+    symbol (the characters and the end marker)."""
     lp = np.array([lm.log_prob(s) for s in strings])
     return dict(ngram=lp, ngram_per_char=lp / (_lengths(strings) + 1))
 
 # %% ../nbs/13a_probes.ipynb #46aae98b
 def model_scores(model: DomainCanineMLM, strings: list[str], batch_size: int = 256,
-                 device: str | torch.device = 'cpu', progress: bool = False) -> dict[str, np.ndarray]:
+                 device: str | torch.device = 'cpu',
+                 progress: bool = False) -> dict[str, np.ndarray]:
     "Pseudo-log-likelihood of all `strings` in one batched pass, whole and per character."
     pll = pseudo_log_likelihood(model, strings, batch_size, device, progress)
     return dict(pll=pll, pll_per_char=pll / _lengths(strings))
@@ -188,17 +215,20 @@ class ProbeTask:
 
 # %% ../nbs/13a_probes.ipynb #910a4954
 def tld_task(domains: list[str], # clean domains
-             top_tlds: int = 5, # classes: the most frequent TLDs (ties by name); the other domains are dropped
+             # classes: the most frequent TLDs (ties by name); the other domains are dropped
+             top_tlds: int = 5,
              seed: int = 0, test_fraction: float = 0.3) -> ProbeTask:
     "Which TLD, from the name without it?"
     counts = Counter(map(tld_of, domains))
     classes = set(sorted(counts, key=lambda t: (-counts[t], t))[:top_tlds])
     kept = [d for d in domains if tld_of(d) in classes]
-    return ProbeTask([d[:d.rfind('.')] for d in kept], np.array([tld_of(d) for d in kept]), hash_split(kept, test_fraction, seed))
+    return ProbeTask([d[:d.rfind('.')] for d in kept], np.array([tld_of(d) for d in kept]),
+                     hash_split(kept, test_fraction, seed))
 
 # %% ../nbs/13a_probes.ipynb #3e7a8058
 def lookalike_task(looks: Lookalikes, seed: int = 0, test_fraction: float = 0.3) -> ProbeTask:
-    "Real (1) or look-alike (0)? Split by original: a domain and its look-alikes are on the same side."
+    """Real (1) or look-alike (0)? Split by original: a domain and
+    its look-alikes are on the same side."""
     origin = looks.originals + [looks.originals[g] for g in looks.group]
     labels = np.r_[np.ones(len(looks.originals), np.int64), np.zeros(len(looks.variants), np.int64)]
     return ProbeTask(looks.strings, labels, hash_split(origin, test_fraction, seed), balanced=True)
@@ -206,17 +236,20 @@ def lookalike_task(looks: Lookalikes, seed: int = 0, test_fraction: float = 0.3)
 # %% ../nbs/13a_probes.ipynb #0ec9db50
 def _classifier(seed: int, balanced: bool):
     from sklearn.linear_model import LogisticRegression
-    return LogisticRegression(max_iter=2000, random_state=seed, class_weight='balanced' if balanced else None)
+    return LogisticRegression(max_iter=2000, random_state=seed,
+                              class_weight='balanced' if balanced else None)
 
 def _figures(truth: np.ndarray, predicted: np.ndarray) -> dict:
     from sklearn.metrics import accuracy_score, f1_score
-    return dict(accuracy=float(accuracy_score(truth, predicted)), macro_f1=float(f1_score(truth, predicted, average='macro')))
+    return dict(accuracy=float(accuracy_score(truth, predicted)),
+                macro_f1=float(f1_score(truth, predicted, average='macro')))
 
 def _sides(task: ProbeTask) -> tuple[np.ndarray, np.ndarray]:
     "Indices of the train and test sides; an error when the task cannot be learnt or measured."
     train, test = np.flatnonzero(~task.test), np.flatnonzero(task.test)
     if len(set(task.labels[train].tolist())) < 2 or not len(test):
-        raise InputError(f'a probe needs two classes on its train side and a test side: {len(train)} train, {len(test)} test items; give more domains')
+        raise InputError(f'a probe needs two classes on its train side and a test side: '
+                         f'{len(train)} train, {len(test)} test items; give more domains')
     return train, test
 
 # %% ../nbs/13a_probes.ipynb #e31b018a
@@ -226,12 +259,14 @@ def embedding_probe(task: ProbeTask, vectors: np.ndarray, # one row per text of 
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     train, test = _sides(task)
-    clf = make_pipeline(StandardScaler(), _classifier(seed, task.balanced)).fit(vectors[train], task.labels[train])
+    clf = make_pipeline(StandardScaler(), _classifier(seed,
+                                                      task.balanced)).fit(vectors[train], task.labels[train])
     return _figures(task.labels[test], clf.predict(vectors[test]))
 
 # %% ../nbs/13a_probes.ipynb #2587324c
 def tfidf_pipeline(seed: int = 0, balanced: bool = False):
-    "Character 1- to 4-gram TF-IDF features into the probes' logistic regression: what the surface alone gives."
+    """Character 1- to 4-gram TF-IDF features into the probes' logistic
+    regression: what the surface alone gives."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import make_pipeline
     words = TfidfVectorizer(analyzer='char_wb', ngram_range=(1, 4), sublinear_tf=True)
@@ -242,7 +277,8 @@ def tfidf_probe(task: ProbeTask, seed: int = 0) -> dict:
     train, test = _sides(task)
     texts = np.array(task.texts, dtype=object)
     clf = tfidf_pipeline(seed, task.balanced)
-    return _figures(task.labels[test], clf.fit(texts[train], task.labels[train]).predict(texts[test]))
+    return _figures(task.labels[test], clf.fit(texts[train],
+                                               task.labels[train]).predict(texts[test]))
 
 # %% ../nbs/13a_probes.ipynb #b1a83057
 def majority_class(labels: np.ndarray):
@@ -261,41 +297,53 @@ class ProbeSet:
     "What the models of a call are measured on, with the baselines, computed once."
     looks: Lookalikes               # the ranking's domains and look-alikes
     tasks: dict[str, ProbeTask]     # the linear probes: tld, lookalike
-    baselines: dict                 # {'ranking': n-gram figures, 'linear_probes': {task: {'tfidf': .., 'majority': ..}}}
+    # {'ranking': n-gram figures, 'linear_probes': {task: {'tfidf': .., 'majority': ..}}}
+    baselines: dict
     counts: dict                    # how many of what
     settings: dict                  # what decided them
     timings: dict                   # seconds spent on them
 
 # %% ../nbs/13a_probes.ipynb #9900a49d
 def _sample(domains: list[str], n: int | None, seed: int) -> list[str]:
-    "A seeded sample of `n` of `domains`, in their order (all of them when `n` is None or not smaller)."
+    """A seeded sample of `n` of `domains`, in their order (all of
+    them when `n` is None or not smaller)."""
     if n is None or n >= len(domains): return list(domains)
-    return [domains[i] for i in np.sort(np.random.default_rng(seed).choice(len(domains), n, replace=False))]
+    return [domains[i]
+            for i in np.sort(np.random.default_rng(seed).choice(len(domains), n, replace=False))]
 
 # %% ../nbs/13a_probes.ipynb #3d428683
 def _rank_all(scores: dict[str, np.ndarray], looks: Lookalikes) -> dict:
     return {name: ranking_report(s, looks) for name, s in scores.items()}
 
-def _baselines(looks: Lookalikes, tasks: dict[str, ProbeTask], ngram: CharNgramLM | None, seed: int) -> tuple[dict, dict]:
+def _baselines(looks: Lookalikes, tasks: dict[str, ProbeTask], ngram: CharNgramLM | None,
+               seed: int) -> tuple[dict, dict]:
     "The baselines' figures, and the seconds they took."
     start = time.perf_counter()
     ranking = _rank_all(ngram_scores(ngram, looks.strings), looks) if ngram is not None else {}
     middle = time.perf_counter()
-    probes = {name: dict(tfidf=tfidf_probe(task, seed), majority=majority_probe(task)) for name, task in tasks.items()}
-    return dict(ranking=ranking, linear_probes=probes), dict(ngram_scores_s=middle - start, tfidf_s=time.perf_counter() - middle)
+    probes = {name: dict(tfidf=tfidf_probe(task, seed), majority=majority_probe(task)) for name,
+              task in tasks.items()}
+    return dict(ranking=ranking, linear_probes=probes), dict(ngram_scores_s=middle - start,
+                                                             tfidf_s=time.perf_counter() - middle)
 
 def _counts(domains: list[str], looks: Lookalikes, tasks: dict[str, ProbeTask]) -> dict:
-    return dict(domains=len(domains), originals=len(looks.originals), lookalikes=len(looks.variants),
+    return dict(domains=len(domains), originals=len(looks.originals),
+                lookalikes=len(looks.variants),
                 by_kind=dict(sorted(Counter(looks.kinds).items())), skipped=looks.skipped,
                 tld_classes=sorted(set(tasks['tld'].labels.tolist())),
-                probe_sides={k: dict(train=int((~t.test).sum()), test=int(t.test.sum())) for k, t in tasks.items()})
+                probe_sides={k: dict(train=int((~t.test).sum()), test=int(t.test.sum())) for k,
+                             t in tasks.items()})
 
 # %% ../nbs/13a_probes.ipynb #b5cf807b
 def prepare_probes(domains: list[str], # the real domains to measure on (e.g. a validation split)
-                   real: set[str] | None = None, # every known real domain: none is a look-alike (`domains` always are real)
-                   ngram: CharNgramLM | None = None, # a fitted n-gram model: the ranking's baseline (None: no baseline)
-                   num_domains: int | None = 500, # originals of the look-alike tasks: a seeded sample (None: all)
-                   tld_domains: int | None = 5000, # domains of the TLD probe: a seeded sample (None: all)
+                   # every known real domain: none is a look-alike (`domains` always are real)
+                   real: set[str] | None = None,
+                   # a fitted n-gram model: the ranking's baseline (None: no baseline)
+                   ngram: CharNgramLM | None = None,
+                   # originals of the look-alike tasks: a seeded sample (None: all)
+                   num_domains: int | None = 500,
+                   # domains of the TLD probe: a seeded sample (None: all)
+                   tld_domains: int | None = 5000,
                    per_domain: int = 8, # look-alikes per original, at most
                    kinds: tuple[str, ...] = LOOKALIKE_KINDS, # dnstwist permutation kinds
                    top_tlds: int = 5, # classes of the TLD probe
@@ -305,25 +353,37 @@ def prepare_probes(domains: list[str], # the real domains to measure on (e.g. a 
     "Look-alikes, probe tasks and baselines for `domains`, for any number of models."
     start = time.perf_counter()
     looks = make_lookalikes(_sample(domains, num_domains, seed), real, per_domain, kinds, seed)
-    if not looks.originals: raise InputError(f'no domain has a usable look-alike (skipped: {count_summary(Counter(looks.skipped))})')
+    if not looks.originals:
+        raise InputError(f'no domain has a usable look-alike (skipped: '
+                         f'{count_summary(Counter(looks.skipped))})')
     made = time.perf_counter() - start
     tasks = dict(tld=tld_task(_sample(domains, tld_domains, seed), top_tlds, seed, test_fraction),
                  lookalike=lookalike_task(looks, seed, test_fraction))
     baselines, timings = _baselines(looks, tasks, ngram, seed)
-    settings = dict(num_domains=num_domains, tld_domains=tld_domains, per_domain=per_domain, kinds=list(kinds),
-                    top_tlds=top_tlds, seed=seed, test_fraction=test_fraction, ngram_order=ngram.n if ngram else None)
-    counts = {**_counts(domains, looks, tasks), 'ngram_train_domains': ngram.n_domains if ngram else None}
+    settings = dict(num_domains=num_domains, tld_domains=tld_domains, per_domain=per_domain,
+                    kinds=list(kinds),
+                    top_tlds=top_tlds, seed=seed, test_fraction=test_fraction,
+                    ngram_order=ngram.n if ngram else None)
+    counts = {**_counts(domains, looks, tasks), 'ngram_train_domains': ngram.n_domains if ngram
+              else None}
     return ProbeSet(looks, tasks, baselines, counts, settings, dict(lookalikes_s=made, **timings))
 
 # %% ../nbs/13a_probes.ipynb #ea64adb2
-def probe_set(dataset: str = SAMPLE_NAME, # 'sample', a text file or a hub dataset id, read as training reads it
-              split: str = 'valid', # the measured domains: all, or one side of training's stable hash split
+# 'sample', a text file or a hub dataset id, read as training reads it
+def probe_set(dataset: str = SAMPLE_NAME,
+              # the measured domains: all, or one side of training's stable hash split
+              split: str = 'valid',
               validation_fraction: float = 0.1, # share of the valid side, as in training
-              ngram_order: int = 6, # the ranking baseline's order, trained on the train side; 0: no baseline
-              **kwargs, # for `prepare_probes`: num_domains, tld_domains, per_domain, kinds, top_tlds, seed, test_fraction
+              # the ranking baseline's order, trained on the train side; 0: no baseline
+              ngram_order: int = 6,
+              # for `prepare_probes`: num_domains, tld_domains, per_domain,
+              # kinds, top_tlds, seed, test_fraction
+              **kwargs,
              ) -> ProbeSet:
-    "`prepare_probes` on one split of a corpus, every domain of which is real; the n-gram baseline learns the train split."
-    if split not in SPLITS: raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    """`prepare_probes` on one split of a corpus, every domain of which is
+    real; the n-gram baseline learns the train split."""
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     corpus = load_corpus(dataset, None, validation_fraction)
     domains = corpus.train + corpus.valid if split == 'all' else getattr(corpus, split)
     if not domains: raise InputError(f'the {split} split of {dataset!r} is empty')
@@ -332,7 +392,8 @@ def probe_set(dataset: str = SAMPLE_NAME, # 'sample', a text file or a hub datas
     fitted = time.perf_counter() - start
     ps = prepare_probes(domains, set(corpus.train) | set(corpus.valid), ngram, **kwargs)
     train = set(corpus.train) if ngram else set()
-    ps.counts['ngram_train_overlap'] = sum(d in train for d in ps.looks.originals) / len(ps.looks.originals) if ngram else None
+    ps.counts['ngram_train_overlap'] = sum(d in train
+                                           for d in ps.looks.originals) / len(ps.looks.originals) if ngram else None
     ps.settings.update(dataset=dataset, split=split, validation_fraction=validation_fraction)
     ps.timings['ngram_fit_s'] = fitted
     return ps
@@ -341,16 +402,21 @@ def probe_set(dataset: str = SAMPLE_NAME, # 'sample', a text file or a hub datas
 TASKS = ('ranking', 'linear_probes')
 
 def check_tasks(tasks: tuple[str, ...]):
-    "An `InputError` unless `tasks` names at least one probe task, and only those (every caller, the CLI too)."
+    """An `InputError` unless `tasks` names at least one probe task,
+    and only those (every caller, the CLI too)."""
     if not tasks or (unknown := sorted(set(tasks) - set(TASKS))):
-        raise InputError(f"unknown or no probe tasks: {', '.join(unknown) if tasks else '(none)'}; choose from {', '.join(TASKS)}")
+        raise InputError(f"unknown or no probe tasks: {', '.join(unknown) if tasks else '(none)'}; "
+                         f"choose from {', '.join(TASKS)}")
 
-def _linear_probes(model: DomainCanineMLM, probes: ProbeSet, batch_size: int, device, progress: bool, timings: dict) -> dict:
+def _linear_probes(model: DomainCanineMLM, probes: ProbeSet, batch_size: int, device,
+                   progress: bool, timings: dict) -> dict:
     "Each task's embedding probe beside its baselines."
     start = time.perf_counter()
-    vectors = {k: embed_domains(model, t.texts, batch_size, device, progress) for k, t in probes.tasks.items()}
+    vectors = {k: embed_domains(model, t.texts, batch_size, device, progress) for k,
+               t in probes.tasks.items()}
     middle = time.perf_counter()
-    out = {k: dict(embedding=embedding_probe(t, vectors[k], probes.settings['seed']), **probes.baselines['linear_probes'][k])
+    out = {k: dict(embedding=embedding_probe(t, vectors[k], probes.settings['seed']),
+                   **probes.baselines['linear_probes'][k])
            for k, t in probes.tasks.items()}
     timings.update(embed_s=middle - start, probe_s=time.perf_counter() - middle)
     return out
@@ -358,24 +424,29 @@ def _linear_probes(model: DomainCanineMLM, probes: ProbeSet, batch_size: int, de
 # %% ../nbs/13a_probes.ipynb #29f241fb
 def probe_model(model: DomainCanineMLM, # the model (the probes use only its encoder)
                 probes: ProbeSet, # from `prepare_probes` or `probe_set`
-                tasks: tuple[str, ...] = TASKS, # ranking (needs the MLM head), linear_probes (the encoder only)
+                # ranking (needs the MLM head), linear_probes (the encoder only)
+                tasks: tuple[str, ...] = TASKS,
                 batch_size: int = 256, # rows or domains per batch
                 device: str | torch.device = 'cpu', # where the model is
                 progress: bool = False, # progress bars on stderr
                ) -> dict:
-    "The report of one model: look-alike ranking and linear probes, beside the baselines (JSON-able)."
+    """The report of one model: look-alike ranking and linear
+    probes, beside the baselines (JSON-able)."""
     check_tasks(tasks)
-    out, timings = dict(settings=dict(probes.settings), counts=dict(probes.counts)), dict(probes.timings)
+    out, timings = dict(settings=dict(probes.settings),
+                        counts=dict(probes.counts)), dict(probes.timings)
     if 'ranking' in tasks:
         start = time.perf_counter()
         scores = model_scores(model, probes.looks.strings, batch_size, device, progress)
         out['ranking'] = {**_rank_all(scores, probes.looks), **probes.baselines['ranking']}
         timings['pll_s'] = time.perf_counter() - start
-    if 'linear_probes' in tasks: out['linear_probes'] = _linear_probes(model, probes, batch_size, device, progress, timings)
+    if 'linear_probes' in tasks:
+        out['linear_probes'] = _linear_probes(model, probes, batch_size, device, progress, timings)
     return {**out, 'timings': timings}
 
 # %% ../nbs/13a_probes.ipynb #1f504f78
-_SCORERS = (('pll', 'PLL'), ('pll_per_char', 'PLL/char'), ('ngram', 'n-gram'), ('ngram_per_char', 'n-gram/char'))
+_SCORERS = (('pll', 'PLL'), ('pll_per_char', 'PLL/char'), ('ngram', 'n-gram'),
+            ('ngram_per_char', 'n-gram/char'))
 
 def _ranking_table(ranking: dict) -> list[str]:
     "The AUC of each scorer over all pairs and by kind, then the share of domains ranked first."
@@ -394,56 +465,72 @@ def _probe_lines(probes: dict, counts: dict) -> list[str]:
     names = dict(tld=f"TLD ({len(counts['tld_classes'])} classes)", lookalike='real or look-alike')
     lines = [f"{'accuracy / macro-F1':<22}" + ''.join(f'{title:>17}' for _, title in cols)]
     cell = lambda f: f"{_pct(f['accuracy'])} / {_pct(f['macro_f1'])}"
-    return lines + [f'{names.get(k, k):<22}' + ''.join(f'{cell(figs[c]):>17}' for c, _ in cols) for k, figs in probes.items()]
+    return lines + [f'{names.get(k, k):<22}' + ''.join(f'{cell(figs[c]):>17}' for c, _ in cols)
+                    for k, figs in probes.items()]
 
 # %% ../nbs/13a_probes.ipynb #c7696fb7
 def format_probe_report(report: dict, # from `probe_model`, `probe` or `probe_checkpoints`
                         timings: bool = True, # end with the seconds spent
                        ) -> str:
-    "The report as text: what was measured, the ranking (AUC, then ranked first), the linear probes."
+    """The report as text: what was measured, the ranking (AUC,
+    then ranked first), the linear probes."""
     r, c, s = report, report['counts'], report['settings']
     where = f"{s['dataset']} ({s['split']})" if 'dataset' in s else 'the given domains'
     step = f" (step {r['step']:,})" if r.get('step') is not None else ''
     lines = [f"{r.get('model_path') or 'model'}{step}",
-             f"{c['originals']:,} domains of {where} with {c['lookalikes']:,} look-alikes (at most {s['per_domain']} each, seed {s['seed']})"
+             f"{c['originals']:,} domains of {where} with {c['lookalikes']:,} look-alikes (at most "
+             f"{s['per_domain']} each, seed {s['seed']})"
              + (f"; skipped: {count_summary(Counter(c['skipped']))}" if c['skipped'] else '')]
     if 'ranking' in r:
-        lines += ['', 'look-alike ranking: AUC over (domain, one of its look-alikes) pairs, by kind; ranked first: share',
+        lines += ['',
+                  'look-alike ranking: AUC over (domain, one of its look-alikes) pairs, by kind; '
+                  'ranked first: share',
                   'of the domains that score above all their look-alikes'] + _ranking_table(r['ranking'])
-    if 'linear_probes' in r: lines += ['', 'linear probes, test side'] + _probe_lines(r['linear_probes'], c)
-    if timings: lines += ['', 'seconds: ' + ', '.join(f'{k.removesuffix("_s")} {v:.1f}' for k, v in r['timings'].items())]
+    if 'linear_probes' in r:
+        lines += ['', 'linear probes, test side'] + _probe_lines(r['linear_probes'], c)
+    if timings:
+        lines += ['', 'seconds: ' + ', '.join(f'{k.removesuffix("_s")} {v:.1f}' for k,
+                                              v in r['timings'].items())]
     return '\n'.join(lines)
 
 # %% ../nbs/13a_probes.ipynb #5e9ee691
 def _bare_encoder(p: Path) -> bool:
-    "Whether `p` holds a CANINE encoder alone, as transformers saves one (a checkpoint that lost its head is not)."
+    """Whether `p` holds a CANINE encoder alone, as transformers saves
+    one (a checkpoint that lost its head is not)."""
     ours = is_model_dir(p) or is_original_dir(p) or (p / HEAD_CONFIG).exists() or (p / MARKER).exists()
     return (p / 'config.json').is_file() and not ours
 
 def load_probe_model(path, # a model, checkpoint or bare CANINE encoder directory
                      device: str | torch.device = 'cpu') -> tuple[DomainCanineMLM, bool]:
-    "The model in `path`, and whether it has its MLM head (a bare encoder is wrapped with an untrained one, never used)."
+    """The model in `path`, and whether it has its MLM head (a bare encoder
+    is wrapped with an untrained one, never used)."""
     p = Path(path)
-    if not _bare_encoder(p): return DomainCanineMLM.load(p, device), True  # its checksums and one-line errors
+    # its checksums and one-line errors
+    if not _bare_encoder(p): return DomainCanineMLM.load(p, device), True
     note_unverified(p)  # a bare encoder saved by transformers has no checkpoint.json
     hf_logging.disable_progress_bar()  # as the model chapter loads: no bar on stderr
     try: encoder = CanineModel.from_pretrained(p)
     except Exception as e:  # transformers raises many types for a missing or damaged file
-        raise ModelError(f'cannot load a CANINE encoder from {p}: {type(e).__name__}: {first_error_line(e)}') from None
+        raise ModelError(f'cannot load a CANINE encoder from {p}: {type(e).__name__}: '
+                         f'{first_error_line(e)}') from None
     return DomainCanineMLM(encoder).to(device), False
 
 # %% ../nbs/13a_probes.ipynb #37e8ea37
 def probe(model_path, # a model, checkpoint or bare CANINE encoder directory
-          probes: ProbeSet | None = None, # what to measure on (None: `probe_set()`, the sample's valid split)
-          tasks: tuple[str, ...] = TASKS, # ranking (needs the MLM head), linear_probes (the encoder only)
+          # what to measure on (None: `probe_set()`, the sample's valid split)
+          probes: ProbeSet | None = None,
+          # ranking (needs the MLM head), linear_probes (the encoder only)
+          tasks: tuple[str, ...] = TASKS,
           batch_size: int = 256, # rows or domains per batch
           device: str | None = None, # cpu, cuda or mps (default: the best available)
           progress: bool = False, # progress bars on stderr
          ) -> dict:
     "The report of the model in `model_path`, with the directory and the training step (JSON-able)."
     check_tasks(tasks)
-    if 'ranking' in tasks and _bare_encoder(Path(model_path)):  # said before loading: no other line before it
-        raise ModelError(f"{model_path} has no MLM head: the look-alike ranking needs one to score domains; ask for tasks=('linear_probes',)")
+    # said before loading: no other line before it
+    if 'ranking' in tasks and _bare_encoder(Path(model_path)):
+        raise ModelError(f"{model_path} has no MLM head: the look-alike ranking needs one to score "
+                         f"domains; ask for tasks=('linear_probes',)")
     dev, start = pick_device(device), time.perf_counter()
     model = load_probe_model(model_path, dev)[0]
     loaded = time.perf_counter() - start
@@ -452,12 +539,16 @@ def probe(model_path, # a model, checkpoint or bare CANINE encoder directory
     return dict(model_path=str(model_path), step=checkpoint_step(model_path), **report)
 
 # %% ../nbs/13a_probes.ipynb #882f455e
-def _by_step(report: dict) -> tuple: return (report['step'] is not None, report['step'] or 0, report['model_path'])
+def _by_step(report: dict) -> tuple: return (report['step'] is not None, report['step'] or 0,
+                                             report['model_path'])
 
 # %% ../nbs/13a_probes.ipynb #999b9243
-def probe_checkpoints(paths: list, # model directories and/or run directories (each: its step checkpoints)
-                      probes: ProbeSet | None = None, # what to measure on (None: `probe_set()`), built once for all
-                      tasks: tuple[str, ...] = TASKS, # ranking (needs the MLM head), linear_probes (the encoder only)
+# model directories and/or run directories (each: its step checkpoints)
+def probe_checkpoints(paths: list,
+                      # what to measure on (None: `probe_set()`), built once for all
+                      probes: ProbeSet | None = None,
+                      # ranking (needs the MLM head), linear_probes (the encoder only)
+                      tasks: tuple[str, ...] = TASKS,
                       batch_size: int = 256, # rows or domains per batch
                       device: str | None = None, # cpu, cuda or mps (default: the best available)
                       progress: bool = False, # progress bars on stderr
@@ -466,21 +557,30 @@ def probe_checkpoints(paths: list, # model directories and/or run directories (e
     check_tasks(tasks)
     dirs = model_dirs(paths, verify=False)  # each load below verifies its model
     probes = probes or probe_set()
-    return sorted((probe(d, probes, tasks, batch_size, device, progress) for d in dirs), key=_by_step)
+    return sorted((probe(d, probes, tasks, batch_size, device, progress) for d in dirs),
+                  key=_by_step)
 
 # %% ../nbs/13a_probes.ipynb #74e5c423
-def _series_row(name: str, step, ranking: dict | None, probes: dict | None, scorer: str, probe: str) -> str:
+def _series_row(name: str, step, ranking: dict | None, probes: dict | None, scorer: str,
+                probe: str) -> str:
     "One line of `format_probe_series`."
     r = (ranking or {}).get(scorer, {}).get('all', {})
     p = lambda task, key: _pct((probes or {}).get(task, {}).get(probe, {}).get(key))
-    cells = [_pct(r.get('auc')), _pct(r.get('ranked_first')), p('tld', 'accuracy'), p('lookalike', 'macro_f1')]
+    cells = [_pct(r.get('auc')), _pct(r.get('ranked_first')), p('tld', 'accuracy'),
+             p('lookalike', 'macro_f1')]
     return f"{name:<34.34}{'–' if step is None else f'{step:,}':>8}" + ''.join(f'{c:>12}' for c in cells)
 
 def format_probe_series(reports: list[dict]) -> str:
-    "One line per report (e.g. the checkpoints of a run) and one for the baselines (n-gram, TF-IDF)."
-    head = f"{'model':<34}{'step':>8}" + ''.join(f'{t:>12}' for t in ('AUC/char', 'first/char', 'TLD acc', 'look F1'))
-    name = lambda r: '/'.join(Path(r['model_path']).parts[-2:]) if 'model_path' in r else 'model'  # run/checkpoint
-    rows = [_series_row(name(r), r.get('step'), r.get('ranking'), r.get('linear_probes'), 'pll_per_char', 'embedding') for r in reports]
+    """One line per report (e.g. the checkpoints of a run) and one
+    for the baselines (n-gram, TF-IDF)."""
+    head = f"{'model':<34}{'step':>8}" + ''.join(f'{t:>12}'
+                                                 for t in ('AUC/char', 'first/char', 'TLD acc',
+                                                           'look F1'))
+    # run/checkpoint
+    name = lambda r: '/'.join(Path(r['model_path']).parts[-2:]) if 'model_path' in r else 'model'
+    rows = [_series_row(name(r), r.get('step'), r.get('ranking'), r.get('linear_probes'),
+                        'pll_per_char', 'embedding') for r in reports]
     last = reports[-1]
-    base = _series_row('baseline: n-gram, TF-IDF', None, last.get('ranking'), last.get('linear_probes'), 'ngram_per_char', 'tfidf')
+    base = _series_row('baseline: n-gram, TF-IDF', None, last.get('ranking'),
+                       last.get('linear_probes'), 'ngram_per_char', 'tfidf')
     return '\n'.join([head, *rows, base])

@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from .core import ConfigError
-from .data import DataError, EncodedDomains, count_summary, open_source, prepare_corpus, stream_domains, first_error_line
-from .masking import CharVocab, MaskedBatches, evaluation_order, pad_batch, mask_batch, batch_seed, PAD
+from .data import (DataError, EncodedDomains, count_summary, open_source,
+                                prepare_corpus, stream_domains, first_error_line)
+from .masking import (CharVocab, MaskedBatches, evaluation_order, pad_batch,
+                                   mask_batch, batch_seed, PAD)
 from .config import TrainConfig
 
 # %% auto #0
@@ -23,7 +25,8 @@ __all__ = ['STREAM_RETRY_PAUSE', 'STREAM_READ', 'STREAM_BLOCK', 'masking_options
 def masking_options(c: TrainConfig) -> dict:
     "The `mask_batch` keyword arguments of a configuration."
     return dict(mlm_probability=c.mlm_probability, mask_replace_prob=c.mask_replace_prob,
-                random_replace_prob=c.random_replace_prob, exclude_tld=c.exclude_tld, span_masking=c.span_masking)
+                random_replace_prob=c.random_replace_prob, exclude_tld=c.exclude_tld,
+                span_masking=c.span_masking)
 
 # %% ../nbs/08_run_data.ipynb #28062bfe
 class RunBatches(torch.utils.data.Dataset):
@@ -32,57 +35,73 @@ class RunBatches(torch.utils.data.Dataset):
         self.enc, self.vocab, self.cfg, self.per_epoch, self._epoch = enc, vocab, cfg, per_epoch, None
 
     def epoch_batches(self, epoch: int) -> MaskedBatches:
-        if self._epoch is None or self._epoch.epoch != epoch:  # costs nothing until a batch is asked for
+        # costs nothing until a batch is asked for
+        if self._epoch is None or self._epoch.epoch != epoch:
             c = self.cfg
-            self._epoch = MaskedBatches(self.enc, self.vocab, c.batch_size, c.seed, epoch, c.length_bucketing,
+            self._epoch = MaskedBatches(self.enc, self.vocab, c.batch_size, c.seed, epoch,
+                                        c.length_bucketing,
                                         **masking_options(c))
         return self._epoch
 
     def __len__(self): return 2**62  # the run decides how many it takes
-    def __getitem__(self, g: int): return self.epoch_batches(g // self.per_epoch)[g % self.per_epoch]
+    def __getitem__(self,
+                    g: int): return self.epoch_batches(g // self.per_epoch)[g % self.per_epoch]
 
 # %% ../nbs/08_run_data.ipynb #46276be2
 STREAM_RETRY_PAUSE = 1.0  # seconds, doubled at each retry (tests set it to 0)
 STREAM_READ = 10_000  # raw lines read from the source at a time (tests make it small)
 
 def retrying_stream(c: TrainConfig, validation: bool = False, rejected=None,
-                    shard: tuple[int, int] = (0, 1), # (index, count): read only this shard (a process of a data-parallel job)
-                    start: tuple[int, int] = (0, 0), # (raw line, clean domains before it): where to begin
+                    # (index, count): read only this shard (a process of a data-parallel job)
+                    shard: tuple[int, int] = (0, 1),
+                    # (raw line, clean domains before it): where to begin
+                    start: tuple[int, int] = (0, 0),
                    ):
-    """One pass over the clean domains of a split of the stream, as (raw line, clean domains before, batch); a failure
-    re-opens the stream (up to `stream_retries` times) at the last batch it gave and goes on after it."""
+    """One pass over the clean domains of a split of the stream, as (raw line, clean domains before,
+    batch); a failure re-opens the stream (up to `stream_retries` times) at the last batch it
+    gave and goes on after it."""
     failures, (line, seen), last = 0, start, None
     index, count = shard
-    num_samples = c.num_samples and -(-c.num_samples // count)  # --num_samples is shared out between the shards
+    # --num_samples is shared out between the shards
+    num_samples = c.num_samples and -(-c.num_samples // count)
     while True:
         try:
-            source = open_source(c.dataset, c.dataset_split, c.text_column, c.dataset_config, streaming=True)
+            source = open_source(c.dataset, c.dataset_split, c.text_column, c.dataset_config,
+                                 streaming=True)
             if count > 1: source = source.sharded(index, count)
             for item in stream_domains(source, validation, c.validation_fraction, c.max_length,
                                        rejected if failures == 0 else None, num_samples,
                                        batch_size=STREAM_READ, start=(line, seen), positions=True):
                 if item[0] == last: continue  # given before the failure
-                yield item; (line, seen, _), last = item, item[0]
+                yield item
+                (line, seen, _), last = item, item[0]
             return
         except Exception as e:  # network and hub errors come in many types
             failures += 1
             if failures > c.stream_retries:
-                raise DataError(f"the stream of {c.dataset!r} failed {failures} times, last: {first_error_line(e)}") from None
-            print(f"stream of {c.dataset!r} failed ({first_error_line(e)}); retry {failures} of {c.stream_retries}", flush=True)
+                raise DataError(f"the stream of {c.dataset!r} failed {failures} times, last: "
+                                f"{first_error_line(e)}") from None
+            print(f"stream of {c.dataset!r} failed ({first_error_line(e)}); retry {failures} of "
+                  f"{c.stream_retries}", flush=True)
             time.sleep(min(2 ** failures, 60) * STREAM_RETRY_PAUSE)
 
 # %% ../nbs/08_run_data.ipynb #c8c94773
 STREAM_BLOCK = 65_536  # domains shuffled together (tests make it small)
 
 class StreamBatches(torch.utils.data.IterableDataset):
-    "Masked micro-batches read from a stream (or one shard of it), from micro-batch `start` (at `position` when known)."
-    def __init__(self, cfg: TrainConfig, vocab: CharVocab, start: int = 0, block: int | None = None, shard: tuple[int, int] = (0, 1),
-                 position: list[int] | None = None): # the `stream_position` of micro-batch `start - 1`
+    """Masked micro-batches read from a stream (or one shard of it), from
+    micro-batch `start` (at `position` when known)."""
+    def __init__(self, cfg: TrainConfig, vocab: CharVocab, start: int = 0, block: int | None = None,
+                 shard: tuple[int, int] = (0, 1),
+                 # the `stream_position` of micro-batch `start - 1`
+                 position: list[int] | None = None):
         self.cfg, self.vocab, self.start, self.shard, self.position = cfg, vocab, start, shard, position
-        self.block = cfg.batch_size * max(1, (block or STREAM_BLOCK) // cfg.batch_size)  # whole micro-batches
+        # whole micro-batches
+        self.block = cfg.batch_size * max(1, (block or STREAM_BLOCK) // cfg.batch_size)
 
     def blocks(self, cursor=(0, 0, 0, 0, 0)):
-        "Shuffled blocks of clean training domains, pass after pass, from `cursor` = (pass, block, line, offset, seen) on, each with its cursor."
+        """Shuffled blocks of clean training domains, pass after pass, from `cursor` =
+        (pass, block, line, offset, seen) on, each with its cursor."""
         c, (first_pass, b, line, offset, seen) = self.cfg, cursor
         for stream_pass in range(first_pass, 2**62):
             buf, at = [], None
@@ -91,25 +110,33 @@ class StreamBatches(torch.utils.data.IterableDataset):
                 while pos < len(batch):
                     if not buf: at = (line, pos, seen)
                     taken = batch[pos:pos + self.block - len(buf)]
-                    buf.extend(taken); pos += len(taken)
+                    buf.extend(taken)
+                    pos += len(taken)
                     if len(buf) == self.block:
-                        yield (stream_pass, b, *at), _shuffled(buf, c.seed, stream_pass, b); buf, b = [], b + 1
+                        yield (stream_pass, b, *at), _shuffled(buf, c.seed, stream_pass, b)
+                        buf, b = [], b + 1
             if buf: yield (stream_pass, b, *at), _shuffled(buf, c.seed, stream_pass, b)
             b, line, seen = 0, 0, 0
 
     def __iter__(self):
-        bs = self.cfg.batch_size  # with a position: straight to its block; without: from the start, skipping to `start`
-        cursor, skip, g = ((*self.position[:5],), self.position[5] + 1, self.start) if self.position else ((0, 0, 0, 0, 0), 0, 0)
+        # with a position: straight to its block; without: from the start, skipping to `start`
+        bs = self.cfg.batch_size
+        cursor, skip, g = ((*self.position[:5],), self.position[5] + 1,
+                           self.start) if self.position else ((0, 0, 0, 0, 0), 0, 0)
         for at, block in self.blocks(cursor):
             for j, i in enumerate(range(0, len(block), bs)):
-                if skip: skip -= 1; continue
+                if skip:
+                    skip -= 1
+                    continue
                 if g >= self.start: yield self.make_batch(block[i:i + bs], g, [*at, j])
                 g += 1
 
     def make_batch(self, domains: list[str], g: int, position: list[int] | None = None) -> dict:
         ids, lens = pad_batch(EncodedDomains.from_strings(domains), np.arange(len(domains)))
-        gen = torch.Generator().manual_seed(batch_seed(self.cfg.seed, -1 - self.shard[0], g))  # shards mask differently
-        masked, labels = mask_batch(ids, lens, self.vocab, generator=gen, **masking_options(self.cfg))
+        # shards mask differently
+        gen = torch.Generator().manual_seed(batch_seed(self.cfg.seed, -1 - self.shard[0], g))
+        masked, labels = mask_batch(ids, lens, self.vocab, generator=gen,
+                                    **masking_options(self.cfg))
         out = dict(input_ids=masked, attention_mask=(ids != PAD).long(), labels=labels,
                    masked_index=(labels != -100).flatten().nonzero().squeeze(1))
         if position is not None: out['stream_position'] = torch.tensor(position)
@@ -121,7 +148,8 @@ def _shuffled(domains: list[str], *keys: int) -> list[str]:
 
 # %% ../nbs/08_run_data.ipynb #b12a0c0d
 class StreamCorpus:
-    "What a streaming run knows of its corpus: the validation sample read up front and its rejections."
+    """What a streaming run knows of its corpus: the validation
+    sample read up front and its rejections."""
     def __init__(self, source: str, valid: EncodedDomains, rejected):
         self.source, self.valid, self.rejected = source, valid, rejected
     def summary(self) -> str:
@@ -132,45 +160,59 @@ class StreamCorpus:
 class RunData:
     "What a run trains and evaluates on, and for how many optimizer steps."
     vocab: CharVocab
-    corpus: object                     # a PreparedCorpus, or a StreamCorpus: what `summary` and the rejections come from
-    valid_enc: EncodedDomains          # the validation split (of a stream: the sample read up front)
+    # a PreparedCorpus, or a StreamCorpus: what `summary` and the rejections come from
+    corpus: object
+    # the validation split (of a stream: the sample read up front)
+    valid_enc: EncodedDomains
     eval_order: np.ndarray             # the validation domains every evaluation uses, in order
     total_steps: int
     steps_per_epoch: int | None = None      # None for a stream
     train_enc: EncodedDomains | None = None  # None for a stream
     run_batches: RunBatches | None = None
-    valid_batches: object | None = None  # the evaluation's batches, when the run brings its own (default: masked ones)
+    # the evaluation's batches, when the run brings its own (default: masked ones)
+    valid_batches: object | None = None
 
 # %% ../nbs/08_run_data.ipynb #f4d87ba5
 def _no_validation(c: TrainConfig, n_train: int, log):
     "An empty validation split: a warning, or an error where early stopping needs one."
     why = f'the validation split is empty ({n_train:,} training domains, --validation_fraction {c.validation_fraction:g})'
-    if c.early_stopping_patience: raise DataError(f'{why}: --early_stopping_patience has nothing to compare')
-    log(f'warning: {why}: no periodic evaluation and no best-model; give a larger corpus or --validation_fraction')
+    if c.early_stopping_patience:
+        raise DataError(f'{why}: --early_stopping_patience has nothing to compare')
+    log(f'warning: {why}: no periodic evaluation and no best-model; give a larger corpus or '
+        f'--validation_fraction')
 
 # %% ../nbs/08_run_data.ipynb #4623ea40
-def load_run_data(c: TrainConfig, world_size: int = 1, # processes of the job: each step takes accumulation × this micro-batches
+# processes of the job: each step takes accumulation × this micro-batches
+def load_run_data(c: TrainConfig, world_size: int = 1,
                   log=print) -> RunData:
-    "The prepared corpus of `c` (or the head of its stream), the run's length, its micro-batches and its evaluation sample."
+    """The prepared corpus of `c` (or the head of its stream), the run's
+    length, its micro-batches and its evaluation sample."""
     vocab, per_step = CharVocab(), c.gradient_accumulation_steps * world_size
     if c.streaming: return _stream_run_data(c, vocab)
-    corpus = prepare_corpus(c.dataset, c.num_samples, c.validation_fraction, c.max_length, c.dataset_split,
+    corpus = prepare_corpus(c.dataset, c.num_samples, c.validation_fraction, c.max_length,
+                            c.dataset_split,
                             c.text_column, c.dataset_config, c.cache_dir, log=log)
     steps_per_epoch = -(-len(corpus.train) // c.batch_size) // per_step
     if steps_per_epoch == 0:
-        raise DataError(f"{len(corpus.train)} training domains are fewer than one optimizer step (batch_size × "
-                        f"gradient_accumulation_steps × processes = {c.batch_size * per_step})")
+        raise DataError(f"{len(corpus.train)} training domains are fewer than one "
+                        f"optimizer step (batch_size × gradient_accumulation_steps "
+                        f"× processes = {c.batch_size * per_step})")
     if len(corpus.valid) == 0: _no_validation(c, len(corpus.train), log)
-    if corpus.cache: shutil.rmtree(Path(corpus.cache) / 'epoch-orders', ignore_errors=True)  # earlier versions' order files
-    return RunData(vocab, corpus, corpus.valid, evaluation_order(corpus.valid, None if c.full_eval else c.eval_samples, c.seed),
+    # earlier versions' order files
+    if corpus.cache: shutil.rmtree(Path(corpus.cache) / 'epoch-orders', ignore_errors=True)
+    return RunData(vocab, corpus, corpus.valid,
+                   evaluation_order(corpus.valid, None if c.full_eval else c.eval_samples, c.seed),
                    c.max_steps or c.epochs * steps_per_epoch, steps_per_epoch, corpus.train,
                    RunBatches(corpus.train, vocab, c, steps_per_epoch * per_step))
 
 def _stream_run_data(c: TrainConfig, vocab: CharVocab) -> RunData:
-    if not c.max_steps: raise ConfigError('--streaming needs --max_steps: the length of a stream is not known in advance')
+    if not c.max_steps:
+        raise ConfigError('--streaming needs --max_steps: the length of a stream is not known in '
+                          'advance')
     rejected, valid = Counter(), []
     for _, _, batch in retrying_stream(c, True, rejected):
         valid.extend(batch)
         if len(valid) >= c.eval_samples: break
     valid_enc = EncodedDomains.from_strings(valid[:c.eval_samples])
-    return RunData(vocab, StreamCorpus(c.dataset, valid_enc, rejected), valid_enc, evaluation_order(valid_enc, None, c.seed), c.max_steps)
+    return RunData(vocab, StreamCorpus(c.dataset, valid_enc, rejected), valid_enc,
+                   evaluation_order(valid_enc, None, c.seed), c.max_steps)

@@ -23,14 +23,19 @@ class DomainGenerator:
     "A character trigram model of names plus the empirical distributions of name length and TLD."
     def __init__(self, domains: list[str], smoothing: float = 0.05):
         names, tlds = zip(*(d.rsplit('.', 1) for d in domains))
-        names = [n.replace('.', '-') for n in names]  # subdomain dots would need a model of their own
+        # subdomain dots would need a model of their own
+        names = [n.replace('.', '-') for n in names]
         idx = {c: i for i, c in enumerate(NAME_CHARS)}
         counts = np.full(((_BOS + 1) ** 2, len(NAME_CHARS)), smoothing)
         for n in names:
             a = b = _BOS
-            for ch in n: c = idx[ch]; counts[a * (_BOS + 1) + b, c] += 1; a, b = b, c
+            for ch in n:
+                c = idx[ch]
+                counts[a * (_BOS + 1) + b, c] += 1
+                a, b = b, c
         cdf = np.cumsum(counts / counts.sum(1, keepdims=True), axis=1)
-        self.flat_cdf = (cdf + np.arange(len(cdf))[:, None]).ravel()  # row r lives in [r, r+1]: one searchsorted for all rows
+        # row r lives in [r, r+1]: one searchsorted for all rows
+        self.flat_cdf = (cdf + np.arange(len(cdf))[:, None]).ravel()
         lengths = Counter(map(len, names))
         self.lengths, self.length_p = np.array(list(lengths)), np.array(list(lengths.values())) / len(names)
         tld_counts = Counter(tlds)
@@ -38,7 +43,8 @@ class DomainGenerator:
 
 # %% ../nbs/02_synthetic.ipynb #98256857
 @patch
-def names_of_length(self: DomainGenerator, n: int, length: int, rng: np.random.Generator) -> np.ndarray:
+def names_of_length(self: DomainGenerator, n: int, length: int,
+                    rng: np.random.Generator) -> np.ndarray:
     "An (n, length) array of character indices drawn from the trigram model."
     out = np.empty((n, length), dtype=np.int64)
     a = b = np.full(n, _BOS)
@@ -71,9 +77,11 @@ def make_corpus(n: int, # number of domains to write
                 seed: int = 0, chunk: int = 1_000_000) -> Path:
     "Write `n` synthetic domains to `output`, in chunks (memory does not grow with `n`)."
     gen, rng, output = DomainGenerator(SAMPLE_CORPUS.read_text().split()), np.random.default_rng(seed), Path(output)
-    tmp = output.with_name(f'.{output.name}.tmp-{os.getpid()}')  # renamed when complete: never half a corpus
+    # renamed when complete: never half a corpus
+    tmp = output.with_name(f'.{output.name}.tmp-{os.getpid()}')
     with writing(output, tmp):
         with open(tmp, 'w') as f:
-            for start in range(0, n, chunk): f.write('\n'.join(gen.sample(min(chunk, n - start), rng)) + '\n')
+            for start in range(0, n, chunk):
+                f.write('\n'.join(gen.sample(min(chunk, n - start), rng)) + '\n')
         os.replace(tmp, output)
     return output

@@ -9,7 +9,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
-from .data import (SAMPLE_NAME, DataError, EncodedDomains, clean_domain, count_summary, find_column,
+from .data import (SAMPLE_NAME, DataError, EncodedDomains, clean_domain, count_summary,
+                                find_column,
                                 load_corpus, normalise_domain, open_source)
 from .masking import padded_length
 from .probes import _sample, hash_split, lookalike_task, make_lookalikes, tld_task
@@ -22,11 +23,13 @@ __all__ = ['SIDES', 'LABEL_COLUMNS', 'GROUP_COLUMNS', 'SPLIT_COLUMNS', 'SPLIT_BY
 
 # %% ../nbs/13b_tasks.ipynb #e5e94b51
 def clean_text(text) -> tuple[str | None, str | None]:
-    "`(text, None)` for a usable domain or name without its TLD, `(None, reason)` as `clean_domain` rejects it."
+    """`(text, None)` for a usable domain or name without its TLD,
+    `(None, reason)` as `clean_domain` rejects it."""
     if text is None: return None, 'empty'
     d, reason = clean_domain(str(text))
     if reason != 'single_label': return d, reason
-    d, reason = clean_domain(normalise_domain(str(text)) + '.x')  # the checks of a label, and punycode
+    # the checks of a label, and punycode
+    d, reason = clean_domain(normalise_domain(str(text)) + '.x')
     return (d[:-2], None) if d else (None, reason)
 
 # %% ../nbs/13b_tasks.ipynb #1f5d5508
@@ -38,7 +41,8 @@ def label_value(v) -> int | str | None:
     if isinstance(v, (bool, np.bool_)): return str(bool(v)).lower()
     if isinstance(v, (float, np.floating)):
         if np.isnan(v): return None
-        if not float(v).is_integer(): raise DataError(f'label {v} is neither a class name nor an integer')
+        if not float(v).is_integer():
+            raise DataError(f'label {v} is neither a class name nor an integer')
         return int(v)
     if isinstance(v, (int, np.integer)): return int(v)
     s = str(v).strip()
@@ -51,20 +55,24 @@ def label_classes(labels: list, # the labels of the kept rows (`label_value`s)
     if len({type(l) for l in labels}) > 1:  # `label_value` gives integers and strings only
         num = next(l for l in labels if isinstance(l, int))
         name = next(l for l in labels if isinstance(l, str))
-        raise DataError(f'the labels of {source} mix numbers and strings (e.g. {num} and {name!r}): '
+        raise DataError(f'the labels of {source} mix numbers and strings (e.g. {num} and '
+                        f'{name!r}): '
                         'give class names or integers, not both')
     counts = Counter(labels)
     if len(counts) < 2:
-        raise DataError(f'{source} has a single class ({next(iter(counts), None)!r}) after cleaning: '
+        raise DataError(f'{source} has a single class ({next(iter(counts), None)!r}) after '
+                        f'cleaning: '
                         'a classifier needs two or more')
     if single := sorted(str(c) for c, n in counts.items() if n < 2):
-        raise DataError(f"class{'es' if len(single) > 1 else ''} {', '.join(single[:5])} of {source} "
+        raise DataError(f"class{'es' if len(single) > 1 else ''} {', '.join(single[:5])} of "
+                        f"{source} "
                         'have a single example: give each class two or more (or drop it)')
     return sorted(counts)
 
 # %% ../nbs/13b_tasks.ipynb #8be278ff
 def dedupe(texts: list[str], labels: list) -> tuple[np.ndarray, Counter]:
-    "Which rows to keep (the first of each text; no text with two labels), and the others by reason."
+    """Which rows to keep (the first of each text; no text with
+    two labels), and the others by reason."""
     seen_labels = {}
     for t, l in zip(texts, labels): seen_labels.setdefault(t, set()).add(l)
     keep, seen, rejected = np.zeros(len(texts), bool), set(), Counter()
@@ -78,16 +86,19 @@ def dedupe(texts: list[str], labels: list) -> tuple[np.ndarray, Counter]:
 
 # %% ../nbs/13b_tasks.ipynb #faec65a1
 SIDES = ('train', 'validation', 'test')
-_SIDE_NAMES = dict(train='train', training='train', validation='validation', valid='validation', val='validation',
+_SIDE_NAMES = dict(train='train', training='train', validation='validation', valid='validation',
+                   val='validation',
                    dev='validation', test='test')
 
 @dataclass
 class LabelledData:
-    "Clean labelled texts: `texts[i]` is of class `classes[labels[i]]`, with what was rejected, by reason."
+    """Clean labelled texts: `texts[i]` is of class
+    `classes[labels[i]]`, with what was rejected, by reason."""
     texts: list[str]
     labels: np.ndarray               # int64 class ids
     classes: list[str]               # class names, in the sorted order of the labels
-    groups: list[str] | None = None  # the rows of a group stay on one side (e.g. a real domain and its look-alikes)
+    # the rows of a group stay on one side (e.g. a real domain and its look-alikes)
+    groups: list[str] | None = None
     sides: list[str] | None = None   # a given side per row: train, validation or test
     rejected: Counter = field(default_factory=Counter)
     rows_read: int = 0
@@ -116,7 +127,8 @@ def _clean_rows(texts, labels, groups, sides, source) -> tuple[list[tuple], Coun
 # %% ../nbs/13b_tasks.ipynb #4271d7aa
 def labelled_data(texts: list, labels: list, # one label per text
                   groups: list | None = None, # one group per text, or None
-                  sides: list | None = None, # one side per text (train, validation/valid/val/dev, test), or None
+                  # one side per text (train, validation/valid/val/dev, test), or None
+                  sides: list | None = None,
                   source: str = 'the data') -> LabelledData:
     "Clean the rows, reject and count what cannot be used, check the labels."
     if len(labels) != len(texts): raise DataError(f'{len(texts)} texts but {len(labels)} labels')
@@ -124,14 +136,16 @@ def labelled_data(texts: list, labels: list, # one label per text
     if not rows:
         raise DataError(f'no usable rows in {source} after cleaning '
                         f"(rejected: {count_summary(rejected) or 'nothing'})")
-    label_classes([r[1] for r in rows], source)  # mixed labels: an error before deduplication hides them
+    # mixed labels: an error before deduplication hides them
+    label_classes([r[1] for r in rows], source)
     keep, copies = dedupe([r[0] for r in rows], [r[1] for r in rows])
     rows = [r for r, k in zip(rows, keep) if k]
     classes = label_classes([r[1] for r in rows], source)
     ids = {c: i for i, c in enumerate(classes)}
     column = lambda k, given: [r[k] for r in rows] if given is not None else None
     labels = np.array([ids[r[1]] for r in rows], np.int64)
-    return LabelledData([r[0] for r in rows], labels, list(map(str, classes)), column(2, groups), column(3, sides),
+    return LabelledData([r[0] for r in rows], labels, list(map(str, classes)), column(2, groups),
+                        column(3, sides),
                         rejected + copies, len(texts), source)
 
 # %% ../nbs/13b_tasks.ipynb #a8825e2c
@@ -140,25 +154,33 @@ GROUP_COLUMNS = ('group',)
 SPLIT_COLUMNS = ('split', 'side')
 
 # %% ../nbs/13b_tasks.ipynb #f8df906a
-def read_labelled(dataset: str, # a CSV, TSV, JSON lines or Parquet file, a saved dataset folder or a hub id
-                  text_column: str | None = None, # default: the first of the data chapter's TEXT_COLUMNS present
+# a CSV, TSV, JSON lines or Parquet file, a saved dataset folder or a hub id
+def read_labelled(dataset: str,
+                  # default: the first of the data chapter's TEXT_COLUMNS present
+                  text_column: str | None = None,
                   label_column: str | None = None, # default: the first of LABEL_COLUMNS present
-                  group_column: str | None = None, # default: `group` when present (rows of a group, one side)
-                  split_column: str | None = None, # default: `split` or `side` when present (train/validation/test)
+                  # default: `group` when present (rows of a group, one side)
+                  group_column: str | None = None,
+                  # default: `split` or `side` when present (train/validation/test)
+                  split_column: str | None = None,
                   split: str = 'train', # the split of a hub or saved dataset to read
                  ) -> LabelledData:
-    "The labelled rows of `dataset`, cleaned as training cleans domains, with the rejected rows counted."
+    """The labelled rows of `dataset`, cleaned as training cleans
+    domains, with the rejected rows counted."""
     import datasets
     datasets.disable_progress_bars()  # no bar on stderr: an error stays one line
     source = open_source(dataset, split, text_column)
     if source.kind == 'text':
-        raise DataError(f'{dataset} is a text file without labels: give a CSV, TSV, JSON lines or Parquet file, '
+        raise DataError(f'{dataset} is a text file without labels: give a CSV, TSV, JSON lines or '
+                        f'Parquet file, '
                         'a saved dataset or a hub id with a label column')
     cols = list(source.ds.column_names)
     def optional(given, candidates, what):  # the column named, else one found by name, else none
-        return find_column(cols, given, candidates, dataset, what) if given or set(candidates) & set(cols) else None
+        return find_column(cols, given, candidates, dataset,
+                           what) if given or set(candidates) & set(cols) else None
     names = [source.column, find_column(cols, label_column, LABEL_COLUMNS, dataset, 'label'),
-             optional(group_column, GROUP_COLUMNS, 'group'), optional(split_column, SPLIT_COLUMNS, 'split')]
+             optional(group_column, GROUP_COLUMNS, 'group'),
+             optional(split_column, SPLIT_COLUMNS, 'split')]
     values = source.ds.select_columns(list(dict.fromkeys(n for n in names if n))).to_dict()
     texts, labels, groups, sides = [values[n] if n else None for n in names]
     return labelled_data(texts, labels, groups, sides, dataset)
@@ -167,20 +189,25 @@ def read_labelled(dataset: str, # a CSV, TSV, JSON lines or Parquet file, a save
 SPLIT_BY = ('auto', 'column', 'group', 'hash')
 
 def hash_sides(keys: list[str], # equal keys, same side
-               test_fraction: float = 0.2, validation_fraction: float = 0.1, seed: int = 0) -> np.ndarray:
+               test_fraction: float = 0.2, validation_fraction: float = 0.1,
+               seed: int = 0) -> np.ndarray:
     "train, validation or test for each key, by `hash_split`'s stable hash of the seed and the key."
-    if not (0 < test_fraction < 1 and 0 <= validation_fraction and test_fraction + validation_fraction < 1):
-        raise DataError(f'the test fraction ({test_fraction}) must be above 0 and, with the validation fraction '
-                        f'({validation_fraction}), below 1')
-    test, held = hash_split(keys, test_fraction, seed), hash_split(keys, test_fraction + validation_fraction, seed)
+    if not (0 < test_fraction < 1 and 0 <= validation_fraction
+            and test_fraction + validation_fraction < 1):
+        raise DataError(f'the test fraction ({test_fraction}) must be above 0 and, with '
+                        f'the validation fraction ({validation_fraction}), below 1')
+    test, held = hash_split(keys, test_fraction,
+                            seed), hash_split(keys, test_fraction + validation_fraction, seed)
     return np.where(test, 'test', np.where(held, 'validation', 'train'))
 
 # %% ../nbs/13b_tasks.ipynb #d4bbbae2
-def split_sides(data: LabelledData, split_by: str = 'auto', # auto: column if given, else group if given, else hash
+# auto: column if given, else group if given, else hash
+def split_sides(data: LabelledData, split_by: str = 'auto',
                 test_fraction: float = 0.2, validation_fraction: float = 0.1,
                 seed: int = 0) -> tuple[np.ndarray, str]:
     "The side of every row of `data`, and how it was decided."
-    if split_by not in SPLIT_BY: raise DataError(f"unknown split {split_by!r}; choose from {', '.join(SPLIT_BY)}")
+    if split_by not in SPLIT_BY:
+        raise DataError(f"unknown split {split_by!r}; choose from {', '.join(SPLIT_BY)}")
     by = split_by if split_by != 'auto' else 'column' if data.sides else 'group' if data.groups else 'hash'
     if by == 'column':
         if not data.sides:
@@ -189,7 +216,8 @@ def split_sides(data: LabelledData, split_by: str = 'auto', # auto: column if gi
     if by == 'group' and not data.groups:
         raise DataError(f'{data.source} has no group column: choose another split, '
                         'or name it with --group_column')
-    return hash_sides(data.groups if by == 'group' else data.texts, test_fraction, validation_fraction, seed), by
+    return hash_sides(data.groups if by == 'group' else data.texts, test_fraction,
+                      validation_fraction, seed), by
 
 # %% ../nbs/13b_tasks.ipynb #dfa9e02c
 def leaked_groups(groups: list[str], sides: np.ndarray) -> list[str]:
@@ -200,37 +228,45 @@ def leaked_groups(groups: list[str], sides: np.ndarray) -> list[str]:
 
 # %% ../nbs/13b_tasks.ipynb #cc410893
 def split_report(data: LabelledData, sides: np.ndarray, split_by: str = '') -> dict:
-    "Class counts per side, each side's size and majority share, classes a side lacks, rejected rows (JSON-able)."
+    """Class counts per side, each side's size and majority share,
+    classes a side lacks, rejected rows (JSON-able)."""
     count = lambda s, i: int(((sides == s) & (data.labels == i)).sum())
     counts = {s: {c: count(s, i) for i, c in enumerate(data.classes)} for s in SIDES}
     sizes = {s: sum(counts[s].values()) for s in SIDES}
-    return dict(source=data.source, split_by=split_by, rows_read=data.rows_read, rows=len(data.texts),
+    return dict(source=data.source, split_by=split_by, rows_read=data.rows_read,
+                rows=len(data.texts),
                 classes=list(data.classes), counts=counts, sizes=sizes,
-                majority_share={s: max(counts[s].values()) / sizes[s] if sizes[s] else None for s in SIDES},
+                majority_share={s: max(counts[s].values()) / sizes[s] if sizes[s] else None
+                                for s in SIDES},
                 missing={s: [c for c, n in counts[s].items() if not n] for s in SIDES if sizes[s]},
-                groups=len(set(data.groups)) if data.groups else None, rejected=dict(data.rejected.most_common()))
+                groups=len(set(data.groups)) if data.groups else None,
+                rejected=dict(data.rejected.most_common()))
 
 # %% ../nbs/13b_tasks.ipynb #88237c22
 def _share(x) -> str: return '–' if x is None else f'{x:.1%}'
 
 def format_split_report(report: dict, max_classes: int = 20) -> str:
-    "The report as a table: a row per class (the largest first), the sizes and majority shares, the rejected."
+    """The report as a table: a row per class (the largest first), the
+    sizes and majority shares, the rejected."""
     r, sides = report, [s for s in SIDES if report['sizes'][s]]
     by_size = sorted(r['classes'], key=lambda c: -sum(r['counts'][s][c] for s in sides))
-    lines = [f"{r['source']}: {r['rows']:,} rows of {r['rows_read']:,} read, {len(r['classes'])} classes, "
-             f"split by {r['split_by'] or '?'}" + (f" ({r['groups']:,} groups)" if r['groups'] else ''),
+    lines = [f"{r['source']}: {r['rows']:,} rows of {r['rows_read']:,} read, {len(r['classes'])} "
+             f"classes, split by {r['split_by'] or '?'}" + (f" ({r['groups']:,} groups)" if r['groups']
+                                                   else ''),
              f"{'class':<20}" + ''.join(f'{s:>12}' for s in sides)]
     row = lambda c: f'{c:<20.20}' + ''.join(f"{r['counts'][s][c]:>12,}" for s in sides)
     lines += [row(c) for c in by_size[:max_classes]]
     if len(by_size) > max_classes: lines.append(f'({len(by_size) - max_classes} more classes)')
     lines += [f"{'total':<20}" + ''.join(f"{r['sizes'][s]:>12,}" for s in sides),
-              f"{'majority share':<20}" + ''.join(f"{_share(r['majority_share'][s]):>12}" for s in sides)]
+              f"{'majority share':<20}" + ''.join(f"{_share(r['majority_share'][s]):>12}"
+                                                  for s in sides)]
     lines += [f"no {', '.join(m)} on the {s} side" for s, m in r['missing'].items() if m]
     return '\n'.join(lines + [f"rejected: {count_summary(Counter(r['rejected'])) or 'none'}"])
 
 # %% ../nbs/13b_tasks.ipynb #d16d5694
 def plot_class_balance(report: dict, ax=None, max_classes: int = 8):
-    "Each side as a bar cut by class (shares), the largest classes first, the others as one: a matplotlib Axes."
+    """Each side as a bar cut by class (shares), the largest classes
+    first, the others as one: a matplotlib Axes."""
     import matplotlib.pyplot as plt
     sides = [s for s in SIDES if report['sizes'][s]]
     ax = ax or plt.subplots(figsize=(7, 0.5 + 0.45 * len(sides)))[1]
@@ -251,10 +287,12 @@ TASK_NAMES = ('lookalike', 'tld')
 
 def lookalike_rows(domains: list[str], real: set[str] | None = None, per_domain: int = 1,
                    seed: int = 0) -> dict[str, list[str]]:
-    "Real domains and look-alikes of them, each with its real domain as the group: the columns of the task."
+    """Real domains and look-alikes of them, each with its real domain
+    as the group: the columns of the task."""
     looks = make_lookalikes(domains, real, per_domain, seed=seed)
     task = lookalike_task(looks, seed)
-    return dict(domain=list(task.texts), label=['real' if l == 1 else 'lookalike' for l in task.labels],
+    return dict(domain=list(task.texts), label=['real' if l == 1 else 'lookalike'
+                                                for l in task.labels],
                 group=looks.originals + [looks.originals[g] for g in looks.group])
 
 def tld_rows(domains: list[str], top_tlds: int = 5, seed: int = 0) -> dict[str, list[str]]:
@@ -265,14 +303,19 @@ def tld_rows(domains: list[str], top_tlds: int = 5, seed: int = 0) -> dict[str, 
 # %% ../nbs/13b_tasks.ipynb #61d16767
 def make_task(name: str, # lookalike or tld
               seed: int = 0, # decides the sample and the look-alikes kept
-              limit: int | None = None, # domains sampled (None: 1,000 real domains for lookalike, all for tld)
-              dataset: str = SAMPLE_NAME, # the real domains: the bundled corpus, or a corpus read as training does
+              # domains sampled (None: 1,000 real domains for lookalike, all for tld)
+              limit: int | None = None,
+              # the real domains: the bundled corpus, or a corpus read as training does
+              dataset: str = SAMPLE_NAME,
               per_domain: int = 1, # look-alikes per real domain (lookalike)
               top_tlds: int = 5, # classes of tld: the most frequent TLDs
              ) -> dict[str, list[str]]:
-    "The columns of a built-in task, without copies or ambiguous names; deterministic given the seed."
-    if name not in TASK_NAMES: raise DataError(f"unknown task {name!r}; choose from {', '.join(TASK_NAMES)}")
-    if limit is not None and limit < 2: raise DataError(f'the limit must be at least 2, got {limit}')
+    """The columns of a built-in task, without copies or ambiguous
+    names; deterministic given the seed."""
+    if name not in TASK_NAMES:
+        raise DataError(f"unknown task {name!r}; choose from {', '.join(TASK_NAMES)}")
+    if limit is not None and limit < 2:
+        raise DataError(f'the limit must be at least 2, got {limit}')
     corpus = load_corpus(dataset)
     domains = corpus.train + corpus.valid
     if name == 'lookalike':
@@ -283,15 +326,18 @@ def make_task(name: str, # lookalike or tld
 
 # %% ../nbs/13b_tasks.ipynb #cb86441b
 def check_output(output: str | Path, force: bool = False) -> Path:
-    "The path of a CSV file that may be written: a one-line error for another suffix, or a file without `force`."
+    """The path of a CSV file that may be written: a one-line error for
+    another suffix, or a file without `force`."""
     path = Path(output)
-    if path.suffix.lower() != '.csv': raise DataError(f'the output must be a .csv file, got {path.name}')
+    if path.suffix.lower() != '.csv':
+        raise DataError(f'the output must be a .csv file, got {path.name}')
     if path.exists() and not force:
         raise DataError(f'{path} exists: choose another output, or replace it with --force')
     return path
 
 def write_columns(columns: dict[str, list], output: str | Path, force: bool = False) -> Path:
-    "Write equal-length columns as a CSV file with a header, atomically; never over a file unless `force`."
+    """Write equal-length columns as a CSV file with a header,
+    atomically; never over a file unless `force`."""
     path = check_output(output, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
@@ -305,7 +351,8 @@ def write_columns(columns: dict[str, list], output: str | Path, force: bool = Fa
     return path
 
 # %% ../nbs/13b_tasks.ipynb #102da288
-def write_task(name: str, output: str | Path, seed: int = 0, limit: int | None = None, force: bool = False,
+def write_task(name: str, output: str | Path, seed: int = 0, limit: int | None = None,
+               force: bool = False,
                **kwargs) -> tuple[Path, dict[str, list[str]]]:
     "`make_task`'s columns written to `output` (see `write_columns`), and the columns."
     check_output(output, force)  # a refusal comes before the work, not after it
@@ -315,7 +362,8 @@ def write_task(name: str, output: str | Path, seed: int = 0, limit: int | None =
 # %% ../nbs/13b_tasks.ipynb #f4205b92
 @dataclass
 class TaskSide:
-    "One side of a task: the texts and their class ids; `enc`, the texts encoded as the corpus is, made when first used."
+    """One side of a task: the texts and their class ids; `enc`, the texts
+    encoded as the corpus is, made when first used."""
     texts: list[str]
     labels: np.ndarray  # int64 class ids
 
@@ -324,12 +372,14 @@ class TaskSide:
 
 @dataclass
 class LabelledTask:
-    "A task cut into sides: what a fine-tuning run and every arm of a comparison learn from and are judged on."
+    """A task cut into sides: what a fine-tuning run and every arm of a
+    comparison learn from and are judged on."""
     name: str                   # the file, dataset or built-in task
     classes: list[str]          # class names: the columns of a classifier's probabilities
     sides: dict[str, TaskSide]  # train, validation and test: the rows kept
     report: dict                # `split_report` of the rows, every rejected row counted
-    rejected: Counter           # the rows set aside, by reason (too_long: more than a model's positions)
+    # the rows set aside, by reason (too_long: more than a model's positions)
+    rejected: Counter
 
     train = property(lambda self: self.sides['train'])
     validation = property(lambda self: self.sides['validation'])
@@ -356,26 +406,35 @@ def _task_data(task: str, seed: int, limit: int | None, columns: dict) -> Labell
                             'apply to a labelled file')
         cols = make_task(task, seed, limit)
         return labelled_data(cols['domain'], cols['label'], cols.get('group'), source=task)
-    if limit is not None: raise DataError(f'a limit applies to the built-in tasks ({", ".join(TASK_NAMES)}) only')
+    if limit is not None:
+        raise DataError(f'a limit applies to the built-in tasks ({", ".join(TASK_NAMES)}) only')
     return read_labelled(task, **columns)
 
-def load_task(task: str, # a built-in task (lookalike, tld) or a labelled file or dataset read by `read_labelled`
+# a built-in task (lookalike, tld) or a labelled file or dataset read by `read_labelled`
+def load_task(task: str,
               split_by: str = 'auto', test_fraction: float = 0.2, validation_fraction: float = 0.1,
               seed: int = 0, # decides the split (and a built-in task's sample)
-              limit: int | None = None, # domains sampled for a built-in task (default: as `make_task`)
-              max_positions=None, # a model's positions (or a function giving them, called once the data is read)
-              **columns, # `read_labelled`'s text_column, label_column, group_column, split_column and split
+              # domains sampled for a built-in task (default: as `make_task`)
+              limit: int | None = None,
+              # a model's positions (or a function giving them, called once the data is read)
+              max_positions=None,
+              # `read_labelled`'s text_column, label_column, group_column, split_column and split
+              **columns,
              ) -> LabelledTask:
-    "A task read or built, cleaned and cut into sides; an error when the train side has fewer than two classes."
-    data = _task_data(task, seed, limit, columns)  # its errors come first: they cost nothing to find
+    """A task read or built, cleaned and cut into sides; an error when
+    the train side has fewer than two classes."""
+    # its errors come first: they cost nothing to find
+    data = _task_data(task, seed, limit, columns)
     if callable(max_positions): max_positions = max_positions()
     sides, by = split_sides(data, split_by, test_fraction, validation_fraction, seed)
-    fits = np.array([max_positions is None or padded_length(len(t)) <= max_positions for t in data.texts], bool)
-    sides, rejected = np.where(fits, sides, 'rejected'), data.rejected + Counter(too_long=int((~fits).sum()))
+    fits = np.array([max_positions is None or padded_length(len(t)) <= max_positions
+                     for t in data.texts], bool)
+    sides, rejected = np.where(fits, sides,
+                               'rejected'), data.rejected + Counter(too_long=int((~fits).sum()))
     rows = {s: np.flatnonzero(sides == s) for s in SIDES}
     parts = {s: TaskSide([data.texts[i] for i in r], data.labels[r]) for s, r in rows.items()}
     if (n := len(set(parts['train'].labels.tolist()))) < 2:
-        raise DataError(f"{task}: a classifier needs two classes on the train side, got {len(rows['train']):,} "
-                        f"train rows of {n} class{'' if n == 1 else 'es'}")
+        raise DataError(f"{task}: a classifier needs two classes on the train side, got "
+                        f"{len(rows['train']):,} train rows of {n} class{'' if n == 1 else 'es'}")
     report = {**split_report(data, sides, by), 'rejected': dict(rejected.most_common())}
     return LabelledTask(task, list(data.classes), parts, report, rejected)

@@ -14,17 +14,22 @@ import torch
 import torch.nn.functional as F
 from fastcore.basics import GetAttr, patch
 from transformers import CanineConfig, CanineModel
-from .core import (ConfigError, autocast, check_folder, format_bytes, nearest_folder, perplexity,
+from .core import (ConfigError, autocast, check_folder, format_bytes, nearest_folder,
+                                perplexity,
                                 pick_device, pick_precision, write_atomic, writing)
 from .config import TrainConfig
 from .run_data import masking_options, RunData, StreamBatches, load_run_data
-from .callbacks import Callback, MetricsFile, ProgressBar, WandbLogger, TensorBoardLogger
+from .callbacks import (Callback, MetricsFile, ProgressBar, WandbLogger,
+                                     TensorBoardLogger)
 from .data import DataError, default_cache_dir, preparation_need, sweep_corpora
-from .masking import CharVocab, MaskedBatches, padding_fraction as batches_padding_fraction, PAD
+from .masking import (CharVocab, MaskedBatches,
+                                   padding_fraction as batches_padding_fraction, PAD)
 from .model import DomainCanineMLM, build_model, use_sdpa, canine_config
 from .checkpoint import (TrainState, CheckpointError, save_checkpoint, load_checkpoint,
-                                      latest_checkpoint, prune_checkpoints, rng_states, step_checkpoints, sweep_checkpoints)
-from .distributed import (Topology, topology_from_env, init_distributed, shutdown_distributed, all_reduce_sum,
+                                      latest_checkpoint, prune_checkpoints, rng_states,
+                                      step_checkpoints, sweep_checkpoints)
+from .distributed import (Topology, topology_from_env, init_distributed,
+                                       shutdown_distributed, all_reduce_sum,
                                        gather_objects, rank_micro_batches)
 
 # %% auto #0
@@ -34,7 +39,8 @@ __all__ = ['COMPILE_WIDTH', 'make_optimizer', 'lr_at', 'set_dropout', 'compile_e
 
 # %% ../nbs/10_training.ipynb #b6be2c04
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device,
-                   fused: bool | None = None, # one fused kernel for the whole update (default: wherever the device has it)
+                   # one fused kernel for the whole update (default: wherever the device has it)
+                   fused: bool | None = None,
                   ) -> torch.optim.AdamW:
     "AdamW with decay on weight matrices only."
     params = [p for p in model.parameters() if p.requires_grad]
@@ -46,7 +52,8 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, devic
 
 # %% ../nbs/10_training.ipynb #447e23d7
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
-    "Learning rate of optimizer step `step` (0-based): linear warmup to `peak`, then linear decay to 0 at `total_steps`."
+    """Learning rate of optimizer step `step` (0-based): linear warmup to
+    `peak`, then linear decay to 0 at `total_steps`."""
     if step < warmup_steps: return peak * (step + 1) / warmup_steps
     return peak * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
@@ -61,22 +68,27 @@ def set_dropout(model: torch.nn.Module, p: float):
 COMPILE_WIDTH = 8  # with --compile, batch widths are rounded up to a multiple of this
 
 def compile_encoder(model: DomainCanineMLM, max_widths: int = 64,
-                    cuda_graphs: bool = False): # replay each width as CUDA graphs (mode reduce-overhead)
-    "Compile `model.encoder` in place, with room for `max_widths` specialised graphs (one per batch width)."
+                    # replay each width as CUDA graphs (mode reduce-overhead)
+                    cuda_graphs: bool = False):
+    """Compile `model.encoder` in place, with room for `max_widths`
+    specialised graphs (one per batch width)."""
     import torch._dynamo
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, max_widths)
     model.encoder.compile(dynamic=False, mode='reduce-overhead' if cuda_graphs else None)
 
 def round_width(batch: dict, multiple: int) -> dict:
-    "`batch` padded on the right to a width that is a multiple of `multiple` (the flat `masked_index` follows)."
+    """`batch` padded on the right to a width that is a multiple of
+    `multiple` (the flat `masked_index` follows)."""
     # with --compile the loader's workers call it on every batch, before pinning (`Trainer.loader`)
     b, w = batch['input_ids'].shape
     extra = -w % multiple
     if extra == 0: return batch
     pad = lambda x, value: F.pad(x, (0, extra), value=value)
-    out = dict(batch, input_ids=pad(batch['input_ids'], PAD), attention_mask=pad(batch['attention_mask'], 0))
+    out = dict(batch, input_ids=pad(batch['input_ids'], PAD),
+               attention_mask=pad(batch['attention_mask'], 0))
     if 'labels' in batch: out['labels'] = pad(batch['labels'], -100)
-    if 'masked_index' in batch: out['masked_index'] = batch['masked_index'] // w * (w + extra) + batch['masked_index'] % w
+    if 'masked_index' in batch:
+        out['masked_index'] = batch['masked_index'] // w * (w + extra) + batch['masked_index'] % w
     return out
 
 # %% ../nbs/10_training.ipynb #9c4d2f07
@@ -87,17 +99,21 @@ def compiled_graphs() -> int:
 
 # %% ../nbs/10_training.ipynb #cc82775f
 class Trainer(GetAttr):
-    "Continues pre-training a CANINE model with masked-character prediction (one process, or one of a torchrun job)."
-    _default = 'data'  # what the trainer lacks, its data has: `t.total_steps` is `t.data.total_steps`
+    """Continues pre-training a CANINE model with masked-character
+    prediction (one process, or one of a torchrun job)."""
+    # what the trainer lacks, its data has: `t.total_steps` is `t.data.total_steps`
+    _default = 'data'
     def __init__(self, cfg: TrainConfig,
                  model: DomainCanineMLM, # on its device, built from the same seed in every process
                  data: RunData, # what `load_run_data` gives
                  callbacks: list[Callback] | None = None, log=print,
-                 topo: Topology = Topology(), # this process's place in the job (`init_distributed` has joined it)
+                 # this process's place in the job (`init_distributed` has joined it)
+                 topo: Topology = Topology(),
                  device: torch.device | None = None): # default: the model's
         self.cfg, self.model, self.data, self.topo = cfg, model, data, topo
         self.device = device or next(model.parameters()).device
-        self.log = log if topo.is_main else (lambda *a, **k: None)  # the others speak through errors
+        # the others speak through errors
+        self.log = log if topo.is_main else (lambda *a, **k: None)
         # one process writes metrics, bars and logs
         self.callbacks = [MetricsFile(), ProgressBar(), *(callbacks or [])] if topo.is_main else []
         self.to_resume = cfg.resume_from  # loaded as `fit` starts (`resume`)
@@ -106,59 +122,79 @@ class Trainer(GetAttr):
 # %% ../nbs/10_training.ipynb #02412475
 @patch
 def prepare(self: Trainer):
-    "What an update needs: precision, the data-parallel wrapper, the optimizer; a fresh state, counters."
+    """What an update needs: precision, the data-parallel wrapper,
+    the optimizer; a fresh state, counters."""
     cfg, topo = self.cfg, self.topo
     self.amp_dtype, use_scaler = pick_precision(cfg.precision, self.device)
     self.scaler = torch.amp.GradScaler('cuda') if use_scaler else None
-    if topo.rank: torch.manual_seed(cfg.seed + topo.rank)  # same initial weights, other dropout masks
+    # same initial weights, other dropout masks
+    if topo.rank: torch.manual_seed(cfg.seed + topo.rank)
     # gradients live in DDP's all-reduce buckets (no copy in and out of them each step); each bucket
-    # is all-reduced as soon as its gradients are ready, overlapping the backward pass. (static_graph=True
-    # changed the updates of the 2-process equality test after its first step here, so it stays off.)
-    # The model's only buffers are constants (checked below): no broadcast of them before every forward.
+    # is all-reduced as soon as its gradients are ready, overlapping
+    # the backward pass. (static_graph=True
+    # changed the updates of the 2-process equality test after
+    # its first step here, so it stays off.)
+    # The model's only buffers are constants (checked below): no
+    # broadcast of them before every forward.
     self.ddp = torch.nn.parallel.DistributedDataParallel(
         self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
         gradient_as_bucket_view=True, broadcast_buffers=False) if topo.enabled else None
     self._graphs_before = compiled_graphs()  # `compiles` counts from here
     self.optimizer = make_optimizer(self.model, cfg.learning_rate, cfg.weight_decay, self.device)
     self.state = TrainState(world_size=topo.world_size)
-    self.stream_position = None  # --streaming: the place in the stream of the last micro-batch taken
+    # --streaming: the place in the stream of the last micro-batch taken
+    self.stream_position = None
     self.start_counters()
 
 # %% ../nbs/10_training.ipynb #4c267b65
 def checkpoint_bytes(cfg: TrainConfig) -> int | None:
-    "About the size of one checkpoint of `cfg`'s model (weights and AdamW's two moments); None if its shape is unknown."
+    """About the size of one checkpoint of `cfg`'s model (weights and
+    AdamW's two moments); None if its shape is unknown."""
     try:
         config = canine_config(cfg.model_config or 'demo') if cfg.model_name_or_path is None else \
             CanineConfig.from_pretrained(cfg.model_name_or_path)
         with torch.device('meta'): model = DomainCanineMLM(CanineModel(config), CharVocab())
-    except Exception: return None  # a hub model not in the cache: the model chapter says so, in one line
-    return 12 * sum(p.numel() for p in model.parameters()) + (64 << 10)  # + configs, RNG states, trainer state
+    # a hub model not in the cache: the model chapter says so, in one line
+    except Exception: return None
+    # + configs, RNG states, trainer state
+    return 12 * sum(p.numel() for p in model.parameters()) + (64 << 10)
 
 # %% ../nbs/10_training.ipynb #c3173989
 def _checkpoints_kept(cfg: TrainConfig, out: Path, epochs: int = 0) -> int:
-    "Checkpoints the run adds to `out` at its peak: step ones kept, one per epoch, best-model, the next, less those there."
+    """Checkpoints the run adds to `out` at its peak: step ones kept, one per
+    epoch, best-model, the next, less those there."""
     kept = cfg.save_total_limit if cfg.save_total_limit > 0 else max(1, (cfg.max_steps or 0) // cfg.save_steps)
-    there = len(step_checkpoints(out)[-kept:]) + sum((out / n).is_dir() for n in ('best-model', 'final-model'))
-    there += min(epochs, len(list(out.glob('checkpoint-epoch-*'))))  # a resumed run has written some already
+    there = len(step_checkpoints(out)[-kept:]) + sum((out / n).is_dir()
+                                                     for n in ('best-model', 'final-model'))
+    # a resumed run has written some already
+    there += min(epochs, len(list(out.glob('checkpoint-epoch-*'))))
     return max(1, kept + epochs + 2 - there)
 
 def check_disk(cfg: TrainConfig, # the run's settings
-               epochs: int | None = None): # None: before preparation (the corpus counted); else the epochs it runs
-    "`--output_dir`, the loggers' folders, the cache: writable, stale temporaries swept, room for the run."
+               # None: before preparation (the corpus counted); else the epochs it runs
+               epochs: int | None = None):
+    """`--output_dir`, the loggers' folders, the cache: writable,
+    stale temporaries swept, room for the run."""
     out, cache = Path(cfg.output_dir), Path(cfg.cache_dir or default_cache_dir())
     cache_name = '--cache_dir' if cfg.cache_dir else 'the corpus cache'
     size, n = checkpoint_bytes(cfg) or 0, _checkpoints_kept(cfg, out, epochs or 0)
     ckpts = f'{n} checkpoint{"s" * (n > 1)} of {format_bytes(size)} (weights and optimizer state)'
     if epochs is not None:  # the corpus is prepared: the checkpoints, now with one per epoch
-        return check_folder(out, '--output_dir', n * size, f'{ckpts}, {epochs} of them at epoch ends')
-    check_folder(out, '--output_dir'); sweep_checkpoints(out)
+        return check_folder(out, '--output_dir', n * size,
+                            f'{ckpts}, {epochs} of them at epoch ends')
+    check_folder(out, '--output_dir')
+    sweep_checkpoints(out)
     for name, what, on in (('tensorboard', 'the TensorBoard folder', cfg.tensorboard),
-                           ('wandb', 'the W&B folder', cfg.use_wandb)):  # the loggers write below --output_dir
+                           # the loggers write below --output_dir
+                           ('wandb', 'the W&B folder', cfg.use_wandb)):
         if on: check_folder(out / name, what)
-    check_folder(cache, cache_name); sweep_corpora(cache)
-    prep = 0 if cfg.streaming else preparation_need(cfg.dataset, cfg.num_samples, cfg.validation_fraction,
+    check_folder(cache, cache_name)
+    sweep_corpora(cache)
+    prep = 0 if cfg.streaming else preparation_need(cfg.dataset, cfg.num_samples,
+                                                    cfg.validation_fraction,
                                                     cfg.max_length, cache)
-    if nearest_folder(out).stat().st_dev == nearest_folder(cache).stat().st_dev:  # one device: the needs add up
+    # one device: the needs add up
+    if nearest_folder(out).stat().st_dev == nearest_folder(cache).stat().st_dev:
         both = f'preparing the corpus and {ckpts}' if prep else ckpts
         return check_folder(out, '--output_dir', prep + n * size, both)
     check_folder(cache, cache_name, prep, 'preparing the corpus')
@@ -172,20 +208,27 @@ def run_loggers(cfg: TrainConfig) -> list[Callback]:
 
 # %% ../nbs/10_training.ipynb #bf0cef7f
 def join_job(cfg: TrainConfig, check=None) -> tuple[Topology, torch.device]:
-    "This process's place in the job and its device; the main one runs `check(cfg)` (`check_disk`); all are seeded."
+    """This process's place in the job and its device; the main one runs
+    `check(cfg)` (`check_disk`); all are seeded."""
     topo = topology_from_env()
     device = pick_device(cfg.device, topo.local_rank if topo.enabled else None)
     topo = init_distributed(device.type, cfg.ddp_timeout)
-    if topo.is_main: (check or check_disk)(cfg)  # before hours of preparation: folders, room for what is written
-    random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
+    # before hours of preparation: folders, room for what is written
+    if topo.is_main: (check or check_disk)(cfg)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
     return topo, device
 
 @patch(cls_method=True)
-def from_config(cls: Trainer, cfg: TrainConfig, callbacks: list[Callback] | None = None, log=print) -> Trainer:
-    "A trainer with every part built from `cfg`: its place in the job, device, data, model and loggers."
+def from_config(cls: Trainer, cfg: TrainConfig, callbacks: list[Callback] | None = None,
+                log=print) -> Trainer:
+    """A trainer with every part built from `cfg`: its place in the
+    job, device, data, model and loggers."""
     topo, device = join_job(cfg)
     data = load_run_data(cfg, topo.world_size, log if topo.is_main else (lambda *a, **k: None))
-    if topo.is_main and data.steps_per_epoch: check_disk(cfg, epochs=data.total_steps // data.steps_per_epoch)
+    if topo.is_main and data.steps_per_epoch:
+        check_disk(cfg, epochs=data.total_steps // data.steps_per_epoch)
     model = build_model(cfg.model_name_or_path, cfg.model_config or 'demo', data.vocab).to(device)
     if cfg.dropout is not None: set_dropout(model, cfg.dropout)
     use_sdpa(model, cfg.attention == 'sdpa')
@@ -195,7 +238,8 @@ def from_config(cls: Trainer, cfg: TrainConfig, callbacks: list[Callback] | None
 # %% ../nbs/10_training.ipynb #6a595149
 @patch
 def _reset_window(self: Trainer, keep_loss: bool = False):
-    "Start a new logging window (`keep_loss`: continue the loss sum of a window restored from a checkpoint)."
+    """Start a new logging window (`keep_loss`: continue the loss sum
+    of a window restored from a checkpoint)."""
     exact = torch.float32 if self.device.type == 'mps' else torch.float64  # MPS has no float64
     # loss of the applied steps, applied steps, skipped steps
     self._acc = torch.zeros(3, dtype=exact, device=self.device)
@@ -207,7 +251,8 @@ def _reset_window(self: Trainer, keep_loss: bool = False):
 @patch
 def start_counters(self: Trainer):
     "No stop asked, fresh timers and device counters; the run of bad steps continues the state's."
-    self._stop_asked = self._stop_agreed = False  # in a job the loop ends on an agreed stop only (`flush`)
+    # in a job the loop ends on an agreed stop only (`flush`)
+    self._stop_asked = self._stop_agreed = False
     self.stopped_by, self._start = None, time.perf_counter()
     self._reset_window(keep_loss=True)
     self._run = torch.tensor(float(self.state.bad_steps), dtype=self._acc.dtype, device=self.device)
@@ -229,13 +274,15 @@ def request_stop(self: Trainer, by: str | None = None):
 # %% ../nbs/10_training.ipynb #7314000b
 @patch
 def stopping(self: Trainer) -> bool:
-    "Whether the loop ends now: at once on a request in a single process, on an agreed one in a job."
+    """Whether the loop ends now: at once on a request in a single
+    process, on an agreed one in a job."""
     return self._stop_agreed if self.topo.enabled else self._stop_asked
 
 # %% ../nbs/10_training.ipynb #4b9e1c3f
 @patch
 def compiles(self: Trainer) -> int:
-    "Graphs `torch.compile` made in this process since the trainer was built (with `--compile`: one per width)."
+    """Graphs `torch.compile` made in this process since the trainer was
+    built (with `--compile`: one per width)."""
     return compiled_graphs() - self._graphs_before
 
 # %% ../nbs/10_training.ipynb #238262a3
@@ -248,35 +295,46 @@ def epoch_progress(self: Trainer) -> float | None:
 @patch
 def loader_for_inspection(self: Trainer, n: int):
     c = self.cfg
-    first = self.state.step * c.gradient_accumulation_steps * self.topo.world_size  # a resumed run looks where it is
+    # a resumed run looks where it is
+    first = self.state.step * c.gradient_accumulation_steps * self.topo.world_size
     if c.streaming: batches = iter(StreamBatches(c, self.vocab, 0))
     else: batches = (self.run_batches[g] for g in range(first, first + n))
-    return map(partial(round_width, multiple=COMPILE_WIDTH), batches) if c.compile else batches  # as `loader` widens
+    # as `loader` widens
+    return map(partial(round_width, multiple=COMPILE_WIDTH), batches) if c.compile else batches
 
 # %% ../nbs/10_training.ipynb #5741a3c4
 @patch
 def padding_fraction(self: Trainer, n: int = 50) -> float:
-    "Share of padding in the next `n` micro-batches of the run (from the step it starts or resumes at)."
+    """Share of padding in the next `n` micro-batches of the run
+    (from the step it starts or resumes at)."""
     return batches_padding_fraction(self.loader_for_inspection(n), n)
 
 # %% ../nbs/10_training.ipynb #95b089b3
 def _leave_stops_to_the_main_process(worker_id: int):
-    "In a DataLoader worker: SIGINT and SIGTERM are ignored, the main process ends the workers once it has stopped."
+    """In a DataLoader worker: SIGINT and SIGTERM are ignored, the main
+    process ends the workers once it has stopped."""
     for sig in (signal.SIGINT, signal.SIGTERM): signal.signal(sig, signal.SIG_IGN)
 
 @patch
 def loader(self: Trainer):
     c, accum, t = self.cfg, self.cfg.gradient_accumulation_steps, self.topo
-    workers = c.num_workers if c.num_workers is not None else (min(4, (os.cpu_count() or 2) // 2) if self.device.type == 'cuda' else 0)
-    if c.streaming:  # one stream, read in order: at most one worker, so the batch order does not depend on it
-        positions = self.state.stream_positions  # known when the checkpoint's job had as many processes
+    workers = c.num_workers if c.num_workers is not None else (min(4, (os.cpu_count() or 2) // 2)
+                                                               if self.device.type == 'cuda' else 0)
+    # one stream, read in order: at most one worker, so the batch order does not depend on it
+    if c.streaming:
+        # known when the checkpoint's job had as many processes
+        positions = self.state.stream_positions
         position = positions[t.rank] if positions and len(positions) == t.world_size else None
-        data, sampler = StreamBatches(c, self.vocab, self.state.step * accum, shard=(t.rank, t.world_size), position=position), None
+        data, sampler = StreamBatches(c, self.vocab, self.state.step * accum,
+                                      shard=(t.rank, t.world_size), position=position), None
         workers = min(workers, 1)
-    else:  # of the A × W micro-batches of each step, this process takes every W-th (distributed chapter)
+    # of the A × W micro-batches of each step, this process takes every W-th (distributed chapter)
+    else:
         per_step = accum * t.world_size
-        data, sampler = self.run_batches, rank_micro_batches(self.state.step * per_step, self.total_steps * per_step, t)
-    widen = partial(round_width, multiple=COMPILE_WIDTH) if c.compile else None  # in the workers, before pinning
+        data, sampler = self.run_batches, rank_micro_batches(self.state.step * per_step,
+                                                             self.total_steps * per_step, t)
+    # in the workers, before pinning
+    widen = partial(round_width, multiple=COMPILE_WIDTH) if c.compile else None
     return torch.utils.data.DataLoader(data, batch_size=None, sampler=sampler, num_workers=workers,
                                        collate_fn=widen, pin_memory=self.device.type == 'cuda',
                                        prefetch_factor=4 if workers else None,
@@ -286,13 +344,15 @@ def loader(self: Trainer):
 # %% ../nbs/10_training.ipynb #262e0c2e
 @patch
 def on_device(self: Trainer, batch: dict) -> dict:
-    "A batch on the device (non-blocking from pinned memory; with `--compile` the loader has widened it)."
+    """A batch on the device (non-blocking from pinned memory; with
+    `--compile` the loader has widened it)."""
     return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
 # %% ../nbs/10_training.ipynb #1b51aa6c
 @patch
 def step_unless_bad(self: Trainer, finite: torch.Tensor | None):
-    "Apply the update unless `finite` is False: the fused optimizer decides on the device; another must ask the host (a sync)."
+    """Apply the update unless `finite` is False: the fused optimizer decides
+    on the device; another must ask the host (a sync)."""
     if finite is None: self.optimizer.step()
     elif self.optimizer.defaults.get('fused'):
         self.optimizer.found_inf = (~finite).float()
@@ -302,25 +362,32 @@ def step_unless_bad(self: Trainer, finite: torch.Tensor | None):
 
 # %% ../nbs/10_training.ipynb #6e677c90
 @patch
-def optimizer_step(self: Trainer, micro_batches: list[dict]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    "Forward and backward over the micro-batches of one step, clip, step. Returns the mean loss and whether the step was finite (None: not checked), both on the device."
+def optimizer_step(self: Trainer,
+                   micro_batches: list[dict]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Forward and backward over the micro-batches of one step, clip, step. Returns the mean loss
+    and whether the step was finite (None: not checked), both on the device."""
     lr = lr_at(self.state.step, self.total_steps, self.cfg.warmup_steps, self.cfg.learning_rate)
     for g in self.optimizer.param_groups: g['lr'] = lr
     total = torch.zeros((), device=self.device)
     for i, batch in enumerate(micro_batches):
         batch = self.on_device(batch)
-        # data-parallel: gradients are all-reduced once per step, in the backward pass of the last micro-batch
+        # data-parallel: gradients are all-reduced once per step, in the
+        # backward pass of the last micro-batch
         with self.ddp.no_sync() if self.ddp and i < len(micro_batches) - 1 else nullcontext():
             with autocast(self.device, self.amp_dtype):
                 loss = (self.ddp or self.model)(**batch).loss / len(micro_batches)
             (self.scaler.scale(loss) if self.scaler else loss).backward()
         total += loss.detach()
     if self.scaler: self.scaler.unscale_(self.optimizer)
-    norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.gradient_clip_val or float('inf'))
+    norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                          self.cfg.gradient_clip_val or float('inf'))
     finite = None
-    if self.cfg.max_bad_steps:  # fp16 overflow is the scaler's to skip; a job decides on the gradients it shares
+    # fp16 overflow is the scaler's to skip; a job decides on the gradients it shares
+    if self.cfg.max_bad_steps:
         finite = torch.isfinite(total) if self.scaler else torch.isfinite(norm) if self.ddp else torch.isfinite(norm) & torch.isfinite(total)
-    if self.scaler: self.scaler.step(self.optimizer); self.scaler.update()
+    if self.scaler:
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
     else: self.step_unless_bad(finite)
     self.optimizer.zero_grad(set_to_none=True)
     return total, finite
@@ -328,8 +395,10 @@ def optimizer_step(self: Trainer, micro_batches: list[dict]) -> tuple[torch.Tens
 # %% ../nbs/10_training.ipynb #aba96f90
 @patch
 def count_step(self: Trainer, loss: torch.Tensor, finite: torch.Tensor | None):
-    "Add a step to the window's device counters: its loss if it was applied, else one more skipped step (no host sync)."
-    bad = torch.zeros((), dtype=self._acc.dtype, device=self.device) if finite is None else (~finite).to(self._acc.dtype)
+    """Add a step to the window's device counters: its loss if it was
+    applied, else one more skipped step (no host sync)."""
+    bad = torch.zeros((), dtype=self._acc.dtype,
+                      device=self.device) if finite is None else (~finite).to(self._acc.dtype)
     kept = loss.to(self._acc.dtype) if finite is None else torch.where(finite, loss, 0).to(self._acc.dtype)
     self._run = (self._run + 1) * bad  # consecutive bad steps
     self._max_run = torch.maximum(self._max_run, self._run)
@@ -338,36 +407,50 @@ def count_step(self: Trainer, loss: torch.Tensor, finite: torch.Tensor | None):
 # %% ../nbs/10_training.ipynb #c2f4efc1
 @patch
 def flush(self: Trainer):
-    "Read the window's counters into the state (one host sync; in a job one all-reduce, where stop requests are agreed)."
+    """Read the window's counters into the state (one host sync; in a job
+    one all-reduce, where stop requests are agreed)."""
     s, W = self.state, self.topo.world_size
     asked = torch.tensor([float(self.stopped_by is not None), float(self._stop_asked)],
                          dtype=self._acc.dtype, device=self.device)
-    shared = all_reduce_sum(torch.cat([self._acc, self._run[None], self._max_run[None], asked]), self.topo).tolist()
-    loss_sum, ok, skipped, run, max_run = (v / W for v in shared[:5])  # losses averaged over processes; counts are equal
-    s.window_loss_sum += loss_sum; s.window_steps += round(ok); s.skipped_steps += round(skipped); s.bad_steps = round(run)
-    self._acc.zero_(); self._max_run = self._run.clone()
+    shared = all_reduce_sum(torch.cat([self._acc, self._run[None], self._max_run[None], asked]),
+                            self.topo).tolist()
+    # losses averaged over processes; counts are equal
+    loss_sum, ok, skipped, run, max_run = (v / W for v in shared[:5])
+    s.window_loss_sum += loss_sum
+    s.window_steps += round(ok)
+    s.skipped_steps += round(skipped)
+    s.bad_steps = round(run)
+    self._acc.zero_()
+    self._max_run = self._run.clone()
     if shared[5] and self.stopped_by is None: self.stopped_by = 'a signal to another process'
     self._stop_agreed = shared[6] > 0  # one process asked: all stop, after this same step
-    self._stop_asked = self._stop_asked or self._stop_agreed  # one asking during the all-reduce is agreed next time
-    if skipped: self.log(f"step {s.step}: {round(skipped)} step(s) since the last report skipped for a NaN/inf loss or gradient")
+    # one asking during the all-reduce is agreed next time
+    self._stop_asked = self._stop_asked or self._stop_agreed
+    if skipped:
+        self.log(f"step {s.step}: {round(skipped)} step(s) since the last report skipped for a "
+                 f"NaN/inf loss or gradient")
     if self.cfg.max_bad_steps and max_run >= self.cfg.max_bad_steps:
         last = latest_checkpoint(self.cfg.output_dir, lambda *a: None)
-        raise TrainingDiverged(f"training diverged: {round(max_run)} consecutive steps with a NaN/inf loss or gradient "
-                               f"(up to step {s.step}); the last checkpoint before it is {last or 'none'}")
+        raise TrainingDiverged(f"training diverged: {round(max_run)} consecutive steps "
+                               f"with a NaN/inf loss or gradient (up to step {s.step}); "
+                               f"the last checkpoint before it is {last or 'none'}")
 
 # %% ../nbs/10_training.ipynb #a7e7cadc
 @torch.no_grad()
 def eval_outputs(model: torch.nn.Module, batches, # indexable: masked batches, or a classifier's
                  device: torch.device,
                  amp_dtype: torch.dtype | None = None, # the autocast dtype (None: fp32)
-                 share: tuple[int, int] = (0, 1), # (rank, processes): each takes every processes-th batch
+                 # (rank, processes): each takes every processes-th batch
+                 share: tuple[int, int] = (0, 1),
                  to_device=None): # a host batch on `device` (default: each tensor's `.to(device)`)
-    "(index, host batch, output) of each batch of this process's share: in eval mode, eagerly, autocast."
+    """(index, host batch, output) of each batch of this process's
+    share: in eval mode, eagerly, autocast."""
     move = to_device or (lambda b: {k: v.to(device, non_blocking=True) for k, v in b.items()})
     training = model.training
     model.eval()
     try:
-        with torch.compiler.set_stance('force_eager'):  # a compiled encoder runs eagerly: no new graphs
+        # a compiled encoder runs eagerly: no new graphs
+        with torch.compiler.set_stance('force_eager'):
             for i in range(share[0], len(batches), share[1]):
                 batch = batches[i]
                 with autocast(device, amp_dtype): out = model(**move(batch))
@@ -378,16 +461,22 @@ def eval_outputs(model: torch.nn.Module, batches, # indexable: masked batches, o
 @patch
 @torch.no_grad()
 def evaluate(self: Trainer) -> dict | None:
-    "Validation loss, perplexity and accuracy: of masked characters, or of the run's own `valid_batches` (a classifier's)."
+    """Validation loss, perplexity and accuracy: of masked characters, or of
+    the run's own `valid_batches` (a classifier's)."""
     if len(self.eval_order) == 0: return None
     t0, topo = time.perf_counter(), self.topo
-    exact = torch.float32 if self.device.type == 'mps' else torch.float64  # counts of millions stay exact
-    sums = torch.zeros(3, device=self.device, dtype=exact)  # loss sum, correct predictions, masked characters
+    # counts of millions stay exact
+    exact = torch.float32 if self.device.type == 'mps' else torch.float64
+    # loss sum, correct predictions, masked characters
+    sums = torch.zeros(3, device=self.device, dtype=exact)
     batches = self.valid_batches if self.valid_batches is not None else MaskedBatches(
-        self.valid_enc, self.vocab, self.cfg.batch_size, self.cfg.seed, epoch=0, order=self.eval_order,
+        self.valid_enc, self.vocab, self.cfg.batch_size, self.cfg.seed, epoch=0,
+        order=self.eval_order,
         **masking_options(self.cfg))
-    share = (topo.rank, topo.world_size)  # data-parallel: each process a share, then the sums add up
-    for _, _, out in eval_outputs(self.model, batches, self.device, self.amp_dtype, share, self.on_device):
+    # data-parallel: each process a share, then the sums add up
+    share = (topo.rank, topo.world_size)
+    for _, _, out in eval_outputs(self.model, batches, self.device, self.amp_dtype, share,
+                                  self.on_device):
         right = (out.logits.argmax(-1) == out.labels).sum()
         n = torch.tensor(len(out.labels), device=self.device)
         sums += torch.stack([out.loss.float() * len(out.labels), right, n])
@@ -399,14 +488,18 @@ def evaluate(self: Trainer) -> dict | None:
 
 # %% ../nbs/10_training.ipynb #a7a13562
 @patch
-def after_step(self: Trainer, loss: torch.Tensor, finite: torch.Tensor | None, domains: int, chars: int):
+def after_step(self: Trainer, loss: torch.Tensor, finite: torch.Tensor | None, domains: int,
+               chars: int):
     c, s = self.cfg, self.state
     self.count_step(loss, finite)
-    self._window_domains += domains; self._window_chars += chars
+    self._window_domains += domains
+    self._window_chars += chars
     log_now = s.step % c.logging_steps == 0 or s.step == self.total_steps
-    epoch_end = bool(self.steps_per_epoch) and s.step % self.steps_per_epoch == 0  # streams have no known epoch length
+    # streams have no known epoch length
+    epoch_end = bool(self.steps_per_epoch) and s.step % self.steps_per_epoch == 0
     eval_now = epoch_end or s.step % c.eval_steps == 0 or s.step == self.total_steps
-    if log_now or eval_now: self.flush()  # the only host sync of the steps in between (a save flushes itself)
+    # the only host sync of the steps in between (a save flushes itself)
+    if log_now or eval_now: self.flush()
     if log_now: self.log_train()
     if eval_now: self.run_eval()
     if epoch_end:
@@ -429,9 +522,11 @@ def log_train(self: Trainer):
     secs = max(now - self._window_start, 1e-9)
     lr = lr_at(s.step - 1, self.total_steps, self.cfg.warmup_steps, self.cfg.learning_rate)
     m = dict(type='train', step=s.step, epoch=self.epoch_progress(), loss=loss,
-             perplexity=perplexity(loss), lr=lr, window_steps=s.window_steps, skipped_steps=s.skipped_steps,
+             perplexity=perplexity(loss), lr=lr, window_steps=s.window_steps,
+             skipped_steps=s.skipped_steps,
              domains_per_s=self._window_domains / secs, chars_per_s=self._window_chars / secs,
-             memory_mb=_memory_mb(self.device), compiles=self.compiles(), elapsed_s=now - self._start, time=time.time())
+             memory_mb=_memory_mb(self.device), compiles=self.compiles(),
+             elapsed_s=now - self._start, time=time.time())
     s.metrics['train'] = m
     self._emit('on_log', m)
     self._reset_window()
@@ -450,40 +545,55 @@ def run_eval(self: Trainer):
     else:
         s.evals_without_improvement += 1
         if c.early_stopping_patience and s.evals_without_improvement >= c.early_stopping_patience:
-            self.log(f"early stopping at step {s.step}: no better validation loss in {s.evals_without_improvement} evaluations")
+            self.log(f"early stopping at step {s.step}: no better validation loss in "
+                     f"{s.evals_without_improvement} evaluations")
             self.request_stop()
 
 # %% ../nbs/10_training.ipynb #23fc7369
 @patch
 def save(self: Trainer, name: str) -> Path:
-    "Write a complete checkpoint `<output_dir>/<name>` (raises `CheckpointError` on failure, in every process)."
-    self.flush()  # the window's device counters into the state it saves (and a diverged run stops here)
+    """Write a complete checkpoint `<output_dir>/<name>` (raises
+    `CheckpointError` on failure, in every process)."""
+    # the window's device counters into the state it saves (and a diverged run stops here)
+    self.flush()
     path, failure = Path(self.cfg.output_dir) / name, None
-    rngs = gather_objects(rng_states(), self.topo)  # every process's generators: each resumes its own dropout stream
-    if self.cfg.streaming: self.state.stream_positions = gather_objects(self.stream_position, self.topo)  # each its own shard
+    # every process's generators: each resumes its own dropout stream
+    rngs = gather_objects(rng_states(), self.topo)
+    # each its own shard
+    if self.cfg.streaming:
+        self.state.stream_positions = gather_objects(self.stream_position, self.topo)
     if self.topo.is_main:
-        try: save_checkpoint(path, self.model, self.optimizer, self.state, asdict(self.cfg), self.scaler, rngs)
+        try:
+            save_checkpoint(path, self.model, self.optimizer, self.state, asdict(self.cfg),
+                            self.scaler, rngs)
         except CheckpointError as e: failure = e
     # the others wait here until rank 0 has written it, and learn whether it could
-    if all_reduce_sum(torch.tensor([float(failure is not None)], device=self.device), self.topo).item():
+    if all_reduce_sum(torch.tensor([float(failure is not None)], device=self.device),
+                      self.topo).item():
         raise failure or CheckpointError(f"rank 0 could not write checkpoint {path}")
     self._emit('on_save', path)
     return path
 
 # %% ../nbs/10_training.ipynb #f398e2bc
-_SHAPE_KEYS = ('hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size', 'num_hash_buckets',
+_SHAPE_KEYS = ('hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size',
+               'num_hash_buckets',
                'max_position_embeddings')
 
 def _other_shape(path: Path, model: DomainCanineMLM, cfg: TrainConfig) -> str | None:
-    "What differs between the shape a checkpoint was trained with and this run's model (None: nothing)."
-    try: saved, trained = (json.loads((path / f).read_text()) for f in ('config.json', 'training_config.json'))
-    except (OSError, ValueError): return None  # loading the checkpoint reports what is wrong with it
+    """What differs between the shape a checkpoint was trained with
+    and this run's model (None: nothing)."""
+    try:
+        saved, trained = (json.loads((path / f).read_text())
+                          for f in ('config.json', 'training_config.json'))
+    # loading the checkpoint reports what is wrong with it
+    except (OSError, ValueError): return None
     mine = model.encoder.config.to_dict()
     if not (diff := [k for k in _SHAPE_KEYS if k in saved and saved[k] != mine.get(k)]): return None
     source = lambda c: f"--model_config {c['model_config']}" if c.get('model_config') else c.get('model_name_or_path')
     shape = lambda d: ', '.join(f"{k.replace('_', ' ')} {d.get(k)}" for k in diff)
-    return (f"{path.name} was trained with {source(trained)} ({shape(saved)}); this run asks for {source(asdict(cfg))} "
-            f"({shape(mine)}): resume with the model settings it was trained with")
+    return (f"{path.name} was trained with {source(trained)} ({shape(saved)}); "
+            f"this run asks for {source(asdict(cfg))} ({shape(mine)}): resume "
+            f"with the model settings it was trained with")
 
 @patch
 def resume(self: Trainer,
@@ -499,12 +609,16 @@ def resume(self: Trainer,
     if problem := _other_shape(path, self.model, c): raise ConfigError(problem)
     s = self.state = load_checkpoint(path, self.model, self.optimizer, self.scaler,
                                      rank=self.topo.rank)
-    if s.step > self.total_steps:  # it would end at once and write its weights as this run's final model
+    # it would end at once and write its weights as this run's final model
+    if s.step > self.total_steps:
         raise ConfigError(f"{path.name} is at step {s.step:,}, past this run's last step "
-                          f"{self.total_steps:,}: give a larger --max_steps (or --epochs) to continue it")
+                          f"{self.total_steps:,}: give a larger --max_steps (or --epochs) to "
+                          f"continue it")
     saved = json.loads((path / 'training_config.json').read_text())
-    changed = [k for k in c.data_order if saved.get(k) != getattr(c, k)]  # fine-tuning adds its task's
-    # micro-batches per step: accumulation × processes; trading one for the other keeps the data order
+    # fine-tuning adds its task's
+    changed = [k for k in c.data_order if saved.get(k) != getattr(c, k)]
+    # micro-batches per step: accumulation × processes; trading
+    # one for the other keeps the data order
     before = saved.get('gradient_accumulation_steps', 1) * s.world_size
     now = c.gradient_accumulation_steps * self.topo.world_size
     if before != now or (c.streaming and s.world_size != self.topo.world_size):
@@ -522,10 +636,15 @@ def describe(self: Trainer) -> dict:
     c = self.cfg
     n_params = sum(p.numel() for p in self.model.parameters())
     effective = c.batch_size * c.gradient_accumulation_steps * self.topo.world_size
-    return dict(corpus=self.corpus.summary(), rejected=dict(self.corpus.rejected), train_domains=len(self.train_enc) if not c.streaming else None,
-                valid_domains=len(self.valid_enc), eval_domains=len(self.eval_order), padding_fraction=self.padding_fraction(), parameters=n_params, device=str(self.device),
-                precision=str(self.amp_dtype or torch.float32).replace('torch.', ''), loss_scaling=self.scaler is not None,
-                effective_batch=effective, processes=self.topo.world_size, steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
+    return dict(corpus=self.corpus.summary(), rejected=dict(self.corpus.rejected),
+                train_domains=len(self.train_enc) if not c.streaming else None,
+                valid_domains=len(self.valid_enc), eval_domains=len(self.eval_order),
+                padding_fraction=self.padding_fraction(), parameters=n_params,
+                device=str(self.device),
+                precision=str(self.amp_dtype or torch.float32).replace('torch.', ''),
+                loss_scaling=self.scaler is not None,
+                effective_batch=effective, processes=self.topo.world_size,
+                steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
                 torch=torch.__version__, python=platform.python_version(), config=asdict(c))
 
 # %% ../nbs/10_training.ipynb #daf32ae2
@@ -537,9 +656,12 @@ from contextlib import contextmanager
 
 @contextmanager
 def stop_on_signals(trainer: Trainer):
-    "While training, SIGINT and SIGTERM ask the loop to stop after the current step (and write a checkpoint)."
+    """While training, SIGINT and SIGTERM ask the loop to stop after
+    the current step (and write a checkpoint)."""
     def handler(signum, frame): trainer.request_stop(by=signal.Signals(signum).name)
-    if threading.current_thread() is not threading.main_thread(): yield; return  # handlers live in the main thread
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return  # handlers live in the main thread
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try: yield
     finally:
@@ -548,16 +670,19 @@ def stop_on_signals(trainer: Trainer):
 # %% ../nbs/10_training.ipynb #e40d34e1
 @patch
 def next_group(self: Trainer, micro) -> list[dict]:
-    "The micro-batches of the next step; a data source that fails for good stops the run with a checkpoint."
+    """The micro-batches of the next step; a data source that fails
+    for good stops the run with a checkpoint."""
     try: group = [next(micro) for _ in range(self.cfg.gradient_accumulation_steps)]
     except DataError as e:
         reason = [l for l in str(e).splitlines() if l.strip()][-1].split('DataError: ')[-1]
-        if self.topo.enabled:  # the other processes are not here to write a checkpoint together: the last one stands
+        # the other processes are not here to write a checkpoint together: the last one stands
+        if self.topo.enabled:
             raise DataError(f"{reason}; continue from the last checkpoint with --resume_from latest") from None
         path = self.save(f'checkpoint-step-{self.state.step}')
         raise DataError(f"{reason}; checkpoint of step {self.state.step} written to {path}: "
                         "continue with --resume_from latest") from None
-    positions = [b.pop('stream_position', None) for b in group]  # where a streaming run stands, for its checkpoint
+    # where a streaming run stands, for its checkpoint
+    positions = [b.pop('stream_position', None) for b in group]
     if positions[-1] is not None: self.stream_position = positions[-1].tolist()
     return group
 
@@ -571,11 +696,14 @@ def announce(self: Trainer):
     info = self.describe()
     write_atomic(out / 'run.json', json.dumps(info, indent=2))
     self.log(info['corpus'])
-    self.log(f"padding: {info['padding_fraction']:.1%} of the positions of the next training batches")
-    self.log(f"model: {info['parameters'] / 1e6:.1f}M parameters on {info['device']} ({info['precision']}); effective batch "
-             f"{info['effective_batch']} = {c.batch_size} × {c.gradient_accumulation_steps} accumulation × {W} "
+    self.log(f"padding: {info['padding_fraction']:.1%} of the positions of the next training "
+             f"batches")
+    self.log(f"model: {info['parameters'] / 1e6:.1f}M parameters on {info['device']} "
+             f"({info['precision']}); effective batch {info['effective_batch']} = "
+             f"{c.batch_size} × {c.gradient_accumulation_steps} accumulation × {W} "
              f"process{'es' if W > 1 else ''}; {self.total_steps:,} steps"
-             + (f" ({self.steps_per_epoch:,} per epoch)" if self.steps_per_epoch else " (streaming)"))
+             + (f" ({self.steps_per_epoch:,} per epoch)" if self.steps_per_epoch
+                else " (streaming)"))
 
 # %% ../nbs/10_training.ipynb #2e6f5be3
 @patch
@@ -593,15 +721,19 @@ def fit(self: Trainer) -> Path:
             while s.step < self.total_steps and not self.stopping():
                 group = self.next_group(micro)
                 loss, finite = self.optimizer_step(group)
-                s.step += 1; s.batch_in_epoch += len(group) * W
+                s.step += 1
+                s.batch_in_epoch += len(group) * W
                 self._emit('on_step')
-                self.after_step(loss, finite, W * sum(len(b['input_ids']) for b in group),  # × W: all processes (equal batches)
-                                W * sum(int(b['attention_mask'].numpy().sum()) - 2 * len(b['input_ids']) for b in group))  # host memory
+                # × W: all processes (equal batches)
+                self.after_step(loss, finite, W * sum(len(b['input_ids']) for b in group),
+                                # host memory
+                                W * sum(int(b['attention_mask'].numpy().sum()) - 2 * len(b['input_ids']) for b in group))
         final = self.save(f'checkpoint-step-{s.step}' if self.stopped_by else 'final-model')
     finally: self._emit('on_train_end')  # close bars and loggers, also when the run fails
     if self.cfg.compile: self.log(f"torch.compile made {self.compiles()} graphs in this process")
     if self.stopped_by:
-        self.log(f"stopped by {self.stopped_by} after step {s.step}: checkpoint written to {final}; "
+        self.log(f"stopped by {self.stopped_by} after step {s.step}: checkpoint written to "
+                 f"{final}; "
                  "continue with --resume_from latest")
         return final
     self.log(f"final model: {final}")

@@ -18,7 +18,8 @@ from .data import clean_domain, load_corpus
 from .analysis import METRICS, draw_curves, read_metrics
 from .evaluation import CharNgramLM
 from .model import DomainCanineMLM
-from .probes import cap_variants, domain_rng, domain_variants, model_scores, ngram_scores
+from .probes import (cap_variants, domain_rng, domain_variants, model_scores,
+                                  ngram_scores)
 from .finetune import Classification, Classifier, is_classifier_dir
 
 # %% auto #0
@@ -34,14 +35,17 @@ def _kind_order(p: Path) -> tuple:
     digits = ''.join(c for c in name if c.isdigit())
     return (2 if name.startswith('checkpoint-step') else 3, -int(digits or 0))
 
-def _visible(p: Path, root: Path) -> bool: return not any(part.startswith('.') for part in p.relative_to(root).parts)
+def _visible(p: Path, root: Path) -> bool: return not any(part.startswith('.')
+                                                          for part in p.relative_to(root).parts)
 
 def is_mlm_dir(path) -> bool:
-    "A directory the masked-character tools can use: a model or checkpoint of training, or of the original project."
+    """A directory the masked-character tools can use: a model or
+    checkpoint of training, or of the original project."""
     return is_model_dir(path) or is_original_dir(path)
 
 def find_models(runs_dir, accept=is_mlm_dir) -> list[Path]:
-    "Model directories under `runs_dir` (itself included) that `accept` takes: per run, final and best model first, then checkpoints newest first."
+    """Model directories under `runs_dir` (itself included) that `accept` takes: per run,
+    final and best model first, then checkpoints newest first."""
     root = Path(runs_dir)
     if not root.is_dir(): return []
     found = {p.parent for p in root.rglob('config.json') if accept(p.parent)}
@@ -58,20 +62,24 @@ def find_runs(runs_dir) -> list[Path]:
 def _html_filled(p: Prediction) -> str:
     "The filled domain, filled characters highlighted."
     hidden = {m.position for m in p.masks}
-    chars = [f'<b class="dc-hit">{html.escape(c)}</b>' if i in hidden else html.escape(c) for i, c in enumerate(p.filled)]
+    chars = [f'<b class="dc-hit">{html.escape(c)}</b>' if i in hidden else html.escape(c) for i,
+             c in enumerate(p.filled)]
     return f'<span class="dc-filled-text">{"".join(chars)}</span>'
 
 def _html_bar(label: str, p: float, kind: str = '') -> str:
     "One bar: the label, a bar as long as the probability `p`, the percentage."
-    return (f'<div class="dc-bar-row{kind}"><code>{html.escape(label)}</code><div class="dc-bar-track">'
-            f'<div class="dc-bar" style="width:{100 * p:.1f}%"></div></div><span>{p:.1%}</span></div>')
+    return (f'<div class="dc-bar-row{kind}"><code>{html.escape(label)}</code><div '
+            f'class="dc-bar-track"><div class="dc-bar" '
+            f'style="width:{100 * p:.1f}%"></div></div><span>{p:.1%}</span></div>')
 
 def _html_bars(p: Prediction) -> str:
-    "One small bar chart per mask: each candidate character, a bar as long as its probability, the percentage."
+    """One small bar chart per mask: each candidate character, a bar as
+    long as its probability, the percentage."""
     blocks = []
     for m in p.masks:
         rows = ''.join(_html_bar(c, pr) for c, pr in m.top)
-        blocks.append(f'<div class="dc-mask"><div class="dc-mask-title">position {m.position}</div>{rows}</div>')
+        blocks.append(f'<div class="dc-mask"><div class="dc-mask-title">position '
+                      f'{m.position}</div>{rows}</div>')
     return f'<div class="dc-masks">{"".join(blocks)}</div>'
 
 # %% ../nbs/14_widgets.ipynb #cbd93ba9
@@ -96,11 +104,13 @@ _STYLE = '''<style>
 </style>'''
 
 def _classed(w: widgets.Widget, name: str) -> widgets.Widget:
-    w.add_class(name); return w
+    w.add_class(name)
+    return w
 
 # %% ../nbs/14_widgets.ipynb #a5b3d0f2
 class SliderSpec(NamedTuple):
-    "A tool's slider: the attribute that holds it, its label, its range, where it starts, its CSS class."
+    """A tool's slider: the attribute that holds it, its label, its
+    range, where it starts, its CSS class."""
     name: str
     label: str
     lo: int
@@ -115,12 +125,16 @@ class ModelWidget:
     kind, hint = 'model directory', 'train one'  # what the messages call them, and how to make one
     css, input_css, placeholder = 'dc-model-widget', 'dc-input', 'example.com'  # the tool's look
     slider = SliderSpec('top_k_slider', 'top-k', 1, 10, 5, 'dc-top-k')  # how many answers are shown
-    outputs: dict[str, str] = {}  # widgets showing an answer (attribute: CSS class), emptied without one
+    # widgets showing an answer (attribute: CSS class), emptied without one
+    outputs: dict[str, str] = {}
     empty = 'type a domain'  # the status line while the input is empty
-    def __init__(self, runs_dir='runs', # folder searched for the directories the tool takes (`accepts`)
-                 model_path=None, # a directory to select (added to the list if not under `runs_dir`)
+    # folder searched for the directories the tool takes (`accepts`)
+    def __init__(self, runs_dir='runs',
+                 # a directory to select (added to the list if not under `runs_dir`)
+                 model_path=None,
                  text: str = '', # the domain to start with
-                 top_k: int | None = None, # answers shown: the slider's value (None: where it starts)
+                 # answers shown: the slider's value (None: where it starts)
+                 top_k: int | None = None,
                  delay: float = 0.3, # seconds of quiet typing before answering (0: at once)
                  device: str | None = None, # cpu, cuda or mps (default: the best available)
                 ):
@@ -138,7 +152,8 @@ class ModelWidget:
 # %% ../nbs/14_widgets.ipynb #e2351f9d
 @patch
 def _model_row(self: ModelWidget) -> widgets.HBox:
-    "Create the model list, path box, Load button, message and status lines; the row of the first three."
+    """Create the model list, path box, Load button, message and
+    status lines; the row of the first three."""
     w = widgets
     select = w.Dropdown(description='model', layout=w.Layout(width='420px'))
     self.model_select = _classed(select, 'dc-model-select')
@@ -169,7 +184,8 @@ def _build(self: ModelWidget, top_k: int):
 # %% ../nbs/14_widgets.ipynb #8a817600
 @patch
 def _wire(self: ModelWidget, model_path, text: str):
-    "Select a model, start with `text`, answer again on every change of the text, the slider or the model."
+    """Select a model, start with `text`, answer again on every
+    change of the text, the slider or the model."""
     self.refresh_models(model_path)
     self.domain_input.value = text
     for w in (self.domain_input, getattr(self, self.slider.name), self.model_select):
@@ -189,7 +205,8 @@ def refresh_models(self: ModelWidget, select=None):
     keep = str(select) if select is not None else current if current in map(str, paths) else None
     self.model_select.value = keep or (str(paths[0]) if paths else None)
     if not paths:
-        self.show_error(f'no {self.kind} under {self.runs_dir}: {self.hint}, or type a path and press Load')
+        self.show_error(f'no {self.kind} under {self.runs_dir}: {self.hint}, or type a path and '
+                        f'press Load')
 
 # %% ../nbs/14_widgets.ipynb #20925e10
 @patch
@@ -215,14 +232,16 @@ def predictor(self: ModelWidget) -> Predictor | Classifier:
     "The predictor of the selected directory, made by `loader` (once)."
     path = self.model_select.value
     if path is None:
-        raise ModelError(f'no {self.kind} under {self.runs_dir}: {self.hint}, or type a path and press Load')
+        raise ModelError(f'no {self.kind} under {self.runs_dir}: {self.hint}, or type a path and '
+                         f'press Load')
     if path not in self._predictors: self._predictors[path] = self.loader(path, self.device)
     return self._predictors[path]
 
 # %% ../nbs/14_widgets.ipynb #1f8412db
 @patch
 def predict(self: ModelWidget):
-    "Answer the current input and show it; the tool's answer, or None for an empty or refused input."
+    """Answer the current input and show it; the tool's answer, or
+    None for an empty or refused input."""
     with self._lock:
         text, start = self.domain_input.value, time.perf_counter()
         if not text.strip(): return self._show('', [''] * len(self.outputs), self.empty)
@@ -275,11 +294,14 @@ def _ranks(scores: np.ndarray) -> np.ndarray:
 def rank_lookalikes(domain: str, # a domain as a person types it (cleaned as training cleans it)
                     model: DomainCanineMLM, # scores by pseudo-log-likelihood per character
                     ngram: CharNgramLM | None = None, # the baseline, scored beside (None: none)
-                    max_variants: int = 200, # look-alikes scored at most: a seeded choice keeping every kind
+                    # look-alikes scored at most: a seeded choice keeping every kind
+                    max_variants: int = 200,
                     device='cpu') -> list[dict]:
-    "The clean domain (first, kind `real`) and its look-alikes, each with every scorer's per-character score and rank."
+    """The clean domain (first, kind `real`) and its look-alikes, each with
+    every scorer's per-character score and rank."""
     d, reason = clean_domain(domain)
-    if reason: raise InputError(f'{domain.strip()!r} is not a domain training would accept ({reason})')
+    if reason:
+        raise InputError(f'{domain.strip()!r} is not a domain training would accept ({reason})')
     try: found = domain_variants(d)
     except ValueError: raise InputError(f'dnstwist cannot read {d}') from None
     if not found: raise InputError(f'dnstwist makes no look-alike of {d}')
@@ -288,37 +310,44 @@ def rank_lookalikes(domain: str, # a domain as a person types it (cleaned as tra
     scores = dict(model=model_scores(model, strings, device=device)['pll_per_char'])
     if ngram is not None: scores['ngram'] = ngram_scores(ngram, strings)['ngram_per_char']
     ranks = {name: _ranks(s) for name, s in scores.items()}
-    return [dict(domain=s, kind=k, **{f'{n}_score': float(scores[n][i]) for n in scores}, **{f'{n}_rank': int(ranks[n][i]) for n in ranks})
+    return [dict(domain=s, kind=k, **{f'{n}_score': float(scores[n][i]) for n in scores},
+                 **{f'{n}_rank': int(ranks[n][i]) for n in ranks})
             for i, (s, k) in enumerate(zip(strings, kinds))]
 
 # %% ../nbs/14_widgets.ipynb #b6c0e4d7
 def _html_ranking(rows: list[dict], scorer: str, title: str, n: int) -> str:
-    "The `n` most plausible strings by `scorer`, and the real domain wherever it ranks (highlighted)."
+    """The `n` most plausible strings by `scorer`, and the real
+    domain wherever it ranks (highlighted)."""
     ordered = sorted(rows, key=lambda r: r[f'{scorer}_rank'])
     shown = ordered[:n] + [r for r in ordered[n:] if r['kind'] == 'real']
-    body = ''.join(f'<tr class="dc-lookalike-row{" dc-real" if r["kind"] == "real" else ""}"><td>{r[f"{scorer}_rank"]}</td>'
-                   f'<td>{html.escape(r["domain"])}</td><td>{r["kind"]}</td><td>{r[f"{scorer}_score"]:.3f}</td></tr>' for r in shown)
+    body = ''.join(f'<tr '
+                   f'class="dc-lookalike-row{" dc-real" if r["kind"] == "real" else ""}"><td>{r[f"{scorer}_rank"]}</td><td>{html.escape(r["domain"])}</td><td>{r["kind"]}</td><td>{r[f"{scorer}_score"]:.3f}</td></tr>' for r in shown)
     head = '<tr><th>#</th><th>domain</th><th>kind</th><th>score</th></tr>'
     return f'<table class="dc-ranking dc-ranking-{scorer}"><caption>{title}</caption>{head}{body}</table>'
 
 def _html_lookalikes(rows: list[dict], n: int) -> str:
     "The model's ranking, and the n-gram's beside it when there is one."
     tables = [_html_ranking(rows, 'model', 'by the model (PLL per character)', n)]
-    if 'ngram_rank' in rows[0]: tables.append(_html_ranking(rows, 'ngram', 'by the n-gram (log-prob. per character)', n))
+    if 'ngram_rank' in rows[0]:
+        tables.append(_html_ranking(rows, 'ngram', 'by the n-gram (log-prob. per character)', n))
     return f'<div class="dc-rankings">{"".join(tables)}</div>' 
 
 # %% ../nbs/14_widgets.ipynb #d8e2a6f9
 class LookalikeExplorer(ModelWidget):
-    "Type a domain (a brand): its look-alikes, most plausible to the model first, beside the n-gram's ranking."
+    """Type a domain (a brand): its look-alikes, most plausible to the
+    model first, beside the n-gram's ranking."""
     css, input_css, placeholder = 'dc-lookalike-explorer', 'dc-brand-input', 'example.com'
-    slider = SliderSpec('rows_slider', 'rows', 3, 50, 10, 'dc-rows')  # look-alikes listed per ranking
+    # look-alikes listed per ranking
+    slider = SliderSpec('rows_slider', 'rows', 3, 50, 10, 'dc-rows')
     outputs = {'rankings': 'dc-lookalikes'}
     empty = 'type a domain, e.g. a brand: example.com'
     def __init__(self, runs_dir='runs', # folder searched for model directories
-                 model_path=None, # a model directory to select (added to the list if not under `runs_dir`)
+                 # a model directory to select (added to the list if not under `runs_dir`)
+                 model_path=None,
                  text: str = '', # the domain to start with
                  rows: int = 10, # look-alikes listed per ranking
-                 ngram: CharNgramLM | None = None, # the baseline (None: a 6-gram fitted on the sample)
+                 # the baseline (None: a 6-gram fitted on the sample)
+                 ngram: CharNgramLM | None = None,
                  max_variants: int = 200, # look-alikes scored per domain, at most
                  delay: float = 0.3, # seconds of quiet typing before ranking (0: at once)
                  device: str | None = None, # cpu, cuda or mps (default: the best available)
@@ -330,11 +359,13 @@ class LookalikeExplorer(ModelWidget):
 # %% ../nbs/14_widgets.ipynb #e9f3b7a0
 @patch
 def answer(self: LookalikeExplorer, text: str, rows: int) -> list[dict]:
-    "The rows of `rank_lookalikes` for `text` and the selected model, once per pair (not per slider move)."
+    """The rows of `rank_lookalikes` for `text` and the selected
+    model, once per pair (not per slider move)."""
     key = (self.model_select.value, text.strip())
     if self._ranked is None or self._ranked[0] != key:
         p = self.predictor()
-        self._ranked = (key, rank_lookalikes(key[1], p.model, self.ngram, self.max_variants, p.device))
+        self._ranked = (key, rank_lookalikes(key[1], p.model, self.ngram, self.max_variants,
+                                             p.device))
     return self._ranked[1]
 
 # %% ../nbs/14_widgets.ipynb #f0a4c8b1
@@ -353,16 +384,19 @@ def _html_classes(c: Classification) -> str:
 
 def _html_predicted(c: Classification) -> str:
     "What the model read, and the class it predicts with its probability."
-    return (f'<span class="dc-predicted-text">{html.escape(c.text)} → <b class="dc-label">{html.escape(c.label)}</b>'
+    return (f'<span class="dc-predicted-text">{html.escape(c.text)} → <b '
+            f'class="dc-label">{html.escape(c.label)}</b>'
             f' {c.top[0][1]:.1%}</span>')
 
 # %% ../nbs/14_widgets.ipynb #3a642a27
 class ClassifierWidget(ModelWidget):
-    "Type a domain: a fine-tuned classifier's class probabilities as bars, most probable first, as you type."
+    """Type a domain: a fine-tuned classifier's class probabilities as
+    bars, most probable first, as you type."""
     accepts, loader = staticmethod(is_classifier_dir), staticmethod(Classifier.from_dir)
     kind, hint = 'classifier directory', 'fine-tune one (domain-canine finetune)'
     css, input_css, placeholder = 'dc-classifier', 'dc-classify-input', 'example'
-    slider = SliderSpec('top_k_slider', 'classes', 1, 20, 10, 'dc-classes-shown')  # most probable first
+    # most probable first
+    slider = SliderSpec('top_k_slider', 'classes', 1, 20, 10, 'dc-classes-shown')
     outputs = {'predicted': 'dc-predicted', 'bars': 'dc-class-bars'}
     empty = 'type a domain, as the task wrote them (the tld task: a name without its TLD)'
     def render(self, c: Classification, text: str, top_k: int) -> tuple[list[str], str]:
@@ -379,7 +413,8 @@ def png_bytes(fig: Figure) -> bytes:
 
 # %% ../nbs/14_widgets.ipynb #679ab0e1
 class LossCurves:
-    "Pick runs and metrics; smoothing, log scale, step range, evaluation points; reload a run that is still training."
+    """Pick runs and metrics; smoothing, log scale, step range, evaluation
+    points; reload a run that is still training."""
     def __init__(self, runs_dir='runs', # folder searched for runs (directories with metrics.jsonl)
                  runs=None, # runs to select (default: all found)
                  metrics=('loss', 'accuracy'), # panels to show
@@ -391,7 +426,8 @@ class LossCurves:
         self._lock = threading.Lock()
         self._build(metrics, smoothing)
         self.refresh_runs(runs)
-        for w in (self.metric_select, self.smoothing, self.log_scale, self.show_eval, self.step_range):
+        for w in (self.metric_select, self.smoothing, self.log_scale, self.show_eval,
+                  self.step_range):
             w.observe(self.on_change, 'value')
         self.run_select.observe(self.on_runs_change, 'value')
         self.reload_button.on_click(self.reload)
@@ -403,29 +439,47 @@ class LossCurves:
 def _build(self: LossCurves, metrics, smoothing: float):
     "Create the widgets and their layout."
     w, wide = widgets, {'description_width': '80px'}
-    self.run_select = _classed(w.SelectMultiple(description='runs', rows=5, style=wide, layout=w.Layout(width='330px')), 'dc-run-select')
-    self.metric_select = _classed(w.SelectMultiple(options=list(METRICS), value=list(metrics), rows=5, description='metrics',
-                                                   style=wide, layout=w.Layout(width='260px')), 'dc-metric-select')
-    self.smoothing = _classed(w.FloatSlider(value=smoothing, min=0, max=0.99, step=0.01, description='smoothing', style=wide,
+    self.run_select = _classed(w.SelectMultiple(description='runs', rows=5, style=wide,
+                                                layout=w.Layout(width='330px')), 'dc-run-select')
+    self.metric_select = _classed(w.SelectMultiple(options=list(METRICS), value=list(metrics),
+                                                   rows=5, description='metrics',
+                                                   style=wide, layout=w.Layout(width='260px')),
+                                  'dc-metric-select')
+    self.smoothing = _classed(w.FloatSlider(value=smoothing, min=0, max=0.99, step=0.01,
+                                            description='smoothing', style=wide,
                                             layout=w.Layout(width='380px')), 'dc-smoothing')
-    self.step_range = _classed(w.IntRangeSlider(value=(0, 0), min=0, max=0, description='steps', style=wide, layout=w.Layout(width='380px')), 'dc-step-range')
-    self.log_scale = _classed(w.Checkbox(value=False, description='log scale', indent=False), 'dc-log-scale')
-    self.show_eval = _classed(w.Checkbox(value=True, description='evaluation points', indent=False), 'dc-show-eval')
-    self.reload_button = _classed(w.Button(description='Reload', icon='refresh', layout=w.Layout(width='100px')), 'dc-reload')
-    self.auto_reload = _classed(w.Checkbox(value=False, description='auto-reload', indent=False), 'dc-auto-reload')
-    self.plot, self.status = _classed(w.Image(format='png'), 'dc-plot'), _classed(w.Label(), 'dc-plot-status')
-    controls = w.VBox([self.smoothing, self.step_range, w.HBox([self.log_scale, self.show_eval], layout=w.Layout(margin='0 0 0 84px')),
-                       w.HBox([self.reload_button, self.auto_reload], layout=w.Layout(margin='0 0 0 84px'))])
+    self.step_range = _classed(w.IntRangeSlider(value=(0, 0), min=0, max=0, description='steps',
+                                                style=wide, layout=w.Layout(width='380px')),
+                               'dc-step-range')
+    self.log_scale = _classed(w.Checkbox(value=False, description='log scale', indent=False),
+                              'dc-log-scale')
+    self.show_eval = _classed(w.Checkbox(value=True, description='evaluation points', indent=False),
+                              'dc-show-eval')
+    self.reload_button = _classed(w.Button(description='Reload', icon='refresh',
+                                           layout=w.Layout(width='100px')), 'dc-reload')
+    self.auto_reload = _classed(w.Checkbox(value=False, description='auto-reload', indent=False),
+                                'dc-auto-reload')
+    self.plot, self.status = _classed(w.Image(format='png'),
+                                      'dc-plot'), _classed(w.Label(), 'dc-plot-status')
+    controls = w.VBox([self.smoothing, self.step_range, w.HBox([self.log_scale, self.show_eval],
+                                                               layout=w.Layout(margin='0 0 0 84px')),
+                       w.HBox([self.reload_button, self.auto_reload],
+                              layout=w.Layout(margin='0 0 0 84px'))])
     self.widget = _classed(w.VBox([w.HBox([self.run_select, self.metric_select, controls]),
                                    self.plot, self.status]), 'dc-loss-curves')
 
 # %% ../nbs/14_widgets.ipynb #17449c32
 @patch
 def refresh_runs(self: LossCurves, select=None):
-    "List the runs under the runs folder (plus `select`); select `select`, or keep the selection, or select all."
-    paths = find_runs(self.runs_dir) + [Path(p) for p in (select or []) if Path(p) not in find_runs(self.runs_dir)]
-    label = lambda p: (str(p.relative_to(self.runs_dir)) or '.') if p.is_relative_to(self.runs_dir) else str(p)
-    keep = [str(Path(p)) for p in select] if select is not None else (list(self.run_select.value) or [str(p) for p in paths])
+    """List the runs under the runs folder (plus `select`); select
+    `select`, or keep the selection, or select all."""
+    paths = find_runs(self.runs_dir) + [Path(p) for p in (select or [])
+                                        if Path(p) not in find_runs(self.runs_dir)]
+    label = lambda p: (str(p.relative_to(self.runs_dir))
+                       or '.') if p.is_relative_to(self.runs_dir) else str(p)
+    keep = [str(Path(p))
+            for p in select] if select is not None else (list(self.run_select.value)
+                                                         or [str(p) for p in paths])
     self._quiet = True
     try:
         self.run_select.options = [(label(p), str(p)) for p in paths]
@@ -435,7 +489,8 @@ def refresh_runs(self: LossCurves, select=None):
 # %% ../nbs/14_widgets.ipynb #e39fb988
 @patch
 def read_changed(self: LossCurves) -> list[str]:
-    "Re-read the metrics of the selected runs whose file changed; the names of those that could not be read."
+    """Re-read the metrics of the selected runs whose file changed;
+    the names of those that could not be read."""
     failed = []
     for run in self.run_select.value:
         path = Path(run) / 'metrics.jsonl'
@@ -462,7 +517,8 @@ def reload(self: LossCurves, _=None):
         self._quiet = True
         try:
             self.step_range.max = max(last, 1)
-            self.step_range.value = (min(lo, last), self.step_range.max if hi >= old_max or hi == 0 else min(hi, last))
+            self.step_range.value = (min(lo, last), self.step_range.max if hi >= old_max or hi == 0
+                                     else min(hi, last))
         finally: self._quiet = False
     self.redraw(note=f'could not read {", ".join(failed)} (being written?)' if failed else '')
 
@@ -472,7 +528,8 @@ def redraw(self: LossCurves, note: str = ''):
     "Draw the selected runs and metrics with the current settings."
     with self._lock:
         runs = {Path(r).name: self.records[r] for r in self.run_select.value if r in self.records}
-        fig = draw_curves(runs, self.metric_select.value, self.smoothing.value, self.log_scale.value,
+        fig = draw_curves(runs, self.metric_select.value, self.smoothing.value,
+                          self.log_scale.value,
                           self.step_range.value, self.show_eval.value)
         self.plot.value = png_bytes(fig)
         (lo, hi), metrics = self.step_range.value, ', '.join(self.metric_select.value)
@@ -499,7 +556,8 @@ def on_auto_reload(self: LossCurves, change=None):
     timer, self._timer = self._timer, None
     if timer is not None:
         timer.cancel()
-        if timer is not threading.current_thread(): timer.join()  # let a reload in progress finish first
+        # let a reload in progress finish first
+        if timer is not threading.current_thread(): timer.join()
     if self.auto_reload.value:
         self._timer = threading.Timer(self.interval, self._tick)
         self._timer.daemon = True

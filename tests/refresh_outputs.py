@@ -24,7 +24,8 @@ from nbdev.test import _keep_file
 WIDGET = 'application/vnd.jupyter.widget-view+json'
 
 def skipped(cell, flags: set) -> bool:
-    "Cells `nbdev_test` would not run: markdown, `#| eval: false`, and cells carrying a skipped test flag."
+    """Cells `nbdev_test` would not run: markdown, `#| eval: false`,
+    and cells carrying a skipped test flag."""
     if cell.cell_type != 'code': return True
     d = getattr(cell, 'directives_', {}) or {}
     return d.get('eval:', [''])[0].lower() == 'false' or bool(flags & d.keys())
@@ -39,13 +40,15 @@ def kept(cell) -> list:
 def refresh(path: Path, flags: set, root: Path) -> tuple[bool, float]:
     "Execute the notebook at `path` and write its kept outputs into it; (succeeded, seconds)."
     os.environ['IN_TEST'] = '1'
-    # each notebook prepares its corpora in its own fresh cache: what it prints cannot depend on which notebook ran first
+    # each notebook prepares its corpora in its own fresh cache: what it
+    # prints cannot depend on which notebook ran first
     os.environ['DOMAIN_CANINE_CACHE'] = tempfile.mkdtemp(prefix=f'{path.stem}-cache-')
     sys.path.insert(0, str(root))
     start, nb = time.time(), NBProcessor(path, rm_directives=False).nb
     shell = CaptureShell(path)
     try:
-        with working_directory(path.parent): shell.run_all(nb, exc_stop=True, preproc=lambda c: skipped(c, flags))
+        with working_directory(path.parent):
+            shell.run_all(nb, exc_stop=True, preproc=lambda c: skipped(c, flags))
     except Exception:
         sys.stderr.write(f'{path.name}: {shell.prettytb(fname=path)}\n')
         return False, time.time() - start
@@ -59,12 +62,16 @@ def refresh(path: Path, flags: set, root: Path) -> tuple[bool, float]:
 
 def main(names: list[str]) -> int:
     cfg = get_config()
-    files = [Path(n).absolute() for n in names] or [f.absolute() for f in sorted(nbglob(cfg.nbs_path, as_path=True))]
+    files = [Path(n).absolute() for n in names] or [f.absolute()
+                                                    for f in sorted(nbglob(cfg.nbs_path, as_path=True))]
     files = [f for f in files if _keep_file(f, '.notest')]
     flags = set(cfg.tst_flags.split())
-    from refresh_outputs import refresh  # by module name: a notebook run in a worker replaces that worker's __main__
-    results = parallel(refresh, files, flags=flags, root=cfg.config_path, n_workers=min(2, len(files)), pause=0.01)
-    for f, (ok, secs) in zip(files, results): print(f'{"ok" if ok else "FAILED":6} {secs:6.1f} s  {f.name}')
+    # by module name: a notebook run in a worker replaces that worker's __main__
+    from refresh_outputs import refresh
+    results = parallel(refresh, files, flags=flags, root=cfg.config_path,
+                       n_workers=min(2, len(files)), pause=0.01)
+    for f, (ok, secs) in zip(files, results):
+        print(f'{"ok" if ok else "FAILED":6} {secs:6.1f} s  {f.name}')
     return 0 if all(ok for ok, _ in results) else 1
 
 if __name__ == '__main__': sys.exit(main(sys.argv[1:]))

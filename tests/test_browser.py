@@ -1,16 +1,18 @@
-"""The widgets as a person meets them: the demo notebook run in a real JupyterLab, driven from headless Chromium.
+"""The widgets as a person meets them: the demo notebook run in a real JupyterLab, driven from
+headless Chromium.
 
-Types a masked domain into the predictor and waits for its predictions, types a refused one and waits for the
-reason; types a brand into the look-alike explorer and waits for both rankings, then a refused one; types a domain
-into the classifier widget and waits for its class bars, then a refused one; moves the smoothing slider of the loss
-curves and checks that the plot was redrawn. Screenshots go to test-artifacts/browser/ (or $SHOT_DIR). Needs Debian's chromium (`apt-get install chromium`) and the playwright
-package; without them it is skipped, except under CI=true, where it fails.
-"""
+Types a masked domain into the predictor and waits for its predictions, types a refused one and
+waits for the reason; types a brand into the look-alike explorer and waits for both rankings, then a
+refused one; types a domain into the classifier widget and waits for its class bars, then a refused
+one; moves the smoothing slider of the loss curves and checks that the plot was redrawn. Screenshots
+go to test-artifacts/browser/ (or $SHOT_DIR). Needs Debian's chromium (`apt-get install chromium`)
+and the playwright package; without them it is skipped, except under CI=true, where it fails."""
 import json, os, re, shutil, time
 from pathlib import Path
 import pytest
 from conftest import ROOT
-from browser.lab import CHROMIUM, CHROMIUM_ARGS, Lab, open_notebook, run_all_cells, set_parameters, wait_kernel_idle
+from browser.lab import (CHROMIUM, CHROMIUM_ARGS, Lab, open_notebook, run_all_cells, set_parameters,
+                         wait_kernel_idle)
 
 pytestmark = pytest.mark.browser
 DEMO = ROOT / 'nbs' / 'experiments' / 'widgets_demo.ipynb'
@@ -24,13 +26,15 @@ def _missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope='session')  # session scope: set up (or skipped) before the session's tiny run is trained
+# session scope: set up (or skipped) before the session's tiny run is trained
+@pytest.fixture(scope='session')
 def browser():
     if reason := _missing():
         if os.environ.get('CI') == 'true': pytest.fail(f'browser test cannot run in CI: {reason}')
         pytest.skip(reason)
     from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:  # launch() gives Chromium a fresh temporary profile and removes it on close()
+    # launch() gives Chromium a fresh temporary profile and removes it on close()
+    with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try: yield b
         finally: b.close()
@@ -38,11 +42,13 @@ def browser():
 
 @pytest.fixture(scope='module')
 def lab(browser, tiny_run, tiny_classifier, tmp_path_factory):
-    "JupyterLab serving a copy of the demo notebook pointed at a runs folder holding the tiny run and a tiny classifier."
+    """JupyterLab serving a copy of the demo notebook pointed at a runs
+    folder holding the tiny run and a tiny classifier."""
     work = tmp_path_factory.mktemp('lab')
     root, runs = work / 'notebooks', work / 'runs'
     root.mkdir()
-    shutil.copytree(tiny_run, runs / 'tiny', ignore=shutil.ignore_patterns('checkpoint-*'))  # whole models: a lost file is refused
+    # whole models: a lost file is refused
+    shutil.copytree(tiny_run, runs / 'tiny', ignore=shutil.ignore_patterns('checkpoint-*'))
     shutil.copytree(tiny_classifier, runs / 'tld', ignore=shutil.ignore_patterns('checkpoint-*'))
     set_parameters(DEMO, root / DEMO.name, runs_dir=str(runs), preset='tiny')
     server = Lab(root).start()
@@ -52,7 +58,8 @@ def lab(browser, tiny_run, tiny_classifier, tmp_path_factory):
 
 @pytest.fixture
 def page(browser, lab):
-    "A fresh browser context (empty profile) per test; the kernels it started are shut down after it."
+    """A fresh browser context (empty profile) per test; the
+    kernels it started are shut down after it."""
     ctx = browser.new_context(viewport={'width': 1280, 'height': 1000})
     ctx.set_default_timeout(30_000)
     pg = ctx.new_page()
@@ -85,7 +92,8 @@ def test_demo_notebook_widgets(lab, page, tiny_classifier):
 
 
 def _classifier_steps(page, classes: list[str]):
-    "A domain, then its classes as bars with percentages, most probable first, the first named; then a refused one."
+    """A domain, then its classes as bars with percentages, most probable
+    first, the first named; then a refused one."""
     from playwright.sync_api import expect
     widget = page.locator('.dc-classifier')
     typed, status = widget.locator('.dc-classify-input input'), widget.locator('.dc-status')

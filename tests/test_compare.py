@@ -1,12 +1,13 @@
-"""Judging classifiers (13c_compare, and 13d_finetune's arms): metrics against hand numbers and scikit-learn, arms,
-spread, finetune.jsonl, the compare command with fine-tuned arms."""
+"""Judging classifiers (13c_compare, and 13d_finetune's arms): metrics against hand numbers and
+scikit-learn, arms, spread, finetune.jsonl, the compare command with fine-tuned arms."""
 import json, os, shutil, subprocess, sys
 import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from domain_canine.analysis import read_finetune
 from domain_canine.cli import main
-from domain_canine.compare import (ARMS, Arm, append_finetune, classifier_metrics, compare, format_comparison,
+from domain_canine.compare import (ARMS, Arm, append_finetune, classifier_metrics, compare,
+                                   format_comparison,
                                    majority_predict, summarise, within_noise)
 from domain_canine.core import WriteError
 from domain_canine.tasks import LabelledTask, load_task
@@ -21,10 +22,12 @@ def toy_rows() -> tuple[list[str], list[str]]:
     return [r[0] for r in rows], [r[1] for r in rows]
 
 def write_toy(path, sides=None) -> str:
-    "The toy rows as a CSV file with a split column: every fourth row tested, unless `sides` says otherwise."
+    """The toy rows as a CSV file with a split column: every fourth
+    row tested, unless `sides` says otherwise."""
     texts, labels = toy_rows()
     sides = sides or ['test' if i % 4 == 0 else 'train' for i in range(len(texts))]
-    path.write_text('domain,label,split\n' + ''.join(f'{t},{l},{s}\n' for t, l, s in zip(texts, labels, sides)))
+    path.write_text('domain,label,split\n' + ''.join(f'{t},{l},{s}\n' for t, l,
+                                                     s in zip(texts, labels, sides)))
     return str(path)
 
 @pytest.fixture(scope='module')
@@ -54,7 +57,8 @@ def test_metrics_edge_cases():
     one = classifier_metrics([0, 1, 1], np.eye(3)[[1, 1, 1]], ['a', 'b', 'c'])
     assert one['per_class']['a']['precision'] is None and one['macro_f1'] == pytest.approx(0.4)
     assert classifier_metrics([1, 1], [[.4, .6], [.7, .3]], ['no', 'yes'])['roc_auc'] is None
-    with pytest.raises(ValueError, match=r'shape \(2, 2\)'): classifier_metrics([0, 1], [[1, 0]], ['no', 'yes'])
+    with pytest.raises(ValueError, match=r'shape \(2, 2\)'):
+        classifier_metrics([0, 1], [[1, 0]], ['no', 'yes'])
 
 def test_tfidf_beats_majority_and_runs_are_deterministic(toy):
     first, again = (compare(toy, list(ARMS.values()), seeds=(0, 1, 2)) for _ in range(2))
@@ -79,12 +83,14 @@ def test_a_seeded_arm_runs_per_seed_and_the_spread_is_measured(toy):
     assert '(best)' in table[3]
 
 def test_a_wrong_arm_and_a_task_without_two_classes_are_refused(toy, tmp_path):
-    with pytest.raises(ValueError, match='expected'): compare(toy, [Arm('bad', lambda task, seed: np.ones((1, 2)))])
+    with pytest.raises(ValueError, match='expected'):
+        compare(toy, [Arm('bad', lambda task, seed: np.ones((1, 2)))])
     _, labels = toy_rows()
     one_class = write_toy(tmp_path / 'one.csv', ['train' if l == 'com' else 'test' for l in labels])
     with pytest.raises(Exception, match='two classes on the train side'): load_task(one_class)
     untested = load_task(write_toy(tmp_path / 'untested.csv', ['train'] * len(labels)))
-    with pytest.raises(Exception, match='a comparison needs a test side'): compare(untested, [ARMS['tfidf']])
+    with pytest.raises(Exception, match='a comparison needs a test side'):
+        compare(untested, [ARMS['tfidf']])
 
 def test_finetune_jsonl_round_trip_keeps_the_old_lines_on_failure(toy, tmp_path, monkeypatch):
     (tmp_path / 'checkpoint-40').mkdir()
@@ -99,7 +105,8 @@ def test_finetune_jsonl_round_trip_keeps_the_old_lines_on_failure(toy, tmp_path,
     def refuse(*a): raise OSError(28, 'No space left on device')
     monkeypatch.setattr(os, 'replace', refuse)
     with pytest.raises(WriteError, match='no space left'): append_finetune(tmp_path, base)
-    assert path.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ['checkpoint-40', path.name]
+    assert path.read_text() == before and sorted(p.name
+                                                 for p in tmp_path.iterdir()) == ['checkpoint-40', path.name]
 
 def test_compare_command_end_to_end(tmp_path):
     "The real command on a small file: the table, the records appended, one line for bad input."
@@ -116,7 +123,8 @@ def test_compare_command_end_to_end(tmp_path):
 
 def test_compare_command_bad_input_is_one_line(tmp_path, capsys):
     assert main(['compare', '--task', str(tmp_path / 'missing.csv')]) == 1
-    assert capsys.readouterr().err.strip().splitlines() == [f'domain-canine: error: dataset file not found: {tmp_path / "missing.csv"}']
+    assert capsys.readouterr().err.strip().splitlines() == [f'domain-canine: error: dataset file '
+                                                            f'not found: {tmp_path / "missing.csv"}']
     (tmp_path / 'toy.csv').write_text('domain,label\na.com,x\n')
     assert main(['compare', '--task', str(tmp_path / 'toy.csv'), '--limit', '5']) == 1
     assert 'a limit applies to the built-in tasks' in capsys.readouterr().err
@@ -124,13 +132,15 @@ def test_compare_command_bad_input_is_one_line(tmp_path, capsys):
     assert e.value.code == 2 and 'must be an integer >= 1' in capsys.readouterr().err
 
 def test_fine_tuned_arms_from_every_checkpoint_of_a_run(tiny_run, tmp_path, capsys, monkeypatch):
-    "The command with --models: per checkpoint a finetuned and a frozen arm, one scratch arm, the same test side."
+    """The command with --models: per checkpoint a finetuned and a frozen
+    arm, one scratch arm, the same test side."""
     import domain_canine.training as training_module
     def refuse(*a, **k): raise AssertionError('an arm wrote a checkpoint')  # an arm keeps nothing
     monkeypatch.setattr(training_module, 'save_checkpoint', refuse)
     run = shutil.copytree(tiny_run, tmp_path / 'run')
     steps = sorted(int(p.name.rpartition('-')[2]) for p in run.glob('checkpoint-step-*'))
-    argv = ['compare', '--task', write_toy(tmp_path / 'toy.csv'), '--models', str(run), '--seeds', '2',
+    argv = ['compare', '--task', write_toy(tmp_path / 'toy.csv'), '--models', str(run), '--seeds',
+            '2',
             '--max_steps', '3', '--batch_size', '8', '--device', 'cpu', '--json']
     assert main(argv) == 0
     out, err = capsys.readouterr()
@@ -141,6 +151,7 @@ def test_fine_tuned_arms_from_every_checkpoint_of_a_run(tiny_run, tmp_path, caps
                                             ('scratch', None, 0), ('scratch', None, 1)], key=str)
     assert {r['n_test'] for r in printed} == {30} and 'records appended to' in err
     assert err.count(': macro-F1 ') == len(printed) and f'scratch {run}/checkpoint-step-{steps[0]}, seed 1' in err
-    assert read_finetune(run) == sorted(printed, key=lambda r: (r['step'] is not None, r['step'] or 0))
+    assert read_finetune(run) == sorted(printed, key=lambda r: (r['step'] is not None,
+                                                                r['step'] or 0))
     assert main(['compare', '--task', 'tld', '--arms', 'scratch']) == 1
     assert 'start from a model: give it with --models' in capsys.readouterr().err

@@ -1,9 +1,10 @@
-"""Nothing corrupt is ever used: each file of a checkpoint, damaged, on each command that loads a model.
+"""Nothing corrupt is ever used: each file of a checkpoint, damaged, on each command that loads a
+model.
 
-One small run is trained once (its final model is the checkpoint every case copies); each case damages one
-file of a fresh copy and runs one command in-process: one line naming the file, exit 1, no traceback. Two run
-through the real entry point. A directory without `checkpoint.json` still loads, saying once that it cannot
-be verified."""
+One small run is trained once (its final model is the checkpoint every case copies); each case
+damages one file of a fresh copy and runs one command in-process: one line naming the file, exit 1,
+no traceback. Two run through the real entry point. A directory without `checkpoint.json` still
+loads, saying once that it cannot be verified."""
 import json, os, shutil
 from pathlib import Path
 import pytest
@@ -17,11 +18,13 @@ from domain_canine.data import load_corpus
 from domain_canine.model import DomainCanineMLM
 from domain_canine.training import Trainer
 
-SETTINGS = dict(num_samples=300, max_length=32)  # the run's data settings: a resumed run must use the same
+# the run's data settings: a resumed run must use the same
+SETTINGS = dict(num_samples=300, max_length=32)
 TRAIN_DATA = [f'--{k}={v}' for k, v in SETTINGS.items()]
 
 def flip_last_byte(f: Path):
-    "One bit of the file's last byte: in the weights a float that still loads, elsewhere a character."
+    """One bit of the file's last byte: in the weights a float that
+    still loads, elsewhere a character."""
     data = bytearray(f.read_bytes())
     data[-1] ^= 1
     f.write_bytes(bytes(data))
@@ -32,13 +35,15 @@ def flip_first_byte(f: Path):
     f.write_bytes(bytes(data))
 
 def swap_vocab(f: Path):
-    "Two letters of the head's vocabulary exchanged: valid JSON, a model that answers with the wrong letters."
+    """Two letters of the head's vocabulary exchanged: valid JSON, a
+    model that answers with the wrong letters."""
     cfg = json.loads(f.read_text())
     cfg['vocab'] = cfg['vocab'].replace('a', '#').replace('b', 'a').replace('#', 'b')
     f.write_text(json.dumps(cfg, indent=2))
 
 def flip_listed_digest(f: Path):
-    "checkpoint.json still parses, but the checksum it lists for the weights changed in one hex digit."
+    """checkpoint.json still parses, but the checksum it lists for
+    the weights changed in one hex digit."""
     marker = json.loads(f.read_text())
     digest = marker['files']['model.safetensors']
     marker['files']['model.safetensors'] = ('1' if digest[0] == '0' else '0') + digest[1:]
@@ -79,21 +84,27 @@ PATHS = {
     'score': ['score', '--model_path', '{m}', '--no_progress', 'google.com'],
     'evaluate': ['evaluate', '--model_path', '{m}', '--dataset', 'sample', '--num_samples', '40',
                  '--ngram_order', '0', '--no_progress'],
-    'embed': ['embed', '--model_path', '{m}', '--output', '{o}/e.npy', '--no_progress', 'google.com'],
-    'probe': ['probe', '--model_path', '{m}', '--dataset', '{d}', '--split', 'all', '--tasks', 'linear_probes',
-              '--num_domains', '10', '--tld_domains', '100', '--top_tlds', '2', '--ngram_order', '0',
+    'embed': ['embed', '--model_path', '{m}', '--output', '{o}/e.npy', '--no_progress',
+              'google.com'],
+    'probe': ['probe', '--model_path', '{m}', '--dataset', '{d}', '--split', 'all', '--tasks',
+              'linear_probes',
+              '--num_domains', '10', '--tld_domains', '100', '--top_tlds', '2', '--ngram_order',
+              '0',
               '--no_progress'],
     'train-model_name_or_path': ['train', '--preset', 'tiny', '--model_name_or_path', '{m}',
                                  '--output_dir', '{o}', '--max_steps', '1', *TRAIN_DATA],
-    'train-resume_from': ['train', '--preset', 'tiny', '--resume_from', '{m}', '--output_dir', '{o}',
+    'train-resume_from': ['train', '--preset', 'tiny', '--resume_from', '{m}', '--output_dir',
+                          '{o}',
                           '--max_steps', '3', *TRAIN_DATA],
 }
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory) -> Path:
-    "A tiny run of 2 steps, evaluated and saved at each: step checkpoints, best-model and final-model."
+    """A tiny run of 2 steps, evaluated and saved at each: step
+    checkpoints, best-model and final-model."""
     out = tmp_path_factory.mktemp('run')
-    cfg = resolve_config('tiny', output_dir=str(out), max_steps=2, save_steps=1, eval_steps=1, **SETTINGS)
+    cfg = resolve_config('tiny', output_dir=str(out), max_steps=2, save_steps=1, eval_steps=1,
+                         **SETTINGS)
     Trainer.from_config(cfg, log=lambda *a: None).fit()
     return out
 
@@ -103,7 +114,8 @@ def copy_of(run, tmp_path):
     return lambda name='model': Path(shutil.copytree(run / 'final-model', tmp_path / name))
 
 def command(args: list[str], model: Path, tmp_path: Path) -> list[str]:
-    "`args` for `model`, with an output directory and a small file of domains (for probe) in `tmp_path`."
+    """`args` for `model`, with an output directory and a small file
+    of domains (for probe) in `tmp_path`."""
     if not (tmp_path / 'domains.txt').exists():
         (tmp_path / 'domains.txt').write_text('\n'.join(load_corpus('sample').valid[:300]) + '\n')
     return [a.format(m=model, o=tmp_path / 'out', d=tmp_path / 'domains.txt') for a in args]
@@ -121,7 +133,8 @@ def test_every_checkpoint_that_training_writes_carries_the_marker(run):
 
 @pytest.mark.parametrize('path', PATHS)
 def test_an_intact_checkpoint_loads_without_a_note(path, copy_of, tmp_path, capsys):
-    "The control: the same command on an undamaged copy succeeds, so every refusal below is the damage's."
+    """The control: the same command on an undamaged copy succeeds,
+    so every refusal below is the damage's."""
     rc, _, err = run_main(PATHS[path], copy_of(), tmp_path, capsys)
     assert rc == 0, err
     assert 'error' not in err and 'cannot be verified' not in err
@@ -152,7 +165,8 @@ def test_the_real_command_says_one_line_and_exits_1(args, name, damage, copy_of,
 
 @pytest.fixture(scope='module')
 def unsealed(run, tmp_path_factory) -> dict[str, Path]:
-    "The final model saved without the marker (`model.save`) and its encoder as plain transformers saves it."
+    """The final model saved without the marker (`model.save`) and its
+    encoder as plain transformers saves it."""
     d = tmp_path_factory.mktemp('unsealed')
     model = DomainCanineMLM.load(run / 'final-model')
     model.encoder.save_pretrained(d / 'encoder')
@@ -176,14 +190,16 @@ def test_probe_names_a_damaged_checkpoint_of_a_run_before_measuring(run, tmp_pat
     "A run directory: every step checkpoint is checked before the look-alikes are made."
     copy = Path(shutil.copytree(run, tmp_path / 'run'))
     flip_last_byte(copy / 'checkpoint-step-1' / 'model.safetensors')
-    rc, out, err = run_main(['probe', '--model_path', '{m}', '--no_progress'], copy, tmp_path, capsys)
+    rc, out, err = run_main(['probe', '--model_path', '{m}', '--no_progress'], copy, tmp_path,
+                            capsys)
     assert rc == 1 and out == ''
-    assert err.strip() == (f'domain-canine: error: {copy}/checkpoint-step-1/model.safetensors is corrupt '
-                           f'(checksum mismatch): {MARKER} lists another SHA-256')
+    assert err.strip() == (f'domain-canine: error: {copy}/checkpoint-step-1/model.safetensors '
+                           f'is corrupt (checksum mismatch): {MARKER} lists another SHA-256')
 
 @pytest.mark.parametrize('path', ['predict', 'train-model_name_or_path'])
 def test_without_the_marker_a_damaged_file_still_fails_in_one_line(path, unsealed, tmp_path, capsys):
-    "Nothing to check it against: the damage shows when the file is read, still as one line and exit 1."
+    """Nothing to check it against: the damage shows when the file
+    is read, still as one line and exit 1."""
     model = Path(shutil.copytree(unsealed['model'], tmp_path / 'model'))
     truncate_half(model / 'model.safetensors')
     rc, _, err = run_main(PATHS[path], model, tmp_path, capsys)
@@ -199,7 +215,8 @@ class Payload:
 
 def test_a_pickle_that_would_run_code_is_refused_not_run(tmp_path, capsys):
     from domain_canine.model import ORIGINAL_STATE, write_original_checkpoint
-    source = write_original_checkpoint(tmp_path / 'original')  # the one format that holds a pickle: no checksums
+    # the one format that holds a pickle: no checksums
+    source = write_original_checkpoint(tmp_path / 'original')
     torch.save({'args': Payload(tmp_path / 'ran')}, source / ORIGINAL_STATE)
     assert main(['predict', '--model_path', str(source), 'example.c?m']) == 1
     err = capsys.readouterr().err

@@ -1,4 +1,5 @@
-"torchrun data-parallel training on CPU (gloo): equivalence with one process, exact resume, moving between world sizes, failures."
+"""torchrun data-parallel training on CPU (gloo): equivalence with one process,
+exact resume, moving between world sizes, failures."""
 import contextlib, json, os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest, torch
@@ -8,25 +9,32 @@ from domain_canine.model import DomainCanineMLM
 from domain_canine.checkpoint import verify_checkpoint
 
 # no dropout: a 2-process run and a 1-process run draw their dropout masks differently by design
-FLAGS = ('--preset', 'tiny', '--max_steps', 8, '--dropout', 0, '--logging_steps', 1, '--save_steps', 4, '--eval_steps', 4)
+FLAGS = ('--preset', 'tiny', '--max_steps', 8, '--dropout', 0, '--logging_steps', 1, '--save_steps',
+         4, '--eval_steps', 4)
 
 def torchrun_cmd(*args, nproc: int = 2) -> list[str]:
-    return [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
+    return [sys.executable, '-m', 'torch.distributed.run', '--standalone',
+            f'--nproc_per_node={nproc}',
             '-m', 'domain_canine', *map(str, args)]
 
-# two processes on a small machine: one thread each; a process sent SIGABRT prints every thread's Python stack
+# two processes on a small machine: one thread each; a process sent
+# SIGABRT prints every thread's Python stack
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONFAULTHANDLER': '1'}
 
 def torchrun(*args, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
-    "A torchrun job; one still running after `timeout` fails the test with where each of its processes stood."
-    job = subprocess.Popen(torchrun_cmd(*args, nproc=nproc), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    """A torchrun job; one still running after `timeout` fails the test
+    with where each of its processes stood."""
+    job = subprocess.Popen(torchrun_cmd(*args, nproc=nproc), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True,
                            cwd=ROOT, env=ENV)
     try: out, err = job.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        pids = [*_workers(job.pid).values(), job.pid]  # the workers have sessions of their own: signalled one by one
+        # the workers have sessions of their own: signalled one by one
+        pids = [*_workers(job.pid).values(), job.pid]
         def send(sig):
             for pid in pids:
-                with contextlib.suppress(ProcessLookupError): os.kill(pid, sig)  # one may have ended meanwhile
+                # one may have ended meanwhile
+                with contextlib.suppress(ProcessLookupError): os.kill(pid, sig)
         send(signal.SIGABRT)  # each prints its stacks on stderr and ends
         try: out, err = job.communicate(timeout=30)
         except subprocess.TimeoutExpired:
@@ -36,10 +44,14 @@ def torchrun(*args, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedP
     return subprocess.CompletedProcess(job.args, job.returncode, out, err)
 
 def train_losses(run: Path) -> dict[int, float]:
-    return {m['step']: m['loss'] for m in map(json.loads, (run / 'metrics.jsonl').read_text().splitlines()) if m['type'] == 'train'}
+    return {m['step']: m['loss'] for m in map(json.loads,
+                                              (run / 'metrics.jsonl').read_text().splitlines())
+            if m['type'] == 'train'}
 
 def val_losses(run: Path) -> dict[int, float]:
-    return {m['step']: m['val_loss'] for m in map(json.loads, (run / 'metrics.jsonl').read_text().splitlines()) if m['type'] == 'eval'}
+    return {m['step']: m['val_loss'] for m in map(json.loads,
+                                                  (run / 'metrics.jsonl').read_text().splitlines())
+            if m['type'] == 'eval'}
 
 def weights(path: Path) -> dict[str, torch.Tensor]: return DomainCanineMLM.load(path).state_dict()
 
@@ -50,7 +62,8 @@ def max_difference(a: Path, b: Path) -> float:
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory) -> Path:
-    "A 2-process run (batch 16 per process) and a 1-process run with accumulation 2: the same global batch of 32."
+    """A 2-process run (batch 16 per process) and a 1-process run with
+    accumulation 2: the same global batch of 32."""
     base = tmp_path_factory.mktemp('ddp')
     two = torchrun('train', *FLAGS, '--output_dir', base / 'two')
     assert two.returncode == 0, two.stderr[-3000:]
@@ -66,7 +79,8 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(runs):
     assert val_losses(runs / 'two') == pytest.approx(val_losses(runs / 'one'), rel=1e-5)
     assert max_difference(runs / 'one' / 'final-model', runs / 'two' / 'final-model') < 1e-5
     log = (runs / 'two.log').read_text()
-    assert log.count('effective batch 32 = 16 × 1 accumulation × 2 processes') == 1  # rank 1 stays quiet
+    # rank 1 stays quiet
+    assert log.count('effective batch 32 = 16 × 1 accumulation × 2 processes') == 1
     assert log.count('final model:') == 1
 
 def test_rank_0_writes_checkpoints_that_load_in_one_process(runs):
@@ -80,23 +94,29 @@ def test_rank_0_writes_checkpoints_that_load_in_one_process(runs):
 
 def test_resume_of_a_two_process_run_continues_exactly(runs):
     out = runs / 'two-resumed'
-    r = torchrun('train', *FLAGS, '--output_dir', out, '--resume_from', runs / 'two' / 'checkpoint-step-4')
+    r = torchrun('train', *FLAGS, '--output_dir', out, '--resume_from',
+                 runs / 'two' / 'checkpoint-step-4')
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'warning' not in r.stdout + r.stderr
     resumed, full = train_losses(out), train_losses(runs / 'two')
-    assert list(resumed) == [5, 6, 7, 8] and all(resumed[s] == full[s] for s in resumed)  # bit for bit
+    # bit for bit
+    assert list(resumed) == [5, 6, 7, 8] and all(resumed[s] == full[s] for s in resumed)
     a, b = weights(out / 'final-model'), weights(runs / 'two' / 'final-model')
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 def test_resume_with_another_number_of_processes(runs):
-    # same micro-batches per step (1 process × accumulation 2 = 2 processes × 1): continues the same run
-    same = cli('train', *FLAGS, '--gradient_accumulation_steps', 2, '--output_dir', runs / 'one-from-two',
+    # same micro-batches per step (1 process × accumulation 2 = 2
+    # processes × 1): continues the same run
+    same = cli('train', *FLAGS, '--gradient_accumulation_steps', 2, '--output_dir',
+               runs / 'one-from-two',
                '--resume_from', runs / 'two' / 'checkpoint-step-4')
     assert same.returncode == 0, same.stderr[-3000:]
     assert 'warning' not in same.stdout
-    assert max_difference(runs / 'one-from-two' / 'final-model', runs / 'two' / 'final-model') < 1e-5
+    assert max_difference(runs / 'one-from-two' / 'final-model',
+                          runs / 'two' / 'final-model') < 1e-5
     # a different layout: continues at the same step with the new effective batch, and says so
-    other = cli('train', *FLAGS, '--output_dir', runs / 'one-alone', '--resume_from', runs / 'two' / 'checkpoint-step-4')
+    other = cli('train', *FLAGS, '--output_dir', runs / 'one-alone', '--resume_from',
+                runs / 'two' / 'checkpoint-step-4')
     assert other.returncode == 0, other.stderr[-3000:]
     assert 'micro-batches per step (accumulation × processes: 2 → 1)' in other.stdout
     assert list(train_losses(runs / 'one-alone')) == [5, 6, 7, 8]
@@ -115,11 +135,14 @@ def _workers(parent: int) -> dict[int, int]:
 
 def _start_long_job(out: Path) -> subprocess.Popen:
     "A job that would run for minutes, once both workers are training."
-    job = subprocess.Popen(torchrun_cmd('train', '--preset', 'tiny', '--max_steps', 100_000, '--logging_steps', 1,
+    job = subprocess.Popen(torchrun_cmd('train', '--preset', 'tiny', '--max_steps', 100_000,
+                                        '--logging_steps', 1,
                                         '--save_steps', 100_000, '--output_dir', out),
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=ENV)
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                           env=ENV)
     deadline = time.monotonic() + 120
-    while not ((out / 'metrics.jsonl').is_file() and (out / 'metrics.jsonl').read_text().count('\n') >= 3):
+    while not ((out / 'metrics.jsonl').is_file()
+               and (out / 'metrics.jsonl').read_text().count('\n') >= 3):
         assert job.poll() is None and time.monotonic() < deadline, job.stdout.read() if job.poll() is not None else 'no progress'
         time.sleep(0.2)
     return job
@@ -139,11 +162,13 @@ def test_a_signal_to_one_process_stops_the_whole_job_with_a_checkpoint(tmp_path)
     out, _ = job.communicate(timeout=120)
     assert job.returncode == 0, out[-2000:]
     assert 'stopped by a signal to another process' in out
-    saved = [p for p in (tmp_path / 'run').glob('checkpoint-step-*') if verify_checkpoint(p) is None]
+    saved = [p for p in (tmp_path / 'run').glob('checkpoint-step-*')
+             if verify_checkpoint(p) is None]
     assert len(saved) == 1
 
 def test_a_streaming_job_trains_on_shards(tmp_path):
-    r = torchrun('train', '--preset', 'tiny', '--streaming', '--max_steps', 6, '--output_dir', tmp_path / 'run')
+    r = torchrun('train', '--preset', 'tiny', '--streaming', '--max_steps', 6, '--output_dir',
+                 tmp_path / 'run')
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'effective batch 32 = 16 × 1 accumulation × 2 processes' in r.stdout
     assert verify_checkpoint(tmp_path / 'run' / 'final-model') is None
@@ -161,9 +186,12 @@ train(resolve_config('tiny', max_steps=50, logging_steps=2, eval_steps=100, save
 '''
 
 def test_a_callback_stop_in_rank_0_ends_every_process_at_the_same_step(tmp_path):
-    "Rank 0's request is agreed at the next report (step 4 here), so the job neither hangs nor splits."
-    script = tmp_path / 'stop_at.py'; script.write_text(STOP_SCRIPT)
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(script), str(tmp_path / 'run')]
+    """Rank 0's request is agreed at the next report (step 4 here),
+    so the job neither hangs nor splits."""
+    script = tmp_path / 'stop_at.py'
+    script.write_text(STOP_SCRIPT)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           str(script), str(tmp_path / 'run')]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((tmp_path / 'run' / 'final-model' / 'trainer_state.json').read_text())['step'] == 4
@@ -203,21 +231,27 @@ dist.destroy_process_group()
 '''
 
 def test_streaming_processes_read_disjoint_rows_that_together_are_the_stream(tmp_path):
-    "From the start, from a position (a resume) and after a failed read (a retry); one file as on the hub, or several."
+    """From the start, from a position (a resume) and after a failed read
+    (a retry); one file as on the hub, or several."""
     rows = [f'r{i:04d}.com' for i in range(300)]
     layouts = hub_layouts(tmp_path, rows)
-    script = tmp_path / 'shards.py'; script.write_text(SHARDS_SCRIPT)
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(script),
+    script = tmp_path / 'shards.py'
+    script.write_text(SHARDS_SCRIPT)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           str(script),
            str(tmp_path / 'rows.json'), *layouts.values()]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count('the hub hung up') == 2 * len(layouts)  # every process lived through its failure
+    # every process lived through its failure
+    assert r.stdout.count('the hub hung up') == 2 * len(layouts)
     training = [i for i, d in enumerate(rows) if not is_validation(d)]
     for dataset in layouts.values():
         got = [rank[dataset] for rank in json.loads((tmp_path / 'rows.json').read_text())]
         for rank, g in enumerate(got):
-            assert [i for _, _, b in g['whole'] for i in b] == [i for i in training if i % 2 == rank], (dataset, rank)
-            assert all(min(b) >= line for line, _, b in g['whole'])  # a position is a row of the whole stream
+            assert [i for _, _, b in g['whole'] for i in b] == [i for i in training
+                                                                if i % 2 == rank], (dataset, rank)
+            # a position is a row of the whole stream
+            assert all(min(b) >= line for line, _, b in g['whole'])
             assert g['whole'][3][0] > 0 and g['resumed'] == g['whole'][3:], (dataset, rank)
             assert g['failed'] and g['retried'] == g['whole'], (dataset, rank)
 
@@ -233,37 +267,46 @@ train(resolve_config('tiny', dataset=dataset, streaming=True, num_samples=None, 
 '''
 
 def test_a_two_process_streaming_run_resumes_where_each_process_stood(tmp_path):
-    "The corpus laid out as on the hub (one text file read by `datasets`): each process goes on with its own rows."
+    """The corpus laid out as on the hub (one text file read by
+    `datasets`): each process goes on with its own rows."""
     dataset = hub_layouts(tmp_path / 'data', SAMPLE_CORPUS.read_text().split()[:2000])['one file']
-    script = tmp_path / 'stream.py'; script.write_text(RESUME_SCRIPT)
+    script = tmp_path / 'stream.py'
+    script.write_text(RESUME_SCRIPT)
     def run(out, resume=''):
-        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(script),
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+               str(script),
                dataset, str(tmp_path / out), resume]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
         assert r.returncode == 0, r.stderr[-3000:]
     run('full')
     state = lambda path: json.loads((path / 'trainer_state.json').read_text())
     positions = state(tmp_path / 'full' / 'checkpoint-step-4')['stream_positions']
-    assert len(positions) == 2 and all(p[2] > 0 for p in positions)  # both stand at a row past the stream's start
+    # both stand at a row past the stream's start
+    assert len(positions) == 2 and all(p[2] > 0 for p in positions)
     run('resumed', str(tmp_path / 'full' / 'checkpoint-step-4'))
     resumed, full = train_losses(tmp_path / 'resumed'), train_losses(tmp_path / 'full')
     assert list(resumed) == [5, 6, 7, 8] and all(resumed[s] == full[s] for s in resumed)
     a, b = weights(tmp_path / 'resumed' / 'final-model'), weights(tmp_path / 'full' / 'final-model')
     assert all(torch.equal(a[k], b[k]) for k in a)
-    ends = [state(tmp_path / run / 'final-model')['stream_positions'] for run in ('resumed', 'full')]
+    ends = [state(tmp_path / run / 'final-model')['stream_positions']
+            for run in ('resumed', 'full')]
     assert ends[0] == ends[1]
 
 def test_a_two_process_finetune_equals_one_process_with_the_same_global_batch(tmp_path):
-    "Fine-tuning runs on the same Trainer: a job of 2 processes gives the weights and losses of 1 with accumulation 2."
+    """Fine-tuning runs on the same Trainer: a job of 2 processes gives the
+    weights and losses of 1 with accumulation 2."""
     from transformers import CanineForSequenceClassification
     from domain_canine.finetune import finetune, finetune_config
     from domain_canine.tasks import write_task
     path, _ = write_task('tld', tmp_path / 'tld.csv', limit=600)
-    flags = dict(model_config='tiny', max_steps=4, batch_size=16, dropout=0, learning_rate=3e-3, eval_steps=2,
+    flags = dict(model_config='tiny', max_steps=4, batch_size=16, dropout=0, learning_rate=3e-3,
+                 eval_steps=2,
                  save_steps=2, logging_steps=1, device='cpu')
-    two = torchrun('finetune', '--task', path, *(f'--{k}={v}' for k, v in flags.items()), '--output_dir', tmp_path / 'two')
+    two = torchrun('finetune', '--task', path, *(f'--{k}={v}' for k, v in flags.items()),
+                   '--output_dir', tmp_path / 'two')
     assert two.returncode == 0, two.stderr[-3000:]
-    finetune(finetune_config(dataset=str(path), gradient_accumulation_steps=2, output_dir=str(tmp_path / 'one'), **flags),
+    finetune(finetune_config(dataset=str(path), gradient_accumulation_steps=2,
+                             output_dir=str(tmp_path / 'one'), **flags),
              log=lambda *a: None)
     a, b = (CanineForSequenceClassification.from_pretrained(tmp_path / r / 'final-model').state_dict() for r in ('two', 'one'))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5

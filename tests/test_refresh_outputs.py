@@ -1,17 +1,21 @@
-"What `tests/refresh_outputs.py` stores in a notebook, and that a failing cell fails it (it is the notebooks' test run)."
+"""What `tests/refresh_outputs.py` stores in a notebook, and that a
+failing cell fails it (it is the notebooks' test run)."""
 import json, subprocess, sys
 from conftest import ROOT
 
 def notebook(path, *sources: str):
-    cells = [dict(cell_type='code', execution_count=None, id=f'c{i}', metadata={}, outputs=[], source=s)
+    cells = [dict(cell_type='code', execution_count=None, id=f'c{i}', metadata={}, outputs=[],
+                  source=s)
              for i, s in enumerate(sources)]
-    path.write_text(json.dumps(dict(cells=cells, metadata=dict(kernelspec=dict(display_name='python3', language='python',
+    path.write_text(json.dumps(dict(cells=cells,
+                                    metadata=dict(kernelspec=dict(display_name='python3', language='python',
                                                                                   name='python3')),
                                     nbformat=4, nbformat_minor=5), indent=1))
     return path
 
 def refresh(path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, 'tests/refresh_outputs.py', str(path)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, 'tests/refresh_outputs.py', str(path)],
+                          capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
 
 def outputs(path) -> list:
@@ -28,9 +32,11 @@ def test_kept_outputs(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     shown, result, timing, not_run, not_tested = outputs(nb)
     assert [(o['name'], ''.join(o['text'])) for o in shown] == [('stdout', 'shown\n')]
-    assert [''.join(o['data']['text/plain']) for o in result] == ['42']  # the stderr line is not stored
+    # the stderr line is not stored
+    assert [''.join(o['data']['text/plain']) for o in result] == ['42']
     assert timing == not_run == not_tested == []
-    assert refresh(nb).returncode == 0 and outputs(nb)[:2] == [shown, result]  # a second run writes the same
+    # a second run writes the same
+    assert refresh(nb).returncode == 0 and outputs(nb)[:2] == [shown, result]
 
 def test_a_failing_cell_fails_and_leaves_the_notebook_as_it_was(tmp_path):
     nb = notebook(tmp_path / 'b.ipynb', "print('before')", "1 / 0")

@@ -1,4 +1,5 @@
-"Labelled tasks (13b_tasks): file formats, one-line errors, splits that never leak, make-task's files, the report."
+"""Labelled tasks (13b_tasks): file formats, one-line errors, splits
+that never leak, make-task's files, the report."""
 import csv, json
 from collections import Counter
 import numpy as np
@@ -6,15 +7,20 @@ import pytest
 from conftest import cli
 from domain_canine.cli import main, user_errors
 from domain_canine.data import DataError
-from domain_canine.tasks import (SIDES, format_split_report, labelled_data, leaked_groups, read_labelled,
+from domain_canine.tasks import (SIDES, format_split_report, labelled_data, leaked_groups,
+                                 read_labelled,
                                  split_report, split_sides)
 
-ROWS = dict(domain=['paypal.com', 'paypa1.com', 'Google.COM.', 'gooogle.com', 'not a domain', 'paypal.com',
+ROWS = dict(domain=['paypal.com', 'paypa1.com', 'Google.COM.', 'gooogle.com', 'not a domain',
+                    'paypal.com',
                     'a.io', 'b.io', '', 'bücher.de'],
-            label=['real', 'lookalike', 'real', 'lookalike', 'real', 'real', 'real', 'lookalike', 'real', 'real'],
-            group=['paypal.com', 'paypal.com', 'google.com', 'google.com', 'x', 'paypal.com', 'a.io', 'a.io',
+            label=['real', 'lookalike', 'real', 'lookalike', 'real', 'real', 'real', 'lookalike',
+                   'real', 'real'],
+            group=['paypal.com', 'paypal.com', 'google.com', 'google.com', 'x', 'paypal.com',
+                   'a.io', 'a.io',
                    'y', 'bücher.de'])
-CLEAN = ['paypal.com', 'paypa1.com', 'google.com', 'gooogle.com', 'a.io', 'b.io', 'xn--bcher-kva.de']
+CLEAN = ['paypal.com', 'paypa1.com', 'google.com', 'gooogle.com', 'a.io', 'b.io',
+         'xn--bcher-kva.de']
 
 def _write(table, folder, fmt: str) -> str:
     "The `datasets` table written in one format; the path `read_labelled` takes."
@@ -37,10 +43,14 @@ def test_every_format_reads_the_same_rows_and_classes(tmp_path, fmt):
 
 def _bad_files(folder) -> dict[str, tuple[str, list[str], str]]:
     "name: (file text, extra arguments of read_labelled, what its one-line error says)."
-    return {'missing label column': ('domain,kind\na.com,x\nb.com,y\n', [], 'has no label column (label, '),
-            'unknown label column': ('domain,label\na.com,x\nb.com,y\n', ['kind'], "has no column 'kind'"),
-            'one class': ('domain,label\na.com,x\nb.com,x\nnot a domain,y\n', [], "a single class ('x')"),
-            'a class with one example': ('domain,label\na.com,x\nb.com,x\nc.com,y\n', [], 'class y of'),
+    return {'missing label column': ('domain,kind\na.com,x\nb.com,y\n', [],
+                                     'has no label column (label, '),
+            'unknown label column': ('domain,label\na.com,x\nb.com,y\n', ['kind'],
+                                     "has no column 'kind'"),
+            'one class': ('domain,label\na.com,x\nb.com,x\nnot a domain,y\n', [],
+                          "a single class ('x')"),
+            'a class with one example': ('domain,label\na.com,x\nb.com,x\nc.com,y\n', [],
+                                         'class y of'),
             'numbers and strings': ('domain,label\na.com,1\nb.com,spam\nc.com,1\nd.com,spam\n', [],
                                     "mix numbers and strings (e.g. 1 and 'spam')"),
             'no text column': ('host,label\na.com,x\nb.com,y\n', [], 'choose with --text_column'),
@@ -63,7 +73,8 @@ def test_mixed_labels_of_a_json_lines_file_are_one_line(tmp_path):
     with pytest.raises(DataError, match='mix numbers and strings'): read_labelled(str(path))
 
 def test_a_hub_id_goes_through_load_dataset_and_fails_offline_in_one_line():
-    "The hub path is the data chapter's (`datasets.load_dataset`); without network access it is one line."
+    """The hub path is the data chapter's (`datasets.load_dataset`);
+    without network access it is one line."""
     with pytest.raises(DataError) as e: read_labelled('someone/labelled-domains')
     assert 'could not load dataset' in str(e.value) and '\n' not in str(e.value)
 
@@ -75,7 +86,8 @@ def test_integer_labels_keep_their_order(tmp_path):
 
 @pytest.mark.parametrize('seed', range(20))
 def test_a_group_split_never_leaks_a_group(seed):
-    "Random groups of random sizes at every seed: no group on two sides; a hash split of the same rows leaks."
+    """Random groups of random sizes at every seed: no group on two
+    sides; a hash split of the same rows leaks."""
     rng = np.random.default_rng(seed)
     sizes = rng.integers(1, 6, 300)
     groups = [f'g{g}.com' for g, n in enumerate(sizes) for _ in range(n)]
@@ -90,13 +102,15 @@ def test_a_split_column_decides_the_sides():
     data = labelled_data(['a.com', 'b.com', 'c.com', 'd.com', 'e.com'], ['x', 'y', 'x', 'y', 'x'],
                          sides=['train', 'Valid', 'test', 'dev', ''])
     sides, by = split_sides(data)
-    assert (by, sides.tolist(), data.rejected) == ('column', ['train', 'validation', 'test', 'validation'],
+    assert (by, sides.tolist(), data.rejected) == ('column',
+                                                   ['train', 'validation', 'test', 'validation'],
                                                    Counter(missing_side=1))
 
 def test_the_report_counts_classes_sides_and_rejections():
     texts = [f'd{i}.com' for i in range(10)] + ['bad name', 'd0.com', '']
     labels = ['x'] * 7 + ['y'] * 3 + ['x', 'x', 'y']
-    data = labelled_data(texts, labels, sides=['train'] * 6 + ['test'] * 4 + ['train'] * 3, source='toy')
+    data = labelled_data(texts, labels, sides=['train'] * 6 + ['test'] * 4 + ['train'] * 3,
+                         source='toy')
     r = split_report(data, *split_sides(data))
     assert r['counts'] == dict(train=dict(x=6, y=0), validation=dict(x=0, y=0), test=dict(x=1, y=3))
     assert r['sizes'] == dict(train=6, validation=0, test=4)
@@ -109,9 +123,11 @@ def test_the_report_counts_classes_sides_and_rejections():
     assert text.splitlines()[-1] == 'rejected: whitespace_or_control 1, empty 1, duplicate 1'
 
 def test_make_task_writes_the_same_file_twice_in_and_out_of_process(tmp_path, capsys):
-    "Two in-process runs and one run of the installed command (another hash seed) write the same bytes."
+    """Two in-process runs and one run of the installed command
+    (another hash seed) write the same bytes."""
     for name in ('a.csv', 'b.csv'):
-        assert main(['make-task', 'lookalike', '--output', str(tmp_path / name), '--limit', '40']) == 0
+        assert main(['make-task', 'lookalike', '--output', str(tmp_path / name), '--limit',
+                     '40']) == 0
     assert 'wrote 80 rows' in capsys.readouterr().out
     r = cli('make-task', 'lookalike', '--output', tmp_path / 'c.csv', '--limit', 40)
     assert r.returncode == 0, r.stderr
@@ -120,7 +136,8 @@ def test_make_task_writes_the_same_file_twice_in_and_out_of_process(tmp_path, ca
     data = read_labelled(str(tmp_path / 'a.csv'))
     assert (len(data.texts), data.classes, data.rejected) == (80, ['lookalike', 'real'], Counter())
     assert leaked_groups(data.groups, split_sides(data)[0]) == []
-    main(['make-task', 'lookalike', '--output', str(tmp_path / 'd.csv'), '--limit', '40', '--seed', '1'])
+    main(['make-task', 'lookalike', '--output', str(tmp_path / 'd.csv'), '--limit', '40', '--seed',
+          '1'])
     assert (tmp_path / 'd.csv').read_bytes() != a
 
 def test_make_task_tld_reads_back_clean(tmp_path):
@@ -128,7 +145,8 @@ def test_make_task_tld_reads_back_clean(tmp_path):
     data = read_labelled(str(tmp_path / 'tld.csv'))
     assert len(data.classes) == 5 and data.rejected == Counter() and data.groups is None
     with open(tmp_path / 'tld.csv', newline='') as f: rows = list(csv.reader(f))[1:]
-    assert data.texts == [r[0] for r in rows] and [data.classes[i] for i in data.labels] == [r[1] for r in rows]
+    assert data.texts == [r[0] for r in rows] and [data.classes[i]
+                                                   for i in data.labels] == [r[1] for r in rows]
     assert any(t.isdigit() for t in data.texts)  # a name like `163` (of 163.com) stays text
 
 def _main(args, capsys) -> tuple[int, list[str]]:
@@ -138,9 +156,11 @@ def _main(args, capsys) -> tuple[int, list[str]]:
     return code, capsys.readouterr().err.strip().splitlines()
 
 def test_make_task_bad_input_is_one_line(tmp_path, capsys):
-    "Refusing to overwrite, a bad suffix, a bad limit (exit 1), an unknown task (exit 2); the real command too."
+    """Refusing to overwrite, a bad suffix, a bad limit (exit 1), an
+    unknown task (exit 2); the real command too."""
     (tmp_path / 'there.csv').write_text('precious\n')
-    cases = [(['lookalike', '--output', tmp_path / 'there.csv'], 1, 'exists: choose another output'),
+    cases = [(['lookalike', '--output', tmp_path / 'there.csv'], 1,
+              'exists: choose another output'),
              (['tld', '--output', tmp_path / 'tld.txt'], 1, 'must be a .csv file'),
              (['tld', '--output', tmp_path / 'tld.csv', '--limit', '1'], 1, 'at least 2'),
              (['colour', '--output', tmp_path / 'x.csv'], 2, 'invalid choice')]
@@ -148,5 +168,6 @@ def test_make_task_bad_input_is_one_line(tmp_path, capsys):
         got, lines = _main(['make-task', *args], capsys)
         assert (got, len(lines)) == (code, 1) and expected in lines[0], lines
     r = cli('make-task', *cases[0][0])
-    assert (r.returncode, r.stderr.count('\n')) == (1, 1) and 'domain-canine: error:' in r.stderr, r.stderr
+    assert (r.returncode, r.stderr.count('\n')) == (1,
+                                                    1) and 'domain-canine: error:' in r.stderr, r.stderr
     assert (tmp_path / 'there.csv').read_text() == 'precious\n' and not (tmp_path / 'tld.csv').exists()
