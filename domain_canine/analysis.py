@@ -20,7 +20,8 @@ def read_metrics(run_dir) -> dict[str, list[dict]]:
     "The train and eval records of a run's `metrics.jsonl`, each in step order."
     path = Path(run_dir) / 'metrics.jsonl'
     if not path.is_file():
-        raise FileNotFoundError(f'no metrics.jsonl in {run_dir}: is it a training output directory?')
+        raise FileNotFoundError(f'no metrics.jsonl in {run_dir}: is it a training output '
+                                f'directory?')
     records = {'train': [], 'eval': []}
     for line in path.read_text().splitlines():
         if line.strip():

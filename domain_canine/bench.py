@@ -4,7 +4,8 @@
 
 # %% ../nbs/15_bench.ipynb #d2cddd11
 from __future__ import annotations
-import argparse, contextlib, json, os, shutil, subprocess, statistics, sys, tempfile, threading, time, traceback, warnings
+import argparse, contextlib, json, os, shutil, subprocess, statistics, sys, tempfile
+import threading, time, traceback, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -203,7 +204,8 @@ def reference_figures(config: str, domains: list[str], batch_size: int, max_leng
     return dict(reference_train_domains_per_s=ref['domains_per_s'],
                 reference_peak_memory_mb=ref['peak_memory_mb'],
                 reference_flops_per_domain=flops,
-                reference_padding_fraction=1 - float(np.mean(np.minimum(lens + 2, max_length))) / max_length)
+                reference_padding_fraction=1 - float(np.mean(np.minimum(lens + 2, max_length)))
+                                           / max_length)
 
 # %% ../nbs/15_bench.ipynb #3c1a3a8a
 def _domains(n_min: int) -> list[str]:
@@ -570,7 +572,8 @@ def measured_matmul_tflops(device: torch.device, n: int = 8192, warmup_s: float 
     while time.perf_counter() - t < warmup_s:  # clocks and power settle under the same load
         for _ in range(repeats): torch.matmul(a, b, out=c)
         torch.cuda.synchronize()
-    start, end, rates = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True), []
+    start = torch.cuda.Event(enable_timing=True)
+    end, rates = torch.cuda.Event(enable_timing=True), []
     for _ in range(rounds):
         start.record()
         for _ in range(repeats): torch.matmul(a, b, out=c)
@@ -588,9 +591,8 @@ def device_versions(device: torch.device) -> dict:
                cudnn=torch.backends.cudnn.version() if torch.cuda.is_available() else None)
     if device.type == 'cuda':
         p = torch.cuda.get_device_properties(device)
-        out.update(gpu=p.name, compute_capability='.'.join(map(str,
-                                                               torch.cuda.get_device_capability(device))),
-                   gpu_memory_gb=round(p.total_memory / 2**30, 1))
+        capability = '.'.join(map(str, torch.cuda.get_device_capability(device)))
+        out.update(gpu=p.name, compute_capability=capability, gpu_memory_gb=round(p.total_memory / 2**30, 1))
     return out
 
 # %% ../nbs/15_bench.ipynb #12b13274
@@ -761,7 +763,8 @@ def reference(self: DeviceCheck, out: dict, max_length: int) -> dict:
             f'reference_{max_length}_peak_memory_mb': r['reference_peak_memory_mb'],
             f'reference_{max_length}_flops_per_domain': r['reference_flops_per_domain'],
             f'speedup_{max_length}': ours / r['reference_train_domains_per_s'],
-            f'memory_ratio_{max_length}': out['peak_memory_mb'] / max(r['reference_peak_memory_mb'], 1e-9)}
+            f'memory_ratio_{max_length}': out['peak_memory_mb']
+                                          / max(r['reference_peak_memory_mb'], 1e-9)}
 
 # %% ../nbs/15_bench.ipynb #4a1f9528
 class SyncCounter(Callback):
@@ -770,7 +773,8 @@ class SyncCounter(Callback):
     def __init__(self, warmup: int):
         self.warmup, self.caught, self.per_step, self.syncs = warmup, None, {}, []
     def on_step(self, trainer):
-        if self.caught is None and trainer.state.step >= self.warmup and trainer.device.type == 'cuda':
+        if (self.caught is None and trainer.state.step >= self.warmup
+            and trainer.device.type == 'cuda'):
             self.catcher = warnings.catch_warnings(record=True)
             self.caught = self.catcher.__enter__()
             warnings.simplefilter('always')
@@ -795,7 +799,8 @@ class PoisonSteps(Callback):
         return self.start <= step and (self.n is None or step < self.start + self.n)
     def on_train_start(self, trainer):
         def hook(module, inputs, out):
-            return out * float('nan') if module.training and self.poisoned(trainer.state.step) else out
+            return (out * float('nan') if module.training and self.poisoned(trainer.state.step)
+                    else out)
         self.hook = trainer.model.head.register_forward_hook(hook)
     def on_train_end(self, trainer): self.hook.remove()
 
@@ -912,7 +917,8 @@ def at_fixed_width(self: DeviceCheck, out: dict, name: str, **kw) -> dict:
                                                        out.get('measured_peak_tflops')).items()
               if k.startswith('mfu')}}
     if name != 'fixed_width_eager' and out.get('fixed_width_eager_domains_per_s'):
-        fig[f'{name}_vs_fixed_width_eager'] = r['train_domains_per_s'] / out['fixed_width_eager_domains_per_s']
+        fig[f'{name}_vs_fixed_width_eager'] = (r['train_domains_per_s']
+                                               / out['fixed_width_eager_domains_per_s'])
     return fig
 
 # %% ../nbs/15_bench.ipynb #dba7298a

@@ -107,7 +107,8 @@ class TensorBoardLogger(Callback):
     def __init__(self):
         try: from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ConfigError('--tensorboard needs the tensorboard package: pip install tensorboard') from None
+            raise ConfigError('--tensorboard needs the tensorboard package: pip install '
+                              'tensorboard') from None
         self.SummaryWriter = SummaryWriter
     def on_train_start(self, trainer):
         self.folder = Path(trainer.cfg.output_dir) / 'tensorboard'

@@ -162,7 +162,8 @@ def load_checkpoint(path, model: DomainCanineMLM, optimizer: torch.optim.Optimiz
         return TrainState(**json.loads((path/'trainer_state.json').read_text()))
     except (ModelError, OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
         if isinstance(e, CheckpointError): raise
-        raise CheckpointError(f"cannot load checkpoint {path}: {str(e).strip().splitlines()[0]}") from None
+        raise CheckpointError(f"cannot load checkpoint {path}: "
+                              f"{str(e).strip().splitlines()[0]}") from None
 
 # %% ../nbs/05_checkpoint.ipynb #5ac70321
 _STEP_DIR = re.compile(r'checkpoint-step-(\d+)')
@@ -185,7 +186,8 @@ def latest_checkpoint(output_dir, report=print) -> Path | None:
     (incomplete or corrupt ones are reported and skipped)."""
     best, best_step = None, (-1, False)
     for p in sorted(Path(output_dir).glob('*')):
-        if not p.is_dir() or p.name.startswith('.') or not (p/'trainer_state.json').exists() and not (p/MARKER).exists():
+        written = (p / 'trainer_state.json').exists() or (p / MARKER).exists()
+        if not p.is_dir() or p.name.startswith('.') or not written:
             continue
         if problem := verify_checkpoint(p):
             report(f"skipping {problem}")

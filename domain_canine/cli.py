@@ -73,7 +73,8 @@ class OneLineParser(argparse.ArgumentParser):
         unknown = [w for w in getattr(self, 'given', []) if w.startswith('--')
                    and w.split('=')[0] not in options]
         self.exit(2,
-                  f'{self.prog}: error: {message}{_guess(message, options, unknown)} (see --help)\n')
+                  f'{self.prog}: error: {message}{_guess(message, options, unknown)} (see '
+                  f'--help)\n')
 
 # %% ../nbs/17_cli.ipynb #599facb9
 # what the other commands' numbers and named values accept, by parameter name (train's: ACCEPTS)
@@ -179,9 +180,10 @@ def add_train_flags(p: argparse.ArgumentParser,
                         for k, v in PRESETS.items())
     if only is None:
         p.add_argument('--preset',
-                       help=f'start from a named set of settings, overridden by any flag given. '
-                            f'{presets}')
-    docs, types, defaults = docments(TrainConfig), typing.get_type_hints(TrainConfig), defaults or {}
+                       help=f'start from a named set of settings, '
+                            f'overridden by any flag given. {presets}')
+    docs = docments(TrainConfig)
+    types, defaults = typing.get_type_hints(TrainConfig), defaults or {}
     for f in (f for f in fields(TrainConfig) if only is None or f.name in only):
         doc = docs[f.name] + (f" [{', '.join(MODEL_CONFIGS)}]" if f.name == 'model_config' else '')
         add_flag(p, f.name, types[f.name], doc, defaults.get(f.name, f.default), ACCEPTS[f.name],
@@ -677,8 +679,8 @@ def crash_test_command(*, moments: int = 20, # how many kills
 COMMANDS = {  # name: (the function it runs, its line in `domain-canine --help`)
     'train': (train_command, 'train or continue training a model'),
     'predict': (predict_command,
-                'fill masked characters of domains, or classify domains with a fine-tuned '
-                'classifier'),
+                'fill masked characters of domains, or '
+                'classify domains with a fine-tuned classifier'),
     'import-original': (import_original_command,
                         'convert a checkpoint of the original single-script project'),
     'evaluate': (evaluate_command,
@@ -686,8 +688,8 @@ COMMANDS = {  # name: (the function it runs, its line in `domain-canine --help`)
     'score': (score_command, 'pseudo-log-likelihood of domains'),
     'embed': (embed_command, 'mean-pooled encoder embeddings of domains'),
     'probe': (probe_command,
-              'look-alike ranking and linear probes of models or every checkpoint of a run, beside '
-              'baselines'),
+              'look-alike ranking and linear probes of models '
+              'or every checkpoint of a run, beside baselines'),
     'bench': (bench_command,
               'measure pipeline and training throughput against the original design'),
     'bench-scale': (bench_scale_command,

@@ -170,7 +170,8 @@ def format_comparison(summary: dict[str, dict]) -> str:
     lines = ['| arm | accuracy | macro-F1 | ROC-AUC | time (s) | seeds |',
              '|---|---|---|---|---|---|']
     for name, s in summary.items():
-        mark = ' (best)' if name == best else ' ≈' if best and within_noise(s, summary[best]) else ''
+        mark = (' (best)' if name == best else ' ≈' if best and within_noise(s, summary[best])
+                else '')
         lines.append(f"| {name} | {_cell(s['accuracy'])} | {_cell(s['macro_f1'])}{mark} "
                      f"| {_cell(s['roc_auc'])} | {s['seconds']:.2f} | {s['seeds']} |")
     return '\n'.join(lines)

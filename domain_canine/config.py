@@ -279,8 +279,7 @@ def _contradictions(c: TrainConfig) -> list[tuple[bool, str]]:
          '--full_eval needs a prepared corpus: a stream has no end to evaluate to '
          '(use --eval_samples)'),
         (c.streaming and c.max_steps is None,
-         '--streaming needs --max_steps: the length of a stream is not known '
-         'in advance'),
+         '--streaming needs --max_steps: the length of a stream is not known in advance'),
         (c.early_stopping_patience is not None and c.validation_fraction == 0,
          '--early_stopping_patience needs a validation split (--validation_fraction above 0)'),
     ]

@@ -61,7 +61,8 @@ def write_reason(e: BaseException, path) -> str:
     except OSError: free = None
     # torch's "unexpected pos" names no cause: the space left does
     if free is not None and free < 1 << 20:
-        return f'no space left on the device ({format_bytes(free)} free; {type(e).__name__}: {line})'
+        return (f'no space left on the device ({format_bytes(free)} '
+                f'free; {type(e).__name__}: {line})')
     return f'{type(e).__name__}: {line}'
 
 # %% ../nbs/00_core.ipynb #ca1e55d3
@@ -164,7 +165,8 @@ def pick_device(name: str | None = None,
     "The requested device, or the best available one."
     import torch
     if name is None:
-        name = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+        name = ('cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available()
+                else 'cpu')
     if name not in ('cpu', 'cuda', 'mps'):
         raise ConfigError(f"unknown device {name!r}; use cpu, cuda or mps")
     if name == 'cuda' and not torch.cuda.is_available():

@@ -164,7 +164,8 @@ def _open_hf(dataset: str, config: str | None, split: str, streaming: bool):
             ds = datasets.load_from_disk(str(path))
             if isinstance(ds, datasets.DatasetDict):
                 if split not in ds:
-                    raise DataError(f"{dataset} has no split {split!r}; its splits: {', '.join(ds)}")
+                    raise DataError(f"{dataset} has no split {split!r}; its splits: "
+                                    f"{', '.join(ds)}")
                 ds = ds[split]
             return ds.to_iterable_dataset() if streaming else ds
         return datasets.load_dataset(str(path) if path.is_dir() else dataset, config, split=split,
@@ -173,7 +174,8 @@ def _open_hf(dataset: str, config: str | None, split: str, streaming: bool):
     except Exception as e:  # datasets raises many types for "offline", "not found", "bad file"
         hint = ('; without network access use --dataset FILE (one domain per line) or --preset demo'
                 if not path.exists() else '')
-        raise DataError(f"could not load dataset {dataset!r} ({first_error_line(e)}){hint}") from None
+        raise DataError(f"could not load dataset {dataset!r} "
+                        f"({first_error_line(e)}){hint}") from None
 
 # %% ../nbs/01_data.ipynb #914b6baa
 @dataclass
@@ -214,7 +216,8 @@ class DomainSource:
             return
         # `datasets` never strides: whole-stream rows
         ds = self.ds.skip(start) if start else self.ds
-        for table in ds.select_columns([self.column]).with_format('arrow').iter(batch_size=batch_size):
+        columns = ds.select_columns([self.column]).with_format('arrow')
+        for table in columns.iter(batch_size=batch_size):
             yield start, table.column(0)
             start += len(table)
 
@@ -351,7 +354,8 @@ def _plain_lines(a: np.ndarray, lens: np.ndarray, ends: np.ndarray) -> np.ndarra
     has_dot = np.zeros(n, bool)
     has_dot[np.searchsorted(ends, np.flatnonzero(dot))] = True
     first, last = a[np.minimum(ends - lens, len(a) - 1)], a[np.maximum(ends - 1, 0)]
-    return plain & has_dot & (_BYTE_CLASS[first] == 1) & (_BYTE_CLASS[last] == 1) & (last > ord('9'))
+    return (plain & has_dot & (_BYTE_CLASS[first] == 1) & (_BYTE_CLASS[last] == 1)
+            & (last > ord('9')))
 
 # %% ../nbs/01_data.ipynb #36c6d1a4
 def _clean_others(lines: list[bytes], idx: np.ndarray) -> tuple[Counter, dict[int, bytes]]:
@@ -365,7 +369,8 @@ def _clean_others(lines: list[bytes], idx: np.ndarray) -> tuple[Counter, dict[in
     return rejected, fixed
 
 def _split_lines(data: bytes) -> tuple[bytes, list[bytes]]:
-    "Lower-cased bytes with '\\r\\n' made '\\n', and their lines (a final '\\n' ends the last line, it starts none)."
+    """Lower-cased bytes with '\\r\\n' made '\\n', and their lines (a final '\\n' ends the last line,
+    it starts none)."""
     low = data.lower()  # ASCII letters only; other bytes, if any, are for `clean_domain`
     if b'\r' in low: low = low.replace(b'\r\n', b'\n')
     lines = low.split(b'\n') if low else []
@@ -577,7 +582,8 @@ def _read_clean(source: DomainSource, work: Path, validation_fraction: float,
                                                         for p in range(_PARTITIONS)))
     files = {name: open(work / name, 'wb') for name in names}
     try:
-        for enc, is_valid, hashes, rej, lines in _cleaned_chunks(source, validation_fraction, max_length):
+        chunks = _cleaned_chunks(source, validation_fraction, max_length)
+        for enc, is_valid, hashes, rej, lines in chunks:
             lines_read += lines
             rejected += rej
             # punycode: ASCII, one byte per character, names of ≤ 253
@@ -663,8 +669,8 @@ def corpus_folder(source: DomainSource, num_samples: int | None, validation_frac
     is cached, and the key that names it."""
     key_text = json.dumps([source.identity, CLEANING_VERSION, num_samples, validation_fraction,
                            max_length])
-    return Path(cache_dir
-                or default_cache_dir()) / 'corpora' / hashlib.sha256(key_text.encode()).hexdigest()[:20], key_text
+    name = hashlib.sha256(key_text.encode()).hexdigest()[:20]
+    return Path(cache_dir or default_cache_dir()) / 'corpora' / name, key_text
 
 def prepare_corpus(dataset: str = SAMPLE_NAME, # see `open_source`
                    num_samples: int | None = None, # keep the first N unique clean domains
@@ -777,7 +783,8 @@ class Corpus:
     def summary(self) -> str:
         "One line for the start of a run."
         rej = count_summary(self.rejected) or 'none'
-        return f"{self.source}: {len(self.train):,} train / {len(self.valid):,} validation domains; rejected: {rej}"
+        return (f"{self.source}: {len(self.train):,} train / {len(self.valid):,} validation "
+                f"domains; rejected: {rej}")
 
 # %% ../nbs/01_data.ipynb #4bc279cf
 def clean_domains(lines: Iterable[str],

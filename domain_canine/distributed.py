@@ -38,8 +38,8 @@ def topology_from_env(env: dict | None = None) -> Topology:
         t = Topology(int(env.get('RANK', 0)), int(env.get('LOCAL_RANK', 0)),
                      int(env.get('WORLD_SIZE', 1)))
     except ValueError:
-        raise DistributedError('RANK, LOCAL_RANK and WORLD_SIZE must be integers (they are set by '
-                               'torchrun)') from None
+        raise DistributedError('RANK, LOCAL_RANK and WORLD_SIZE must '
+                               'be integers (they are set by torchrun)') from None
     if t.world_size < 1 or not 0 <= t.rank < t.world_size:
         raise DistributedError(f'RANK {t.rank} is not within WORLD_SIZE {t.world_size}')
     return t

@@ -154,7 +154,8 @@ class CharNgramLM:
         self.n_domains = 0
 
     def __repr__(self):
-        return f'CharNgramLM(order={self.n}, discount={self.d}, trained on {self.n_domains:,} domains)'
+        return (f'CharNgramLM(order={self.n}, discount={self.d}, '
+                f'trained on {self.n_domains:,} domains)')
 
     def pad(self, domain: str) -> str: return BOS * (self.n - 1) + domain + EOS
 
@@ -274,7 +275,7 @@ def breakdowns(domains: list[str], masked: dict, cloze: dict, ngram: dict | None
     groupings = {'by_part': (part_of, ['label', 'tld']),
                  'by_length': (lambda d, i: length_bucket(len(d)),
                                [length_bucket(lo) for lo, _ in LENGTH_BUCKETS
-                                                                     if length_bucket(lo) in buckets]),
+                                if length_bucket(lo) in buckets]),
                  'by_tld': (lambda d, i: tld_of(d) if tld_of(d) in common else 'other',
                             common + (['other'] if len(tlds) > len(common) else []))}
     arr, out = np.array(domains, dtype=object), {}

@@ -112,7 +112,8 @@ class LabelledBatches(torch.utils.data.Dataset):
                  bucket: bool = False, # length-bucketed batches (`EpochOrder`)
                  # a fixed order (an evaluation's); default: the epoch's
                  order: np.ndarray | None = None):
-        self.side, self.bs, self.epoch, self.labels = side, batch_size, epoch, torch.from_numpy(side.labels)
+        self.side, self.bs = side, batch_size
+        self.epoch, self.labels = epoch, torch.from_numpy(side.labels)
         n, lengths = len(side.texts), side.enc.lengths_of if bucket else None
         self.order = EpochOrder(n, batch_size, seed, epoch,
                                 lengths) if order is None else np.asarray(order)
@@ -150,7 +151,8 @@ def task_run_data(cfg: FinetuneConfig, task: LabelledTask, world_size: int = 1,
                   log=print) -> RunData:
     """What the `Trainer` needs of a task: the training micro-batches,
     the validation batches, the run's length."""
-    per_step, train, valid = cfg.gradient_accumulation_steps * world_size, task.sides['train'], task.sides['validation']
+    per_step = cfg.gradient_accumulation_steps * world_size
+    train, valid = task.sides['train'], task.sides['validation']
     steps_per_epoch = -(-len(train.texts) // cfg.batch_size) // per_step
     if steps_per_epoch == 0:
         raise DataError(f"{len(train.texts)} training rows are fewer than one "
@@ -257,8 +259,10 @@ def classifier_config(base: CanineConfig, classes: list[str]) -> CanineConfig:
     `id2label`/`label2id`, as `pipeline` shows them."""
     config = copy.deepcopy(base)
     config.num_labels = len(classes)
-    config.id2label, config.label2id = dict(enumerate(classes)), {c: i for i, c in enumerate(classes)}
-    config.problem_type, config.architectures = 'single_label_classification', ['CanineForSequenceClassification']
+    config.id2label = dict(enumerate(classes))
+    config.label2id = {c: i for i, c in enumerate(classes)}
+    config.problem_type = 'single_label_classification'
+    config.architectures = ['CanineForSequenceClassification']
     return config
 
 def build_classifier(cfg: FinetuneConfig, classes: list[str]) -> DomainCanineClassifier:
@@ -422,7 +426,8 @@ def classifier_arms(models: list[str], kinds=ARM_KINDS, log=_quiet,
         for kind in kinds:
             if kind == 'scratch' and (shape := _architecture(model)) in seen: continue
             if kind == 'scratch': seen.add(shape)
-            lr = dict(learning_rate=frozen_learning_rate) if kind == 'frozen' and frozen_learning_rate else {}
+            lr = (dict(learning_rate=frozen_learning_rate) if kind == 'frozen'
+                  and frozen_learning_rate else {})
             arms.append(classifier_arm(model, kind, log, workdir, **{**settings, **lr}))
     return arms
 

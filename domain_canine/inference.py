@@ -40,7 +40,8 @@ def parse_masked(text: str, mask_id: int = MASK) -> str:
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in q):
         raise InputError(f'{text!r} contains whitespace or control characters')
     if chr(mask_id) not in q:
-        raise InputError(f'{text!r} has nothing to predict: mark hidden characters with ? or [MASK]')
+        raise InputError(f'{text!r} has nothing to predict: mark hidden characters with ? or '
+                         f'[MASK]')
     if reason := _refused(q.replace(chr(mask_id), 'a')):
         raise InputError(f'{text!r} is not a usable domain ({reason}): training would reject it')
     return q
@@ -85,7 +86,8 @@ class Predictor:
     "Fills masked characters of domains with a trained model."
     def __init__(self, model: DomainCanineMLM, device: str | torch.device | None = None):
         self.device = device if isinstance(device, torch.device) else pick_device(device)
-        self.model, self.vocab, self.mask_id = model.to(self.device).eval(), model.vocab, model.mask_id
+        self.model = model.to(self.device).eval()
+        self.vocab, self.mask_id = model.vocab, model.mask_id
 
     @classmethod
     def from_dir(cls, path, device=None) -> Predictor:

@@ -96,7 +96,8 @@ def _replace_chosen(x: np.ndarray, chosen: np.ndarray, vocab: CharVocab, mask_re
     r = rng.random(x.shape)
     randoms = vocab.codepoints.numpy()[rng.integers(0, len(vocab.chars), x.shape)]
     out = np.where(chosen & (r < mask_replace_prob), MASK, x)
-    return np.where(chosen & (r >= mask_replace_prob) & (r < mask_replace_prob + random_replace_prob), randoms, out)
+    return np.where(chosen & (r >= mask_replace_prob) & (r < mask_replace_prob
+                                                         + random_replace_prob), randoms, out)
 
 # %% ../nbs/03_masking.ipynb #9a5ae89b
 def mask_batch(ids: torch.Tensor, # (batch, length) input ids from `pad_batch`
@@ -183,8 +184,10 @@ class EpochOrder:
                  # function: domain indices -> lengths; given, batches are length-bucketed
                  lengths_of=None,
                  pool: int = 64): # batches per bucketing pool
-        self.n, self.bs, self.seed, self.epoch, self.lengths_of = n, batch_size, seed, epoch, lengths_of
-        self.pool_size, self.perm, self._last = batch_size * pool, Permutation(n, batch_seed(seed, epoch)), (-1, None)
+        self.n, self.bs = n, batch_size
+        self.seed, self.epoch, self.lengths_of = seed, epoch, lengths_of
+        self.pool_size = batch_size * pool
+        self.perm, self._last = Permutation(n, batch_seed(seed, epoch)), (-1, None)
 
     def __len__(self): return self.n  # domains, as for an array of indices
     def batches(self) -> int: return -(-self.n // self.bs)
@@ -226,7 +229,8 @@ class MaskedBatches(torch.utils.data.Dataset):
                  # a fixed order of domains (an evaluation's); default: the epoch's
                  order: np.ndarray | None = None,
                  **masking):  # masking: keyword arguments of `mask_batch`
-        self.enc, self.vocab, self.bs, self.seed, self.epoch, self.masking = enc, vocab, batch_size, seed, epoch, masking
+        self.enc, self.vocab, self.bs = enc, vocab, batch_size
+        self.seed, self.epoch, self.masking = seed, epoch, masking
         self.order = (EpochOrder(len(enc), batch_size, seed, epoch,
                                  enc.lengths_of if bucket else None) if order is None
                       else np.asarray(order))

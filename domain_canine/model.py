@@ -101,7 +101,8 @@ class SdpaCanineSelfAttention(CanineSelfAttention):
         b, n = from_tensor.shape[:2]
         heads = lambda x: x.view(b, -1, self.num_attention_heads,
                                  self.attention_head_size).transpose(1, 2)
-        q, k, v = heads(self.query(from_tensor)), heads(self.key(to_tensor)), heads(self.value(to_tensor))
+        q = heads(self.query(from_tensor))
+        k, v = heads(self.key(to_tensor)), heads(self.value(to_tensor))
         if attention_mask is not None:
             # 1 = attend, as the original converts it: 0 / the dtype's lowest value
             if attention_mask.ndim == 3:
@@ -176,12 +177,14 @@ MASKS = (MASK, ORIGINAL_MASK)  # the masks a model may have been trained with
 def is_original_dir(path) -> bool:
     "True when `path` holds a checkpoint written by the original single-script project (see below)."
     p = Path(path)
-    return (p / ORIGINAL_STATE).is_file() and (p / 'config.json').is_file() and not (p / HEAD_CONFIG).is_file()
+    return ((p / ORIGINAL_STATE).is_file() and (p / 'config.json').is_file()
+            and not (p / HEAD_CONFIG).is_file())
 
 def is_model_dir(path) -> bool:
     "True when `path` holds an encoder and head written by `DomainCanineMLM.save`."
     p = Path(path)
-    return (p / HEAD_WEIGHTS).is_file() and (p / HEAD_CONFIG).is_file() and (p / 'config.json').is_file()
+    return ((p / HEAD_WEIGHTS).is_file() and (p / HEAD_CONFIG).is_file()
+            and (p / 'config.json').is_file())
 
 @patch
 def save(self: DomainCanineMLM, path) -> Path:
@@ -276,7 +279,8 @@ def load(cls: DomainCanineMLM, path, device='cpu',
         head_cfg = json.loads((path / HEAD_CONFIG).read_text())
         mask = head_cfg.get('mask', MASK)  # not recorded: written before it was, by training here
         if mask not in MASKS:
-            raise ModelError(f"mask {mask!r} is neither {MASK} ([MASK]) nor {ORIGINAL_MASK} ([CLS])")
+            raise ModelError(f"mask {mask!r} is neither {MASK} ([MASK]) nor {ORIGINAL_MASK} "
+                             f"([CLS])")
         model = cls(CanineModel.from_pretrained(path), CharVocab(head_cfg['vocab']), mask)
         model.head.load_state_dict(load_file(str(path / HEAD_WEIGHTS)))
     # torch, safetensors and transformers raise many types for a damaged file

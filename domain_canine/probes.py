@@ -259,8 +259,8 @@ def embedding_probe(task: ProbeTask, vectors: np.ndarray, # one row per text of 
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     train, test = _sides(task)
-    clf = make_pipeline(StandardScaler(), _classifier(seed,
-                                                      task.balanced)).fit(vectors[train], task.labels[train])
+    clf = make_pipeline(StandardScaler(), _classifier(seed, task.balanced))
+    clf.fit(vectors[train], task.labels[train])
     return _figures(task.labels[test], clf.predict(vectors[test]))
 
 # %% ../nbs/13a_probes.ipynb #2587324c
@@ -392,8 +392,9 @@ def probe_set(dataset: str = SAMPLE_NAME,
     fitted = time.perf_counter() - start
     ps = prepare_probes(domains, set(corpus.train) | set(corpus.valid), ngram, **kwargs)
     train = set(corpus.train) if ngram else set()
-    ps.counts['ngram_train_overlap'] = sum(d in train
-                                           for d in ps.looks.originals) / len(ps.looks.originals) if ngram else None
+    originals = ps.looks.originals
+    ps.counts['ngram_train_overlap'] = (sum(d in train for d in originals) / len(originals)
+                                        if ngram else None)
     ps.settings.update(dataset=dataset, split=split, validation_fraction=validation_fraction)
     ps.timings['ngram_fit_s'] = fitted
     return ps
@@ -455,7 +456,8 @@ def _ranking_table(ranking: dict) -> list[str]:
     lines = [f"{'AUC':<16}{'pairs':>7}" + ''.join(f'{title:>13}' for _, title in scorers)]
     for group in ['all', *first['by_kind']]:
         get = lambda k: ranking[k]['all'] if group == 'all' else ranking[k]['by_kind'][group]
-        lines.append(f"{group:<16}{get(scorers[0][0])['n_pairs']:>7,}" + ''.join(f'{_pct(get(k)["auc"]):>13}' for k, _ in scorers))
+        lines.append(f"{group:<16}{get(scorers[0][0])['n_pairs']:>7,}"
+                     + ''.join(f'{_pct(get(k)["auc"]):>13}' for k, _ in scorers))
     ranked = ''.join(f"{_pct(ranking[k]['all']['ranked_first']):>13}" for k, _ in scorers)
     return lines + [f"{'ranked first':<16}{first['all']['n_domains']:>7,}{ranked}"]
 
@@ -485,7 +487,8 @@ def format_probe_report(report: dict, # from `probe_model`, `probe` or `probe_ch
         lines += ['',
                   'look-alike ranking: AUC over (domain, one of its look-alikes) pairs, by kind; '
                   'ranked first: share',
-                  'of the domains that score above all their look-alikes'] + _ranking_table(r['ranking'])
+                  'of the domains that score above all their look-alikes']
+        lines += _ranking_table(r['ranking'])
     if 'linear_probes' in r:
         lines += ['', 'linear probes, test side'] + _probe_lines(r['linear_probes'], c)
     if timings:
@@ -497,7 +500,8 @@ def format_probe_report(report: dict, # from `probe_model`, `probe` or `probe_ch
 def _bare_encoder(p: Path) -> bool:
     """Whether `p` holds a CANINE encoder alone, as transformers saves
     one (a checkpoint that lost its head is not)."""
-    ours = is_model_dir(p) or is_original_dir(p) or (p / HEAD_CONFIG).exists() or (p / MARKER).exists()
+    ours = (is_model_dir(p) or is_original_dir(p) or (p / HEAD_CONFIG).exists()
+            or (p / MARKER).exists())
     return (p / 'config.json').is_file() and not ours
 
 def load_probe_model(path, # a model, checkpoint or bare CANINE encoder directory
@@ -568,7 +572,8 @@ def _series_row(name: str, step, ranking: dict | None, probes: dict | None, scor
     p = lambda task, key: _pct((probes or {}).get(task, {}).get(probe, {}).get(key))
     cells = [_pct(r.get('auc')), _pct(r.get('ranked_first')), p('tld', 'accuracy'),
              p('lookalike', 'macro_f1')]
-    return f"{name:<34.34}{'–' if step is None else f'{step:,}':>8}" + ''.join(f'{c:>12}' for c in cells)
+    return (f"{name:<34.34}{'–' if step is None else f'{step:,}':>8}"
+            + ''.join(f'{c:>12}' for c in cells))
 
 def format_probe_series(reports: list[dict]) -> str:
     """One line per report (e.g. the checkpoints of a run) and one

@@ -32,7 +32,8 @@ def masking_options(c: TrainConfig) -> dict:
 class RunBatches(torch.utils.data.Dataset):
     "Micro-batch `g` of a run is batch `g % per_epoch` of epoch `g // per_epoch`."
     def __init__(self, enc: EncodedDomains, vocab: CharVocab, cfg: TrainConfig, per_epoch: int):
-        self.enc, self.vocab, self.cfg, self.per_epoch, self._epoch = enc, vocab, cfg, per_epoch, None
+        self.enc, self.vocab = enc, vocab
+        self.cfg, self.per_epoch, self._epoch = cfg, per_epoch, None
 
     def epoch_batches(self, epoch: int) -> MaskedBatches:
         # costs nothing until a batch is asked for
@@ -95,7 +96,8 @@ class StreamBatches(torch.utils.data.IterableDataset):
                  shard: tuple[int, int] = (0, 1),
                  # the `stream_position` of micro-batch `start - 1`
                  position: list[int] | None = None):
-        self.cfg, self.vocab, self.start, self.shard, self.position = cfg, vocab, start, shard, position
+        self.cfg, self.vocab = cfg, vocab
+        self.start, self.shard, self.position = start, shard, position
         # whole micro-batches
         self.block = cfg.batch_size * max(1, (block or STREAM_BLOCK) // cfg.batch_size)
 
@@ -154,7 +156,8 @@ class StreamCorpus:
         self.source, self.valid, self.rejected = source, valid, rejected
     def summary(self) -> str:
         rej = count_summary(self.rejected) or 'none'
-        return f"{self.source} (streaming): {len(self.valid):,} validation domains read up front; rejected so far: {rej}"
+        return (f"{self.source} (streaming): {len(self.valid):,} validation domains read up front; "
+                f"rejected so far: {rej}")
 
 @dataclass
 class RunData:
@@ -175,7 +178,8 @@ class RunData:
 # %% ../nbs/08_run_data.ipynb #f4d87ba5
 def _no_validation(c: TrainConfig, n_train: int, log):
     "An empty validation split: a warning, or an error where early stopping needs one."
-    why = f'the validation split is empty ({n_train:,} training domains, --validation_fraction {c.validation_fraction:g})'
+    why = (f'the validation split is empty ({n_train:,} training domains, --validation_fraction '
+           f'{c.validation_fraction:g})')
     if c.early_stopping_patience:
         raise DataError(f'{why}: --early_stopping_patience has nothing to compare')
     log(f'warning: {why}: no periodic evaluation and no best-model; give a larger corpus or '
@@ -207,8 +211,8 @@ def load_run_data(c: TrainConfig, world_size: int = 1,
 
 def _stream_run_data(c: TrainConfig, vocab: CharVocab) -> RunData:
     if not c.max_steps:
-        raise ConfigError('--streaming needs --max_steps: the length of a stream is not known in '
-                          'advance')
+        raise ConfigError('--streaming needs --max_steps: the length '
+                          'of a stream is not known in advance')
     rejected, valid = Counter(), []
     for _, _, batch in retrying_stream(c, True, rejected):
         valid.extend(batch)

@@ -37,9 +37,11 @@ class DomainGenerator:
         # row r lives in [r, r+1]: one searchsorted for all rows
         self.flat_cdf = (cdf + np.arange(len(cdf))[:, None]).ravel()
         lengths = Counter(map(len, names))
-        self.lengths, self.length_p = np.array(list(lengths)), np.array(list(lengths.values())) / len(names)
+        self.lengths = np.array(list(lengths))
+        self.length_p = np.array(list(lengths.values())) / len(names)
         tld_counts = Counter(tlds)
-        self.tlds, self.tld_p = np.array(list(tld_counts)), np.array(list(tld_counts.values())) / len(tlds)
+        self.tlds = np.array(list(tld_counts))
+        self.tld_p = np.array(list(tld_counts.values())) / len(tlds)
 
 # %% ../nbs/02_synthetic.ipynb #98256857
 @patch
@@ -76,7 +78,8 @@ def make_corpus(n: int, # number of domains to write
                 output, # text file to write, one domain per line
                 seed: int = 0, chunk: int = 1_000_000) -> Path:
     "Write `n` synthetic domains to `output`, in chunks (memory does not grow with `n`)."
-    gen, rng, output = DomainGenerator(SAMPLE_CORPUS.read_text().split()), np.random.default_rng(seed), Path(output)
+    gen = DomainGenerator(SAMPLE_CORPUS.read_text().split())
+    rng, output = np.random.default_rng(seed), Path(output)
     # renamed when complete: never half a corpus
     tmp = output.with_name(f'.{output.name}.tmp-{os.getpid()}')
     with writing(output, tmp):

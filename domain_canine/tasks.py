@@ -60,12 +60,12 @@ def label_classes(labels: list, # the labels of the kept rows (`label_value`s)
                         'give class names or integers, not both')
     counts = Counter(labels)
     if len(counts) < 2:
-        raise DataError(f'{source} has a single class ({next(iter(counts), None)!r}) after '
-                        f'cleaning: '
+        raise DataError(f'{source} has a single class '
+                        f'({next(iter(counts), None)!r}) after cleaning: '
                         'a classifier needs two or more')
     if single := sorted(str(c) for c, n in counts.items() if n < 2):
-        raise DataError(f"class{'es' if len(single) > 1 else ''} {', '.join(single[:5])} of "
-                        f"{source} "
+        raise DataError(f"class{'es' if len(single) > 1 else ''} "
+                        f"{', '.join(single[:5])} of {source} "
                         'have a single example: give each class two or more (or drop it)')
     return sorted(counts)
 
@@ -208,10 +208,12 @@ def split_sides(data: LabelledData, split_by: str = 'auto',
     "The side of every row of `data`, and how it was decided."
     if split_by not in SPLIT_BY:
         raise DataError(f"unknown split {split_by!r}; choose from {', '.join(SPLIT_BY)}")
-    by = split_by if split_by != 'auto' else 'column' if data.sides else 'group' if data.groups else 'hash'
+    by = (split_by if split_by != 'auto' else 'column' if data.sides else 'group' if data.groups
+          else 'hash')
     if by == 'column':
         if not data.sides:
-            raise DataError(f'{data.source} has no split column (split, side): choose another split')
+            raise DataError(f'{data.source} has no split column (split, side): choose another '
+                            f'split')
         return np.array(data.sides), by
     if by == 'group' and not data.groups:
         raise DataError(f'{data.source} has no group column: choose another split, '
@@ -251,7 +253,8 @@ def format_split_report(report: dict, max_classes: int = 20) -> str:
     r, sides = report, [s for s in SIDES if report['sizes'][s]]
     by_size = sorted(r['classes'], key=lambda c: -sum(r['counts'][s][c] for s in sides))
     lines = [f"{r['source']}: {r['rows']:,} rows of {r['rows_read']:,} read, {len(r['classes'])} "
-             f"classes, split by {r['split_by'] or '?'}" + (f" ({r['groups']:,} groups)" if r['groups']
+             f"classes, split by {r['split_by'] or '?'}"
+             + (f" ({r['groups']:,} groups)" if r['groups']
                                                    else ''),
              f"{'class':<20}" + ''.join(f'{s:>12}' for s in sides)]
     row = lambda c: f'{c:<20.20}' + ''.join(f"{r['counts'][s][c]:>12,}" for s in sides)

@@ -163,7 +163,8 @@ def checkpoint_bytes(cfg: TrainConfig) -> int | None:
 def _checkpoints_kept(cfg: TrainConfig, out: Path, epochs: int = 0) -> int:
     """Checkpoints the run adds to `out` at its peak: step ones kept, one per
     epoch, best-model, the next, less those there."""
-    kept = cfg.save_total_limit if cfg.save_total_limit > 0 else max(1, (cfg.max_steps or 0) // cfg.save_steps)
+    kept = (cfg.save_total_limit if cfg.save_total_limit > 0
+            else max(1, (cfg.max_steps or 0) // cfg.save_steps))
     there = len(step_checkpoints(out)[-kept:]) + sum((out / n).is_dir()
                                                      for n in ('best-model', 'final-model'))
     # a resumed run has written some already
@@ -384,7 +385,8 @@ def optimizer_step(self: Trainer,
     finite = None
     # fp16 overflow is the scaler's to skip; a job decides on the gradients it shares
     if self.cfg.max_bad_steps:
-        finite = torch.isfinite(total) if self.scaler else torch.isfinite(norm) if self.ddp else torch.isfinite(norm) & torch.isfinite(total)
+        finite = (torch.isfinite(total) if self.scaler else torch.isfinite(norm) if self.ddp
+                  else torch.isfinite(norm) & torch.isfinite(total))
     if self.scaler:
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -399,7 +401,8 @@ def count_step(self: Trainer, loss: torch.Tensor, finite: torch.Tensor | None):
     applied, else one more skipped step (no host sync)."""
     bad = torch.zeros((), dtype=self._acc.dtype,
                       device=self.device) if finite is None else (~finite).to(self._acc.dtype)
-    kept = loss.to(self._acc.dtype) if finite is None else torch.where(finite, loss, 0).to(self._acc.dtype)
+    kept = (loss.to(self._acc.dtype) if finite is None
+            else torch.where(finite, loss, 0).to(self._acc.dtype))
     self._run = (self._run + 1) * bad  # consecutive bad steps
     self._max_run = torch.maximum(self._max_run, self._run)
     self._acc += torch.stack([kept, 1 - bad, bad])
@@ -589,7 +592,8 @@ def _other_shape(path: Path, model: DomainCanineMLM, cfg: TrainConfig) -> str | 
     except (OSError, ValueError): return None
     mine = model.encoder.config.to_dict()
     if not (diff := [k for k in _SHAPE_KEYS if k in saved and saved[k] != mine.get(k)]): return None
-    source = lambda c: f"--model_config {c['model_config']}" if c.get('model_config') else c.get('model_name_or_path')
+    source = lambda c: (f"--model_config {c['model_config']}" if c.get('model_config')
+                        else c.get('model_name_or_path'))
     shape = lambda d: ', '.join(f"{k.replace('_', ' ')} {d.get(k)}" for k in diff)
     return (f"{path.name} was trained with {source(trained)} ({shape(saved)}); "
             f"this run asks for {source(asdict(cfg))} ({shape(mine)}): resume "
@@ -677,7 +681,8 @@ def next_group(self: Trainer, micro) -> list[dict]:
         reason = [l for l in str(e).splitlines() if l.strip()][-1].split('DataError: ')[-1]
         # the other processes are not here to write a checkpoint together: the last one stands
         if self.topo.enabled:
-            raise DataError(f"{reason}; continue from the last checkpoint with --resume_from latest") from None
+            raise DataError(f"{reason}; continue from the last checkpoint with --resume_from "
+                            f"latest") from None
         path = self.save(f'checkpoint-step-{self.state.step}')
         raise DataError(f"{reason}; checkpoint of step {self.state.step} written to {path}: "
                         "continue with --resume_from latest") from None
@@ -696,8 +701,8 @@ def announce(self: Trainer):
     info = self.describe()
     write_atomic(out / 'run.json', json.dumps(info, indent=2))
     self.log(info['corpus'])
-    self.log(f"padding: {info['padding_fraction']:.1%} of the positions of the next training "
-             f"batches")
+    self.log(f"padding: {info['padding_fraction']:.1%} of "
+             f"the positions of the next training batches")
     self.log(f"model: {info['parameters'] / 1e6:.1f}M parameters on {info['device']} "
              f"({info['precision']}); effective batch {info['effective_batch']} = "
              f"{c.batch_size} × {c.gradient_accumulation_steps} accumulation × {W} "
@@ -727,7 +732,8 @@ def fit(self: Trainer) -> Path:
                 # × W: all processes (equal batches)
                 self.after_step(loss, finite, W * sum(len(b['input_ids']) for b in group),
                                 # host memory
-                                W * sum(int(b['attention_mask'].numpy().sum()) - 2 * len(b['input_ids']) for b in group))
+                                W * sum(int(b['attention_mask'].numpy().sum())
+                                        - 2 * len(b['input_ids']) for b in group))
         final = self.save(f'checkpoint-step-{s.step}' if self.stopped_by else 'final-model')
     finally: self._emit('on_train_end')  # close bars and loggers, also when the run fails
     if self.cfg.compile: self.log(f"torch.compile made {self.compiles()} graphs in this process")

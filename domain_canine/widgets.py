@@ -199,14 +199,14 @@ def refresh_models(self: ModelWidget, select=None):
     "List the tool's directories (plus `select`); select `select`, the kept one or the first."
     paths = find_models(self.runs_dir, self.accepts)
     if select is not None and Path(select) not in paths: paths.insert(0, Path(select))
-    label = lambda p: str(p.relative_to(self.runs_dir)) if p.is_relative_to(self.runs_dir) else str(p)
+    label = lambda p: str(p.relative_to(self.runs_dir) if p.is_relative_to(self.runs_dir) else p)
     current = self.model_select.value
     self.model_select.options = [(label(p), str(p)) for p in paths]
     keep = str(select) if select is not None else current if current in map(str, paths) else None
     self.model_select.value = keep or (str(paths[0]) if paths else None)
     if not paths:
-        self.show_error(f'no {self.kind} under {self.runs_dir}: {self.hint}, or type a path and '
-                        f'press Load')
+        self.show_error(f'no {self.kind} under {self.runs_dir}: '
+                        f'{self.hint}, or type a path and press Load')
 
 # %% ../nbs/14_widgets.ipynb #20925e10
 @patch
@@ -232,8 +232,8 @@ def predictor(self: ModelWidget) -> Predictor | Classifier:
     "The predictor of the selected directory, made by `loader` (once)."
     path = self.model_select.value
     if path is None:
-        raise ModelError(f'no {self.kind} under {self.runs_dir}: {self.hint}, or type a path and '
-                         f'press Load')
+        raise ModelError(f'no {self.kind} under {self.runs_dir}: '
+                         f'{self.hint}, or type a path and press Load')
     if path not in self._predictors: self._predictors[path] = self.loader(path, self.device)
     return self._predictors[path]
 
@@ -320,10 +320,16 @@ def _html_ranking(rows: list[dict], scorer: str, title: str, n: int) -> str:
     domain wherever it ranks (highlighted)."""
     ordered = sorted(rows, key=lambda r: r[f'{scorer}_rank'])
     shown = ordered[:n] + [r for r in ordered[n:] if r['kind'] == 'real']
-    body = ''.join(f'<tr '
-                   f'class="dc-lookalike-row{" dc-real" if r["kind"] == "real" else ""}"><td>{r[f"{scorer}_rank"]}</td><td>{html.escape(r["domain"])}</td><td>{r["kind"]}</td><td>{r[f"{scorer}_score"]:.3f}</td></tr>' for r in shown)
+    def row(r: dict) -> str:
+        real = ' dc-real' if r['kind'] == 'real' else ''
+        cells = (r[f'{scorer}_rank'], html.escape(r['domain']), r['kind'],
+                 f"{r[f'{scorer}_score']:.3f}")
+        return f'<tr class="dc-lookalike-row{real}">' + ''.join(f'<td>{c}</td>'
+                                                                for c in cells) + '</tr>'
+    body = ''.join(row(r) for r in shown)
     head = '<tr><th>#</th><th>domain</th><th>kind</th><th>score</th></tr>'
-    return f'<table class="dc-ranking dc-ranking-{scorer}"><caption>{title}</caption>{head}{body}</table>'
+    caption = f'<caption>{title}</caption>'
+    return f'<table class="dc-ranking dc-ranking-{scorer}">{caption}{head}{body}</table>'
 
 def _html_lookalikes(rows: list[dict], n: int) -> str:
     "The model's ranking, and the n-gram's beside it when there is one."
@@ -380,7 +386,8 @@ def render(self: LookalikeExplorer, rows: list[dict], text: str, n: int) -> tupl
 # %% ../nbs/14_widgets.ipynb #76217580
 def _html_classes(c: Classification) -> str:
     "One bar per class shown, most probable first."
-    return f'<div class="dc-classes">{"".join(_html_bar(label, p, " dc-class-row") for label, p in c.top)}</div>'
+    bars = ''.join(_html_bar(label, p, ' dc-class-row') for label, p in c.top)
+    return f'<div class="dc-classes">{bars}</div>'
 
 def _html_predicted(c: Classification) -> str:
     "What the model read, and the class it predicts with its probability."

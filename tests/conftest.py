@@ -65,7 +65,8 @@ def hub_layouts(folder: Path, rows: list[str]) -> dict[str, str]:
         (folder / name).mkdir(parents=True)
         size = -(-len(rows) // files)
         for f in range(files):
-            (folder / name / f'part-{f}.txt').write_text('\n'.join(rows[f * size:(f + 1) * size]) + '\n')
+            (folder / name / f'part-{f}.txt').write_text('\n'.join(rows[f * size:(f + 1) * size])
+                                                         + '\n')
         layouts[name] = str(folder / name)
     layouts['text file'] = str(folder / 'one file' / 'part-0.txt')
     return layouts

@@ -127,9 +127,11 @@ def _arguments(command: str, target: inspect.Parameter, bad: list[str], tmp) -> 
             out += bad
             continue
         if p.default is not p.empty or p.kind is p.VAR_KEYWORD: continue
-        choices = typing.get_args(hints[p.name]) if typing.get_origin(hints[p.name]) is typing.Literal else ()
+        choices = (typing.get_args(hints[p.name])
+                   if typing.get_origin(hints[p.name]) is typing.Literal else ())
         # never created
-        value = choices[0] if choices else '3' if p.name in ARGUMENTS else str(tmp / f'{p.name}-place')
+        value = (choices[0] if choices else '3' if p.name in ARGUMENTS
+                 else str(tmp / f'{p.name}-place'))
         out += [value] if p.kind is p.POSITIONAL_OR_KEYWORD else ['--' + p.name.rstrip('_'), value]
     return out
 
@@ -290,7 +292,8 @@ def test_a_one_line_corpus_trains_and_says_nothing_is_evaluated(tmp_path, capsys
                          '--output_dir', tmp_path / 'run')
     assert code == 0, err
     assert 'warning: the validation split is empty (1 training domains' in out + err
-    assert (tmp_path / 'run' / 'final-model').is_dir() and not (tmp_path / 'run' / 'best-model').exists()
+    assert (tmp_path / 'run' / 'final-model').is_dir() and not (tmp_path / 'run'
+                                                                / 'best-model').exists()
 
 def test_a_one_line_corpus_refuses_early_stopping(tmp_path, capsys):
     code, _, err = run(capsys, 'train', '--preset', 'tiny', '--dataset', _one_line_corpus(tmp_path),

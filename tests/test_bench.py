@@ -69,7 +69,8 @@ def test_bench_scale_runs_the_training_command_at_two_sizes(tmp_path):
         assert row['evals'] == 2 and row['input_mb'] < row['prepared_disk_mb'] <= row['peak_disk_mb']
         assert 0 < row['first_step_s'] < 120 and 0 < row['marginal_s'] and 0 < row['eval_s'] < row['marginal_s']
     assert large['marginal_vs_smallest'] == large['marginal_s'] / small['marginal_s']
-    late = json.loads((tmp_path / 'run-60000-resume-late' / 'metrics.jsonl').read_text().splitlines()[0])
+    late = json.loads((tmp_path / 'run-60000-resume-late'
+                       / 'metrics.jsonl').read_text().splitlines()[0])
     # the late resume really was in epoch 10
     assert late['step'] == large['late_step'] + 1 and 9.5 <= late['epoch'] < 9.6
     # the first micro-batch of a fresh run and of a late resume: no epoch-sized work

@@ -111,7 +111,8 @@ def test_finetune_jsonl_round_trip_keeps_the_old_lines_on_failure(toy, tmp_path,
 def test_compare_command_end_to_end(tmp_path):
     "The real command on a small file: the table, the records appended, one line for bad input."
     texts, labels = toy_rows()
-    (tmp_path / 'toy.csv').write_text('domain,label\n' + ''.join(f'{t},{l}\n' for t, l in zip(texts, labels)))
+    (tmp_path / 'toy.csv').write_text('domain,label\n'
+                                      + ''.join(f'{t},{l}\n' for t, l in zip(texts, labels)))
     cmd = [sys.executable, '-m', 'domain_canine', 'compare', '--task', str(tmp_path / 'toy.csv'),
            '--output_dir', str(tmp_path / 'run')]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

@@ -177,7 +177,8 @@ def test_a_directory_without_the_marker_loads_with_one_note(path, unsealed, tmp_
     rc, _, err = run_main(PATHS[path], unsealed['model'], tmp_path, capsys)
     assert rc == 0, err
     notes = [l for l in err.splitlines() if 'cannot be verified' in l]
-    assert notes == [f"note: {unsealed['model']} has no {MARKER}; its files cannot be verified"], err
+    assert notes == [f"note: {unsealed['model']} has no {MARKER}; its files cannot be "
+                     f"verified"], err
 
 @pytest.mark.parametrize('path', ['probe', 'train-model_name_or_path'])
 def test_a_plain_transformers_encoder_loads_with_one_note(path, unsealed, tmp_path, capsys):
@@ -221,6 +222,7 @@ def test_a_pickle_that_would_run_code_is_refused_not_run(tmp_path, capsys):
     assert main(['predict', '--model_path', str(source), 'example.c?m']) == 1
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
-    assert last.startswith(f'domain-canine: error: cannot read {source}/{ORIGINAL_STATE} safely') and \
+    assert last.startswith(f'domain-canine: error: cannot read {source}/{ORIGINAL_STATE} '
+                           f'safely') and \
         'Traceback' not in err, err
     assert not (tmp_path / 'ran').exists()

@@ -83,7 +83,8 @@ def checkpoint_case(tmp_path, monkeypatch, model, fault):
     monkeypatch.undo()
     for step in (4, 8):
         assert verify_checkpoint(tmp_path / f'checkpoint-step-{step}') is None
-        assert json.loads((tmp_path / f'checkpoint-step-{step}' / 'trainer_state.json').read_text())['step'] == step
+        assert json.loads((tmp_path / f'checkpoint-step-{step}'
+                           / 'trainer_state.json').read_text())['step'] == step
     return str(e.value), tmp_path
 
 def atomic_case(tmp_path, monkeypatch, code, name):
@@ -216,8 +217,10 @@ LIBRARY_FAULTS = {
 @pytest.mark.parametrize('library', LIBRARY_FAULTS)
 def test_a_library_write_error_is_one_line(library, tmp_path, monkeypatch, model):
     message, folder = checkpoint_case(tmp_path, monkeypatch, model, LIBRARY_FAULTS[library])
-    expected = 'the file system is read-only' if 'readonly' in library else 'no space left on the device'
-    assert message.startswith(f'could not write checkpoint {tmp_path}/checkpoint-step-8: {expected}'), message
+    expected = ('the file system is read-only' if 'readonly' in library
+                else 'no space left on the device')
+    assert message.startswith(f'could not write checkpoint {tmp_path}/checkpoint-step-8: '
+                              f'{expected}'), message
     assert '\n' not in message and hidden_leftovers(folder) == []
 
 class LoggerLibraryError(Exception):
@@ -329,7 +332,8 @@ def test_import_original_refuses_a_target_that_is_not_empty(tmp_path, capsys):
     line = one_line_error(capsys, ['import-original', str(source), str(tmp_path / 'taken')])
     assert line == f'domain-canine: error: {tmp_path}/taken already exists: give a new folder for the imported model'
     assert [p.name
-            for p in (tmp_path / 'taken').iterdir()] == ['notes.txt'] and hidden_leftovers(tmp_path) == []
+            for p in (tmp_path
+                      / 'taken').iterdir()] == ['notes.txt'] and hidden_leftovers(tmp_path) == []
 
 def test_epoch_checkpoints_are_counted_once_the_epochs_are_known(tmp_path, capsys, monkeypatch):
     import domain_canine.training as training_module
@@ -389,7 +393,8 @@ def small_disk(tmp_path):
 def test_real_read_only_output_dir(small_disk, capsys):
     disk = small_disk('1m', read_only=True)
     line = one_line_error(capsys, TINY + ['--output_dir', str(disk / 'run')])
-    assert line.endswith(f'cannot write to --output_dir {disk}/run: the file system is read-only'), line
+    assert line.endswith(f'cannot write to --output_dir {disk}/run: the file system is '
+                         f'read-only'), line
 
 def fill_after_first_checkpoint(run: Path, proc: subprocess.Popen):
     """Once `run` holds a checkpoint, fill its disk to its last 64 KiB

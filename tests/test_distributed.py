@@ -194,7 +194,8 @@ def test_a_callback_stop_in_rank_0_ends_every_process_at_the_same_step(tmp_path)
            str(script), str(tmp_path / 'run')]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads((tmp_path / 'run' / 'final-model' / 'trainer_state.json').read_text())['step'] == 4
+    assert json.loads((tmp_path / 'run' / 'final-model'
+                       / 'trainer_state.json').read_text())['step'] == 4
     assert max(train_losses(tmp_path / 'run')) == 4
 
 SHARDS_SCRIPT = '''
@@ -308,7 +309,9 @@ def test_a_two_process_finetune_equals_one_process_with_the_same_global_batch(tm
     finetune(finetune_config(dataset=str(path), gradient_accumulation_steps=2,
                              output_dir=str(tmp_path / 'one'), **flags),
              log=lambda *a: None)
-    a, b = (CanineForSequenceClassification.from_pretrained(tmp_path / r / 'final-model').state_dict() for r in ('two', 'one'))
+    a, b = (CanineForSequenceClassification.from_pretrained(tmp_path / r
+                                                            / 'final-model').state_dict()
+            for r in ('two', 'one'))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     assert train_losses(tmp_path / 'two') == pytest.approx(train_losses(tmp_path / 'one'), abs=1e-5)
     assert val_losses(tmp_path / 'two') == pytest.approx(val_losses(tmp_path / 'one'), abs=1e-5)

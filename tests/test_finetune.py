@@ -177,7 +177,8 @@ def test_from_scratch_loads_none_of_the_pretrained_weights(task):
 def test_predict_prints_a_classifiers_classes(reference, capsys, monkeypatch):
     """`predict` on a classifier directory: each domain's top classes, high
     to low; JSON; the prompt; bad input in one line."""
-    final, results = str(reference / 'final-model'), json.loads((reference / 'test_results.json').read_text())
+    final, results = str(reference
+                         / 'final-model'), json.loads((reference / 'test_results.json').read_text())
     assert main(['predict', '--model_path', final, '--top_k', '3', 'Example', 'shop-online']) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [l.split(' → ')[0] for l in lines] == ['Example', 'shop-online']

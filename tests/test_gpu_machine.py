@@ -39,7 +39,8 @@ def bare_env(python: Path, **extra) -> dict:
 def gpu_python() -> Path:
     """The python of a venv holding only the GPU machine's packages
     (built once per requirements file and Python)."""
-    key = hashlib.sha256(REQUIREMENTS.read_bytes() + sys.version.split()[0].encode()).hexdigest()[:12]
+    key = hashlib.sha256(REQUIREMENTS.read_bytes()
+                         + sys.version.split()[0].encode()).hexdigest()[:12]
     venv = ROOT / 'test-artifacts' / 'venvs' / f'gpu-machine-{key}'
     python = venv / 'bin' / 'python'
     if not (venv / 'complete').exists():  # a build that was interrupted is started again

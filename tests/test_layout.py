@@ -72,3 +72,21 @@ def test_exported_functions_are_short_and_methods_are_grown_with_patch():
                  and (size := sum(isinstance(s, ast.stmt) for s in ast.walk(n)) - 1) > 30]
         assigned += re.findall(r'^[A-Z]\w*\.\w+ = \w+', text, re.M)  # `Trainer.fit = _fit`
     assert long == [] and assigned == []
+
+def test_package_lines_are_wrapped_near_100_characters_without_semicolon_chains():
+    """nbdev's own lines (the module docstring from a chapter's
+    summary, `__all__`, `_modidx.py`) excepted."""
+    import io, tokenize
+    long, chained = [], []
+    for path in sorted((ROOT / 'domain_canine').glob('*.py')):
+        if path.name == '_modidx.py': continue
+        text = path.read_text()
+        generated = re.search(r"^__all__ = \[.*?\]$", text, re.M | re.S)
+        skip = (set(range(text[:generated.start()].count('\n'),
+                          text[:generated.end()].count('\n') + 1)) if generated else set())
+        long += [f'{path.name}:{i + 1}' for i, line in enumerate(text.splitlines())
+                 if len(line) > 110 and i not in skip and not line.startswith('"""')]
+        chained += [f'{path.name}:{t.start[0]}'
+                    for t in tokenize.generate_tokens(io.StringIO(text).readline)
+                    if t.type == tokenize.OP and t.string == ';']
+    assert long == [] and chained == []

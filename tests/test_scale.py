@@ -29,8 +29,8 @@ class Guarded(np.ndarray):
         return out.view(np.ndarray) if isinstance(out, np.ndarray) else out
     def __array_ufunc__(self, ufunc, method, *inputs, **kw):
         if any(isinstance(x, Guarded) and x.size > self.limit for x in inputs):
-            raise WholeCorpusTouched(f'{ufunc.__name__} over a whole corpus array of {self.size:,} '
-                                     f'elements')
+            raise WholeCorpusTouched(f'{ufunc.__name__} over a whole corpus '
+                                     f'array of {self.size:,} elements')
         return getattr(ufunc, method)(*(x.view(np.ndarray) if isinstance(x, Guarded) else x
                                         for x in inputs), **kw)
 

@@ -79,7 +79,8 @@ def test_a_hub_id_goes_through_load_dataset_and_fails_offline_in_one_line():
     assert 'could not load dataset' in str(e.value) and '\n' not in str(e.value)
 
 def test_integer_labels_keep_their_order(tmp_path):
-    (tmp_path / 'ints.csv').write_text('domain,label\na.com,10\nb.com,2\nc.com,10\nd.com,2\ne.com,\n')
+    (tmp_path
+     / 'ints.csv').write_text('domain,label\na.com,10\nb.com,2\nc.com,10\nd.com,2\ne.com,\n')
     data = read_labelled(str(tmp_path / 'ints.csv'))
     assert data.classes == ['2', '10'] and data.labels.tolist() == [1, 0, 1, 0]
     assert data.rejected == Counter(missing_label=1)
@@ -170,4 +171,5 @@ def test_make_task_bad_input_is_one_line(tmp_path, capsys):
     r = cli('make-task', *cases[0][0])
     assert (r.returncode, r.stderr.count('\n')) == (1,
                                                     1) and 'domain-canine: error:' in r.stderr, r.stderr
-    assert (tmp_path / 'there.csv').read_text() == 'precious\n' and not (tmp_path / 'tld.csv').exists()
+    assert (tmp_path
+            / 'there.csv').read_text() == 'precious\n' and not (tmp_path / 'tld.csv').exists()

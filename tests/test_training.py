@@ -32,7 +32,8 @@ def test_bf16_autocast_runs_on_cpu_and_changes_numerics(tmp_path):
 
 def test_checkpoints_hold_everything_and_load_without_pickle(tiny_run):
     for ck in [p for p in tiny_run.iterdir() if p.is_dir()]:
-        assert verify_checkpoint(ck) is None  # every file its manifest lists (the checkpoint chapter)
+        # every file its manifest lists (the checkpoint chapter)
+        assert verify_checkpoint(ck) is None
         # raises if anything needs pickle
         for pt in ck.glob('*.pt'): torch.load(pt, weights_only=True)
         state = json.loads((ck / 'trainer_state.json').read_text())
@@ -74,7 +75,8 @@ def test_wandb_offline_and_tensorboard_write_real_files(tmp_path, monkeypatch):
                       logging_steps=2)
     first = Trainer.from_config(cfg, **QUIET)
     first.fit()
-    run_id = json.loads((tmp_path / 'final-model' / 'trainer_state.json').read_text())['wandb_run_id']
+    run_id = json.loads((tmp_path / 'final-model'
+                         / 'trainer_state.json').read_text())['wandb_run_id']
     assert run_id and list((tmp_path / 'wandb').glob(f'offline-run-*-{run_id}/run-{run_id}.wandb'))
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(tmp_path / 'tensorboard'))
@@ -217,4 +219,5 @@ def test_compiled_run_compiles_once_per_width_and_never_for_evaluation(tmp_path,
     assert compiled['val_loss'] == pytest.approx(eager['val_loss'], rel=1e-5)
     n = eager['val_masked_chars']
     # a tie at most
-    assert compiled['val_masked_chars'] == n and abs(compiled['val_accuracy'] - eager['val_accuracy']) * n <= 1
+    assert compiled['val_masked_chars'] == n and abs(compiled['val_accuracy']
+                                                     - eager['val_accuracy']) * n <= 1

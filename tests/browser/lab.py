@@ -27,7 +27,8 @@ class Lab:
     stopped (kernels included) by `stop()`."""
     def __init__(self, root: Path):
         self.root, self.token, self.port = Path(root), secrets.token_hex(16), free_port()
-        self.base, self.log, self.proc = f'http://127.0.0.1:{self.port}', self.root.parent / 'jupyterlab.log', None
+        self.base = f'http://127.0.0.1:{self.port}'
+        self.log, self.proc = self.root.parent / 'jupyterlab.log', None
 
     def url(self, path: str) -> str:
         return f"{self.base}{path}{'&' if '?' in path else '?'}token={self.token}"
@@ -78,7 +79,8 @@ class Lab:
             except (urllib.error.URLError, ConnectionError, OSError):
                 pass
             time.sleep(0.25)
-        raise TimeoutError(f'JupyterLab not ready after {timeout}s:\n{self.log.read_text()[-3000:]}')
+        raise TimeoutError(f'JupyterLab not ready after '
+                           f'{timeout}s:\n{self.log.read_text()[-3000:]}')
 
     def shutdown_kernels(self):
         "Delete every session (and so its kernel)."
@@ -127,7 +129,8 @@ def run_all_cells(page, n_code_cells: int, timeout: float = 180_000):
     from playwright.sync_api import expect
     page.locator('.lm-MenuBar-item', has_text=re.compile(r'^Run$')).click()
     page.locator(".lm-Menu-item[data-command='runmenu:run-all']:not(.lm-mod-disabled)").click()
-    prompts = page.locator('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputArea-prompt')
+    prompts = page.locator('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell '
+                           '.jp-InputArea-prompt')
     expect(prompts).to_have_count(n_code_cells)
     for i in range(n_code_cells):
         expect(prompts.nth(i)).to_have_text(re.compile(r'\[\d+\]'), timeout=timeout)
