@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_checkpoint.ipynb #f75f490d
 from __future__ import annotations
-import hashlib, json, os, random, re, shutil
+import json, os, random, re, shutil
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import numpy as np

@@ -288,7 +288,7 @@ def _ngram_baseline(train_dataset: str, validation_fraction: float,
     """The n-gram baseline trained on the train split of `train_dataset`,
     and the domains it saw (none for order 0)."""
     from domain_canine.data import load_corpus
-    from domain_canine.evaluation import CharNgramLM
+    from domain_canine.ngram import CharNgramLM
     if not order: return None, set()
     train = load_corpus(train_dataset, None, validation_fraction).train
     return CharNgramLM(order).fit(train), set(train)

@@ -11,9 +11,8 @@ from typing import Callable
 import numpy as np
 from .core import write_atomic, writing
 from .data import DataError
-from .analysis import read_finetune
 from .probes import majority_class, tfidf_pipeline
-from .tasks import LabelledTask, labelled_data, load_task
+from .tasks import LabelledTask
 
 # %% auto #0
 __all__ = ['ARMS', 'FIGURES', 'FINETUNE_FILE', 'classifier_metrics', 'Arm', 'tfidf_predict', 'majority_predict', 'run_arm',

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #c7f1beb7
 from __future__ import annotations
-import fcntl, gzip, hashlib, ipaddress, json, os, re, shutil, time, zlib
+import fcntl, gzip, hashlib, ipaddress, json, os, re, time, zlib
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace

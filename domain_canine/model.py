@@ -17,7 +17,7 @@ from transformers.models.canine import modeling_canine
 from transformers.models.canine.modeling_canine import CanineSelfAttention
 from transformers.utils import logging as hf_logging
 from fastcore.basics import patch
-from .core import MODEL_CONFIGS, CANINE_MAX_POSITIONS, remove_path, writing
+from .core import MODEL_CONFIGS, remove_path, writing
 from .masking import CLS, MASK, SEP, CharVocab, EncodedDomains, pad_batch
 
 # %% auto #0

@@ -4,7 +4,7 @@
 
 # %% ../nbs/13a_probes.ipynb #c9b73e0b
 from __future__ import annotations
-import json, time, zlib
+import time, zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +17,12 @@ from .core import pick_device
 from .data import (SAMPLE_NAME, clean_domain, count_summary, first_error_line,
                                 load_corpus)
 from .model import (HEAD_CONFIG, DomainCanineMLM, ModelError, is_model_dir,
-                                 is_original_dir, read_original_state)
-from .model import note_unverified, verify_model_dir
+                                 is_original_dir)
+from .model import note_unverified
 from .checkpoint import MARKER, checkpoint_step, model_dirs
-from .evaluation import (SPLITS, CharNgramLM, _pct, embed_domains,
+from .evaluation import (SPLITS, _pct, embed_domains,
                                       pseudo_log_likelihood, tld_of)
+from .ngram import CharNgramLM
 from .core import InputError
 
 # %% auto #0

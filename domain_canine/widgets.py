@@ -16,7 +16,7 @@ from .core import InputError
 from .inference import Prediction, Predictor
 from .data import clean_domain, load_corpus
 from .analysis import METRICS, draw_curves, read_metrics
-from .evaluation import CharNgramLM
+from .ngram import CharNgramLM
 from .model import DomainCanineMLM
 from .probes import (cap_variants, domain_rng, domain_variants, model_scores,
                                   ngram_scores)

@@ -6,7 +6,7 @@ import pytest
 import domain_canine.widgets as widgets_module
 from domain_canine.model import build_model
 from domain_canine.analysis import draw_curves, ema, read_metrics
-from domain_canine.evaluation import CharNgramLM
+from domain_canine.ngram import CharNgramLM
 from domain_canine.finetune import Classifier, is_classifier_dir
 from domain_canine.widgets import (ClassifierWidget, LookalikeExplorer, LossCurves, MaskPredictor,
                                    find_models,
