@@ -146,8 +146,9 @@ def batch_flops(batch: dict, per_width: dict[int, float], head: float) -> tuple[
     return b * per_width[w] + masked, per_width[w] * real / w + masked
 
 # %% ../nbs/15_bench.ipynb #bafee4c4
-# built before timing: warmup + windows × window_steps
-def time_training(model: nn.Module, batches: list[dict],
+def time_training(model: nn.Module,
+                  # built before timing: warmup + windows × window_steps
+                  batches: list[dict],
                   loss_of, device, amp_dtype, warmup: int = 3, windows: int = 5,
                   window_steps: int = 5,
                   fused: bool | None = None) -> dict:
@@ -267,8 +268,9 @@ def bench_training(config: str = 'small', batch_size: int = 256, max_length: int
     return out
 
 # %% ../nbs/15_bench.ipynb #a753eebe
-# name → bench_training settings that differ from the default path
-def bench_ablations(variants: dict[str, dict],
+def bench_ablations(
+                    # name → bench_training settings that differ from the default path
+                    variants: dict[str, dict],
                     config: str = 'small', batch_size: int = 256, device=None,
                     precision: str = 'auto',
                     rounds: int = 2,
@@ -447,8 +449,9 @@ def late_checkpoint(args: list[str], source: str, epoch: float) -> tuple[int, st
     return s.step, str(t.save(f'checkpoint-step-{s.step}'))
 
 # %% ../nbs/15_bench.ipynb #3aaa00a9
-# a `domain-canine train` command line (its corpus prepared already)
-def measure_opening(args: list[str],
+def measure_opening(
+                    # a `domain-canine train` command line (its corpus prepared already)
+                    args: list[str],
                     late_micro_batch: int, # the first micro-batch of a late resume
                     # `time.perf_counter()` at the start of this process, before any import
                     started: float,
@@ -592,7 +595,8 @@ def device_versions(device: torch.device) -> dict:
     if device.type == 'cuda':
         p = torch.cuda.get_device_properties(device)
         capability = '.'.join(map(str, torch.cuda.get_device_capability(device)))
-        out.update(gpu=p.name, compute_capability=capability, gpu_memory_gb=round(p.total_memory / 2**30, 1))
+        out.update(gpu=p.name, compute_capability=capability,
+                   gpu_memory_gb=round(p.total_memory / 2**30, 1))
     return out
 
 # %% ../nbs/15_bench.ipynb #12b13274
@@ -656,8 +660,9 @@ def one_line(e: BaseException) -> str:
     return f'{type(e).__name__}: {lines[0] if lines else ""}'.strip(': ')
 
 # %% ../nbs/15_bench.ipynb #7487fc42
-# the JSON file, rewritten after every phase
-def run_phases(phases: list[Phase], out: dict, path=None,
+def run_phases(phases: list[Phase], out: dict,
+               # the JSON file, rewritten after every phase
+               path=None,
                started: float | None = None, # time.perf_counter() at the start of the check
                deadline_s: float | None = None, # costly phases that would end later are skipped
                # phase name ('costly': all costly ones) → why it is skipped
@@ -700,8 +705,9 @@ def run_phases(phases: list[Phase], out: dict, path=None,
 class DeviceCheck:
     """Settings of the device check, on the GPU or (`dry_run`) on the CPU
     with the tiny model; one method per phase."""
-    # batch: domains per step (default 256; 32 dry)
-    def __init__(self, dry_run: bool = False, batch: int | None = None):
+    def __init__(self, dry_run: bool = False,
+                 # batch: domains per step (default 256; 32 dry)
+                 batch: int | None = None):
         self.dry_run = dry_run
         self.device = pick_device('cpu' if dry_run else 'cuda')
         # it checks the code, not the CPU; and on a shared CPU, 2 threads ran 10x slower

@@ -235,8 +235,9 @@ def _predictor(model_path: str, device: str | None) -> tuple[Predictor | Classif
     from domain_canine.inference import Predictor
     return Predictor.from_dir(model_path, device), 'a domain with ? or [MASK] for hidden characters'
 
-# domains with ? or [MASK] for each hidden character (for a classifier: domains)
-def predict_command(domains: list[str] = (),
+def predict_command(
+                    # domains with ? or [MASK] for each hidden character (for a classifier: domains)
+                    domains: list[str] = (),
                     # a model or checkpoint directory written by training, or
                     # a classifier written by finetune
                     *, model_path: str,
@@ -398,9 +399,10 @@ def _show_probes(reports: list[dict], as_json: bool):
                            *([format_probe_series(reports)] if len(reports) > 1 else [])]))
 
 # %% ../nbs/17_cli.ipynb #c82f4d01
-# model or checkpoint directories, and/or run directories (a run: each
-# step checkpoint, and its final model if saved later)
-def probe_command(*, model_path: list[str],
+def probe_command(*,
+                  # model or checkpoint directories, and/or run directories (a run: each
+                  # step checkpoint, and its final model if saved later)
+                  model_path: list[str],
                   # the measured domains and the baselines' training: 'sample', a text
                   # file (one domain per line) or a hub dataset id
                   dataset: str = SAMPLE_NAME,
@@ -503,8 +505,9 @@ def make_corpus_command(*, n: int, # number of domains
     return 0
 
 # %% ../nbs/17_cli.ipynb #7d3b51e4
-# lookalike: real domain or look-alike? tld: which TLD?
-def make_task_command(name: typing.Literal[TASK_NAMES],
+def make_task_command(
+                      # lookalike: real domain or look-alike? tld: which TLD?
+                      name: typing.Literal[TASK_NAMES],
                       *, output: str, # the CSV file to write (columns domain,label[,group])
                       seed: int = 0, # decides the sample and the look-alikes kept
                       # domains sampled (default: 1,000 for lookalike, all for tld)
@@ -541,9 +544,10 @@ FINETUNE_FLAGS = (
     'length_bucketing')
 
 # %% ../nbs/17_cli.ipynb #d48881d8
-# the labelled file: CSV, TSV, JSON lines, Parquet, a saved dataset
-# folder, a hub id, or a built-in task: lookalike, tld
-def finetune_command(*, task: str | None = None,
+def finetune_command(*,
+                     # the labelled file: CSV, TSV, JSON lines, Parquet, a saved dataset
+                     # folder, a hub id, or a built-in task: lookalike, tld
+                     task: str | None = None,
                      dataset: str | None = None, # the same as --task
                      # column of the labels (default: label, labels, class, target or category)
                      label_column: str | None = None,
@@ -611,9 +615,10 @@ def _compare_arms(arms: list[str] | None, models: list[str], frozen_learning_rat
     return [baselines[a] for a in chosen
             if a in baselines] + tuned, min(map(model_positions, paths), default=None)
 
-# a labelled file (CSV, TSV, JSON lines, Parquet), a saved dataset or
-# hub id, or a built-in task: lookalike, tld
-def compare_command(*, task: str,
+def compare_command(*,
+                    # a labelled file (CSV, TSV, JSON lines, Parquet), a saved dataset or
+                    # hub id, or a built-in task: lookalike, tld
+                    task: str,
                     # models to fine-tune from: model or checkpoint directories, run
                     # directories (each checkpoint), hub ids
                     models: list[str] = (),

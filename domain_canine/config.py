@@ -19,6 +19,7 @@ __all__ = ['SEED_MAX', 'DEVICES', 'ACCEPTS', 'PRESETS', 'TrainConfig', 'Accepts'
 class TrainConfig:
     "Every setting of a training run."
     # data
+
     # 'sample' (bundled corpus), a text file (one domain per line) or a hub dataset id
     dataset: str = 'humbleworth/registered-domains'
     dataset_config: str | None = None  # configuration of a hub dataset
@@ -52,6 +53,7 @@ class TrainConfig:
     # evaluate on the whole validation split every time instead (not with --streaming)
     full_eval: bool = False
     # model
+
     # hub id, local CANINE directory or one of our checkpoints
     model_name_or_path: str | None = 'google/canine-c'
     # train from scratch with this shape instead: tiny, demo, small or canine-c

@@ -157,8 +157,9 @@ def max_positions(shape: str) -> int:
     return MODEL_CONFIGS[shape].get('max_position_embeddings', CANINE_MAX_POSITIONS)
 
 # %% ../nbs/00_core.ipynb #89f8f612
-# cpu, cuda or mps; None: the best available (cuda, then mps, then cpu)
-def pick_device(name: str | None = None,
+def pick_device(
+                # cpu, cuda or mps; None: the best available (cuda, then mps, then cpu)
+                name: str | None = None,
                 # which GPU (a process of a data-parallel job drives its LOCAL_RANK)
                 index: int | None = None,
                ) -> torch.device:

@@ -820,8 +820,9 @@ def load_corpus(dataset: str = SAMPLE_NAME, # see `open_source`
                   [d for d, v in zip(domains, valid) if v], rejected, dataset)
 
 # %% ../nbs/01_data.ipynb #6607366a
-# the validation split instead of train
-def stream_domains(source: DomainSource, validation: bool = False,
+def stream_domains(source: DomainSource,
+                   # the validation split instead of train
+                   validation: bool = False,
                    validation_fraction: float = 0.1, max_length: int | None = None,
                    rejected: Counter | None = None, # counts rejections as the stream goes
                    # stop after the first N clean domains (of both splits)

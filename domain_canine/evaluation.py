@@ -65,8 +65,9 @@ def _own_mask(batch: dict, mask_id: int) -> dict:
     return batch
 
 @torch.no_grad()
-# the model (any module with `.vocab` that returns an `MLMOutput`)
-def masked_eval(model: DomainCanineMLM,
+def masked_eval(
+                # the model (any module with `.vocab` that returns an `MLMOutput`)
+                model: DomainCanineMLM,
                 enc: EncodedDomains, # the domains
                 batch_size: int = 64, # domains per batch; together with `seed` it decides the masks
                 seed: int = 42, # masking seed (training's default)

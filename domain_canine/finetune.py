@@ -25,7 +25,7 @@ from .model import (ModelError, build_model, canine_config, note_unverified, use
                                  verify_model_dir)
 from .checkpoint import checkpoint_step, model_dirs, sweep_checkpoints
 from .distributed import all_reduce_sum, shutdown_distributed
-from .run_data import RunData, _no_validation
+from .run_data import RunData, _no_validation, _steps_per_epoch
 from .training import Trainer, check_disk, join_job, run_loggers, set_dropout
 from .inference import to_device
 from .tasks import SPLIT_BY, LabelledTask, TaskSide, clean_text, load_task
@@ -153,11 +153,7 @@ def task_run_data(cfg: FinetuneConfig, task: LabelledTask, world_size: int = 1,
     the validation batches, the run's length."""
     per_step = cfg.gradient_accumulation_steps * world_size
     train, valid = task.sides['train'], task.sides['validation']
-    steps_per_epoch = -(-len(train.texts) // cfg.batch_size) // per_step
-    if steps_per_epoch == 0:
-        raise DataError(f"{len(train.texts)} training rows are fewer than one "
-                        f"optimizer step (batch_size × gradient_accumulation_steps "
-                        f"× processes = {cfg.batch_size * per_step})")
+    steps_per_epoch = _steps_per_epoch(len(train.texts), cfg.batch_size, per_step, 'training rows')
     # as pre-training: a warning, or an error
     if len(valid.texts) == 0: _no_validation(cfg, len(train.texts), log)
     order = evaluation_order(valid.enc, None, cfg.seed)
@@ -369,8 +365,9 @@ def model_positions(model: str) -> int:
     "The positions of `model`'s architecture (its configuration read without its weights)."
     return source_config(finetune_config(model_name_or_path=str(model))).max_position_embeddings
 
-# a model or checkpoint directory, a classifier fine-tuned before, or a hub id
-def classifier_arm(model: str,
+def classifier_arm(
+                   # a model or checkpoint directory, a classifier fine-tuned before, or a hub id
+                   model: str,
                    # finetuned, frozen (a head on the fixed encoder) or scratch (random weights)
                    kind: str = 'finetuned',
                    log=_quiet, # where each run's lines go (the comparison's table owns stdout)

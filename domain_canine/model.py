@@ -388,8 +388,9 @@ def write_original_checkpoint(path, # the directory to write
     return Path(path)
 
 # %% ../nbs/04_model.ipynb #fba39427
-# our model dir, a hub id or a local CANINE dir; None: from `model_config`
-def build_model(model_name_or_path: str | None = None,
+def build_model(
+                # our model dir, a hub id or a local CANINE dir; None: from `model_config`
+                model_name_or_path: str | None = None,
                 model_config: str = 'demo', # named shape for a model trained from scratch
                 vocab: CharVocab | None = None, # output classes of a new head
                ) -> DomainCanineMLM:

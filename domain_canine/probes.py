@@ -169,8 +169,9 @@ def ranking_figures(real: np.ndarray, # score of each original
                 ranked_first=float((real > best)[has].mean()))
 
 # %% ../nbs/13a_probes.ipynb #36bdf847
-# one per string of `looks.strings`: the originals, then the look-alikes
-def ranking_report(scores: np.ndarray,
+def ranking_report(
+                   # one per string of `looks.strings`: the originals, then the look-alikes
+                   scores: np.ndarray,
                    looks: Lookalikes) -> dict:
     "`ranking_figures` over all look-alikes (`all`) and for each kind (`by_kind`, sorted by kind)."
     n, kinds = len(looks.originals), np.array(looks.kinds, dtype=object)
@@ -370,8 +371,9 @@ def prepare_probes(domains: list[str], # the real domains to measure on (e.g. a 
     return ProbeSet(looks, tasks, baselines, counts, settings, dict(lookalikes_s=made, **timings))
 
 # %% ../nbs/13a_probes.ipynb #ea64adb2
-# 'sample', a text file or a hub dataset id, read as training reads it
-def probe_set(dataset: str = SAMPLE_NAME,
+def probe_set(
+              # 'sample', a text file or a hub dataset id, read as training reads it
+              dataset: str = SAMPLE_NAME,
               # the measured domains: all, or one side of training's stable hash split
               split: str = 'valid',
               validation_fraction: float = 0.1, # share of the valid side, as in training
@@ -548,8 +550,9 @@ def _by_step(report: dict) -> tuple: return (report['step'] is not None, report[
                                              report['model_path'])
 
 # %% ../nbs/13a_probes.ipynb #999b9243
-# model directories and/or run directories (each: its step checkpoints)
-def probe_checkpoints(paths: list,
+def probe_checkpoints(
+                      # model directories and/or run directories (each: its step checkpoints)
+                      paths: list,
                       # what to measure on (None: `probe_set()`), built once for all
                       probes: ProbeSet | None = None,
                       # ranking (needs the MLM head), linear_probes (the encoder only)

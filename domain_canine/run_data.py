@@ -185,9 +185,20 @@ def _no_validation(c: TrainConfig, n_train: int, log):
     log(f'warning: {why}: no periodic evaluation and no best-model; give a larger corpus or '
         f'--validation_fraction')
 
+def _steps_per_epoch(n_train: int, batch_size: int, per_step: int,
+                     rows: str = 'training domains') -> int:
+    """Optimizer steps in an epoch of `n_train` rows (`per_step`
+    micro-batches each); an error below one."""
+    steps = -(-n_train // batch_size) // per_step
+    if steps == 0:
+        raise DataError(f"{n_train} {rows} are fewer than one optimizer step (batch_size × "
+                        f"gradient_accumulation_steps × processes = {batch_size * per_step})")
+    return steps
+
 # %% ../nbs/08_run_data.ipynb #4623ea40
-# processes of the job: each step takes accumulation × this micro-batches
-def load_run_data(c: TrainConfig, world_size: int = 1,
+def load_run_data(c: TrainConfig,
+                  # processes of the job: each step takes accumulation × this micro-batches
+                  world_size: int = 1,
                   log=print) -> RunData:
     """The prepared corpus of `c` (or the head of its stream), the run's
     length, its micro-batches and its evaluation sample."""
@@ -196,11 +207,7 @@ def load_run_data(c: TrainConfig, world_size: int = 1,
     corpus = prepare_corpus(c.dataset, c.num_samples, c.validation_fraction, c.max_length,
                             c.dataset_split,
                             c.text_column, c.dataset_config, c.cache_dir, log=log)
-    steps_per_epoch = -(-len(corpus.train) // c.batch_size) // per_step
-    if steps_per_epoch == 0:
-        raise DataError(f"{len(corpus.train)} training domains are fewer than one "
-                        f"optimizer step (batch_size × gradient_accumulation_steps "
-                        f"× processes = {c.batch_size * per_step})")
+    steps_per_epoch = _steps_per_epoch(len(corpus.train), c.batch_size, per_step)
     if len(corpus.valid) == 0: _no_validation(c, len(corpus.train), log)
     # earlier versions' order files
     if corpus.cache: shutil.rmtree(Path(corpus.cache) / 'epoch-orders', ignore_errors=True)

@@ -154,8 +154,9 @@ GROUP_COLUMNS = ('group',)
 SPLIT_COLUMNS = ('split', 'side')
 
 # %% ../nbs/13b_tasks.ipynb #f8df906a
-# a CSV, TSV, JSON lines or Parquet file, a saved dataset folder or a hub id
-def read_labelled(dataset: str,
+def read_labelled(
+                  # a CSV, TSV, JSON lines or Parquet file, a saved dataset folder or a hub id
+                  dataset: str,
                   # default: the first of the data chapter's TEXT_COLUMNS present
                   text_column: str | None = None,
                   label_column: str | None = None, # default: the first of LABEL_COLUMNS present
@@ -201,8 +202,9 @@ def hash_sides(keys: list[str], # equal keys, same side
     return np.where(test, 'test', np.where(held, 'validation', 'train'))
 
 # %% ../nbs/13b_tasks.ipynb #d4bbbae2
-# auto: column if given, else group if given, else hash
-def split_sides(data: LabelledData, split_by: str = 'auto',
+def split_sides(data: LabelledData,
+                # auto: column if given, else group if given, else hash
+                split_by: str = 'auto',
                 test_fraction: float = 0.2, validation_fraction: float = 0.1,
                 seed: int = 0) -> tuple[np.ndarray, str]:
     "The side of every row of `data`, and how it was decided."
@@ -413,8 +415,10 @@ def _task_data(task: str, seed: int, limit: int | None, columns: dict) -> Labell
         raise DataError(f'a limit applies to the built-in tasks ({", ".join(TASK_NAMES)}) only')
     return read_labelled(task, **columns)
 
-# a built-in task (lookalike, tld) or a labelled file or dataset read by `read_labelled`
-def load_task(task: str,
+def load_task(
+              # a built-in task (lookalike, tld) or a labelled file or
+              # dataset read by `read_labelled`
+              task: str,
               split_by: str = 'auto', test_fraction: float = 0.2, validation_fraction: float = 0.1,
               seed: int = 0, # decides the split (and a built-in task's sample)
               # domains sampled for a built-in task (default: as `make_task`)

@@ -128,8 +128,9 @@ class ModelWidget:
     # widgets showing an answer (attribute: CSS class), emptied without one
     outputs: dict[str, str] = {}
     empty = 'type a domain'  # the status line while the input is empty
-    # folder searched for the directories the tool takes (`accepts`)
-    def __init__(self, runs_dir='runs',
+    def __init__(self,
+                 # folder searched for the directories the tool takes (`accepts`)
+                 runs_dir='runs',
                  # a directory to select (added to the list if not under `runs_dir`)
                  model_path=None,
                  text: str = '', # the domain to start with

@@ -27,7 +27,8 @@ def test_a_killed_device_check_leaves_the_phases_it_finished(tmp_path):
     path, deadline = tmp_path / 'device_check.json', time.monotonic() + 300
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if path.exists() and json.loads(path.read_text())['phases'].get('eager', {}).get('status') == 'ok':
+            if (path.exists()
+                and json.loads(path.read_text())['phases'].get('eager', {}).get('status') == 'ok'):
                 break
             time.sleep(0.05)
     finally: os.killpg(proc.pid, signal.SIGKILL)

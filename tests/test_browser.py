@@ -125,7 +125,8 @@ def _demo_steps(lab, page, classes: list[str]):
     # the predictor: type a masked domain, the predictions follow after the pause
     domain = page.locator('.dc-domain-input input')
     expect(domain).to_have_value('goo?le.c?m', timeout=60_000)
-    status, message = page.locator('.dc-mask-predictor .dc-status'), page.locator('.dc-mask-predictor .dc-message')
+    status = page.locator('.dc-mask-predictor .dc-status')
+    message = page.locator('.dc-mask-predictor .dc-message')
     expect(status).to_contain_text('goo?le.c?m →')
     domain.fill('exampl?.com')  # one input event; the kernel predicts 0.3 s later
     expect(status).to_contain_text('exampl?.com → exampl', timeout=30_000)
@@ -163,7 +164,8 @@ def _demo_steps(lab, page, classes: list[str]):
     plot_status, img = page.locator('.dc-plot-status'), page.locator('img.dc-plot')
     expect(plot_status).to_contain_text('smoothing 0.60')
     expect(img).to_have_attribute('src', re.compile(r'^blob:'))
-    loaded = "() => { const i = document.querySelector('img.dc-plot'); return i && i.complete && i.naturalWidth > 0; }"
+    loaded = ("() => { const i = document.querySelector('img.dc-plot'); return i && i.complete && "
+              "i.naturalWidth > 0; }")
     page.wait_for_function(loaded)
     before = img.get_attribute('src')
     handle = page.locator('.dc-smoothing .noUi-handle')
