@@ -256,8 +256,9 @@ def start_counters(self: Trainer):
     self._stop_asked = self._stop_agreed = False
     self.stopped_by, self._start = None, time.perf_counter()
     self._reset_window(keep_loss=True)
-    self._run = torch.tensor(float(self.state.bad_steps), dtype=self._acc.dtype, device=self.device)
-    self._max_run = self._run.clone()
+    self._bad_run = torch.tensor(float(self.state.bad_steps), dtype=self._acc.dtype,
+                                 device=self.device)
+    self._longest_bad_run = self._bad_run.clone()
 
 # %% ../nbs/10_training.ipynb #c121c995
 @patch
@@ -403,8 +404,8 @@ def count_step(self: Trainer, loss: torch.Tensor, finite: torch.Tensor | None):
                       device=self.device) if finite is None else (~finite).to(self._acc.dtype)
     kept = (loss.to(self._acc.dtype) if finite is None
             else torch.where(finite, loss, 0).to(self._acc.dtype))
-    self._run = (self._run + 1) * bad  # consecutive bad steps
-    self._max_run = torch.maximum(self._max_run, self._run)
+    self._bad_run = (self._bad_run + 1) * bad  # consecutive bad steps, up to this one
+    self._longest_bad_run = torch.maximum(self._longest_bad_run, self._bad_run)
     self._acc += torch.stack([kept, 1 - bad, bad])
 
 # %% ../nbs/10_training.ipynb #c2f4efc1
@@ -415,7 +416,8 @@ def flush(self: Trainer):
     s, W = self.state, self.topo.world_size
     asked = torch.tensor([float(self.stopped_by is not None), float(self._stop_asked)],
                          dtype=self._acc.dtype, device=self.device)
-    shared = all_reduce_sum(torch.cat([self._acc, self._run[None], self._max_run[None], asked]),
+    shared = all_reduce_sum(torch.cat([self._acc, self._bad_run[None], self._longest_bad_run[None],
+                                       asked]),
                             self.topo).tolist()
     # losses averaged over processes; counts are equal
     loss_sum, ok, skipped, run, max_run = (v / W for v in shared[:5])
@@ -424,7 +426,7 @@ def flush(self: Trainer):
     s.skipped_steps += round(skipped)
     s.bad_steps = round(run)
     self._acc.zero_()
-    self._max_run = self._run.clone()
+    self._longest_bad_run = self._bad_run.clone()
     if shared[5] and self.stopped_by is None: self.stopped_by = 'a signal to another process'
     self._stop_agreed = shared[6] > 0  # one process asked: all stop, after this same step
     # one asking during the all-reduce is agreed next time
