@@ -134,8 +134,8 @@ def read_probes(run_dir) -> list[dict]:
 # title, the report's section, its scorer or task, the model's entry, the baseline's, the figure
 PROBE_PANELS = (
     ('look-alike AUC (PLL/char)', 'ranking', None, 'pll_per_char', 'ngram_per_char', 'auc'),
-    ('real ranked first (PLL/char)', 'ranking', None, 'pll_per_char', 'ngram_per_char',
-     'ranked_first'),
+    ('real ranked first (PLL/char)', 'ranking', None,
+     'pll_per_char', 'ngram_per_char', 'ranked_first'),
     ('TLD probe accuracy', 'linear_probes', 'tld', 'embedding', 'tfidf', 'accuracy'),
     ('look-alike probe macro-F1', 'linear_probes', 'lookalike', 'embedding', 'tfidf', 'macro_f1'))
 

@@ -16,16 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CanineModel
 from .data import EncodedDomains, load_corpus, prepare_corpus
-from .masking import (CharVocab, MaskedBatches, MASK, CLS, SEP, PAD, padding_fraction,
-                                   padded_length)
+from .masking import (CharVocab, MaskedBatches, MASK, CLS, SEP,
+                                   PAD, padding_fraction, padded_length)
 from .model import DomainCanineMLM, canine_config, mlm_head, use_sdpa
 from .core import (ConfigError, WriteError, autocast, check_folder, pick_device,
                                 pick_precision, write_atomic)
 from .config import resolve_config
 from .callbacks import Callback
 from .distributed import shutdown_distributed
-from .training import (Trainer, make_optimizer, compile_encoder, round_width,
-                                    COMPILE_WIDTH)
+from .training import (Trainer, make_optimizer, compile_encoder,
+                                    round_width, COMPILE_WIDTH)
 from fastcore.basics import patch
 
 # %% auto #0
@@ -197,8 +197,8 @@ def reference_figures(config: str, domains: list[str], batch_size: int, max_leng
                for i in range(n)]
     torch.manual_seed(0)  # as bench_training seeds ours
     model = ReferenceMLM(CanineModel(canine_config(config))).to(device)
-    ref = time_training(model, batches, lambda m, b: m(**b), device, amp_dtype, warmup, windows,
-                        window_steps)
+    ref = time_training(model, batches, lambda m, b: m(**b), device,
+                        amp_dtype, warmup, windows, window_steps)
     # every batch has this shape, and the head runs at every position: one count is every batch's
     flops = training_flops(model, lambda m, b: m(**b), batches[-1], device, amp_dtype) / batch_size
     lens = np.array([len(d) for d in domains])
@@ -319,8 +319,8 @@ def bench_pipeline(lines: int = 1_000_000, batch_size: int = 256, workdir=None,
         t1 = time.perf_counter()
         n_lines = prepared.lines_read
         per_epoch = -(-len(prepared.train) // batch_size)
-        run = RunBatches(prepared.train, CharVocab(), resolve_config(batch_size=batch_size),
-                         per_epoch)
+        run = RunBatches(prepared.train, CharVocab(),
+                         resolve_config(batch_size=batch_size), per_epoch)
         loader = torch.utils.data.DataLoader(run, batch_size=None,
                                              sampler=range(-(-n_lines // batch_size)))
         produced = sum(len(b['input_ids']) for b in loader)
@@ -434,8 +434,8 @@ def in_new_process(func: str, *args):
     """This module's `func(*args)` in a new Python process, where nothing is imported or cached yet
     (arguments and result as JSON). A `started` parameter of `func` gets the moment that process
     started, before any import."""
-    r = subprocess.run([sys.executable, '-c', _CHILD, func, json.dumps(args)], capture_output=True,
-                       text=True)
+    r = subprocess.run([sys.executable, '-c', _CHILD, func, json.dumps(args)],
+                       capture_output=True, text=True)
     if r.returncode: raise RuntimeError(f'{func} failed in its own process:\n{r.stderr[-3000:]}')
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -539,8 +539,8 @@ def bench_scale(sizes: tuple[int, ...] = (1_000_000, 10_000_000), # corpus sizes
         out.append(in_new_process('measure_preparation', str(path), str(cache)))
         if train:
             for old in work.glob(f'run-{n}*'): shutil.rmtree(old)
-            out[-1].update(measure_training(str(path), str(cache), str(work / f'run-{n}'),
-                                            **train_kw))
+            out[-1].update(measure_training(str(path), str(cache),
+                                            str(work / f'run-{n}'), **train_kw))
     if train and len(out) > 1:
         out[-1]['marginal_vs_smallest'] = out[-1]['marginal_s'] / out[0]['marginal_s']
     if workdir is None: shutil.rmtree(work)
@@ -750,8 +750,8 @@ def matmul_peak(self: DeviceCheck, out: dict) -> dict:
 @patch
 def eager(self: DeviceCheck, out: dict) -> dict:
     "Our default training path: SDPA, fused AdamW, length-bucketed batches, no compilation."
-    r = bench_training(self.config, self.batch, 64, self.device, self.precision, reference=False,
-                       **self.steps)
+    r = bench_training(self.config, self.batch, 64, self.device,
+                       self.precision, reference=False, **self.steps)
     figures = gpu_figures(r['achieved_tflops'], r['achieved_unpadded_tflops'], self.device,
                           out.get('measured_peak_tflops'))
     return {**r, **figures}
@@ -855,8 +855,8 @@ def trainer(self: DeviceCheck, out: dict) -> dict:
     counter, logs, last = SyncCounter(warmup=5), [], str(work / 'run' / f'checkpoint-step-{steps}')
     try:
         t0 = time.perf_counter()
-        first = Trainer.from_config(cfg(max_steps=steps), [counter, PoisonSteps(12)],
-                                    log=logs.append)
+        first = Trainer.from_config(cfg(max_steps=steps),
+                                    [counter, PoisonSteps(12)], log=logs.append)
         first.fit()
         t1 = time.perf_counter()
         second = Trainer.from_config(cfg(max_steps=steps + extra, resume_from=last),
@@ -960,8 +960,8 @@ def phases(self: DeviceCheck) -> list[Phase]:
            ph('pipeline', self.pipeline, 25), ph('ablations', self.ablations, 50),
            ph('fixed_width_eager', width('fixed_width_eager'), 10),
            ph('compiled', width('compiled', compile=True), 120, costly=True),
-           ph('cuda_graphs', width('cuda_graphs', compile=True, cuda_graphs=True), 130,
-              costly=True)]
+           ph('cuda_graphs', width('cuda_graphs', compile=True, cuda_graphs=True),
+              130, costly=True)]
     if self.device.type == 'cuda':
         out.append(ph('targets', lambda o: judge(o, torch.cuda.get_device_name(self.device)), 0))
     return out

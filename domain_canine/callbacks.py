@@ -8,8 +8,8 @@ import json, os, secrets
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from .core import (ConfigError, WriteError, perplexity, write_atomic, write_reason,
-                                writing)
+from .core import (ConfigError, WriteError, perplexity,
+                                write_atomic, write_reason, writing)
 
 # %% auto #0
 __all__ = ['Callback', 'MetricsFile', 'ProgressBar', 'logging_into', 'WandbLogger', 'TensorBoardLogger']
@@ -61,8 +61,8 @@ class ProgressBar(Callback):
         while sum(n for _, n in self.window[1:]) >= 100: self.window.pop(0)
         loss = sum(s for s, _ in self.window) / sum(n for _, n in self.window)
         self.bar.set_postfix(loss=f'{loss:.4f}', lr=f"{m['lr']:.2e}", ppl=f'{perplexity(loss):.2f}',
-                             dom_s=f"{m['domains_per_s']:,.0f}", mem=f"{m['memory_mb']:,.0f}MB",
-                             refresh=False)
+                             dom_s=f"{m['domains_per_s']:,.0f}",
+                             mem=f"{m['memory_mb']:,.0f}MB", refresh=False)
     def on_eval(self, trainer,
                 m): self.bar.write(f"step {m['step']}: val_loss {m['val_loss']:.4f}, "
                                                   f"val_accuracy {m['val_accuracy']:.3f}")

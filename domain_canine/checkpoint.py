@@ -75,8 +75,8 @@ def set_rng_states(rng: dict):
     version, internal, gauss = rng['python']
     random.setstate((version, tuple(internal), gauss))
     n = rng['numpy']
-    np.random.set_state((n['kind'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'],
-                         n['cached']))
+    np.random.set_state((n['kind'], n['keys'].numpy().astype(np.uint32),
+                         n['pos'], n['has_gauss'], n['cached']))
     torch.set_rng_state(rng['torch'])
     # a job of 8 GPUs saved 8 states; a machine with fewer sets those of the GPUs it has
     if torch.cuda.is_available():

@@ -9,8 +9,8 @@ from collections import Counter
 from dataclasses import fields
 from pathlib import Path
 from fastcore.docments import docments
-from .core import (ConfigError, InputError, MODEL_CONFIGS, check_folder, pick_device,
-                                write_atomic)
+from .core import (ConfigError, InputError, MODEL_CONFIGS,
+                                check_folder, pick_device, write_atomic)
 from .data import DataError, SAMPLE_NAME, count_summary
 from .config import ACCEPTS, Accepts, TrainConfig, PRESETS, resolve_config
 
@@ -146,8 +146,8 @@ def add_flag(p: argparse.ArgumentParser, name: str, anno, doc: str, default=insp
         return p.add_argument(f'--no_{name}', dest=name, action='store_false',
                               help=_help(doc, switch_off=True), **absent)
     if anno is bool:
-        return p.add_argument(flag, *aliases, dest=name, action='store_true', help=_help(doc),
-                              **absent)
+        return p.add_argument(flag, *aliases, dest=name,
+                              action='store_true', help=_help(doc), **absent)
     opts, shown = _arg_options(anno, accepts), None if required else default
     if 'choices' not in opts: opts['metavar'] = name.rstrip('_').upper()  # choices show themselves
     p.add_argument(flag, *aliases, dest=name, required=required, help=_help(doc, shown),
@@ -280,8 +280,9 @@ def _load_model(model_path: str, batch_size: int,
     return DomainCanineMLM.load(model_path, dev), dev
 
 def _note_skipped(skipped: Counter):
-    if skipped: print(f"skipped {sum(skipped.values()):,} lines: " + count_summary(skipped),
-                      file=sys.stderr)
+    if skipped:
+        print(f"skipped {sum(skipped.values()):,} lines: " + count_summary(skipped),
+              file=sys.stderr)
 
 # %% ../nbs/17_cli.ipynb #89ac094a
 def _ngram_baseline(train_dataset: str, validation_fraction: float,
@@ -325,8 +326,8 @@ def evaluate_command(*, model_path: str, # a model or checkpoint directory writt
     domains = eval_domains(dataset, split, validation_fraction, num_samples)
     model, dev = _load_model(model_path, batch_size, device)
     ngram, seen = _ngram_baseline(train_dataset, validation_fraction, ngram_order)
-    report = evaluate(model, domains, ngram, seed, batch_size, mlm_probability, dev, top_tlds,
-                      not no_progress)
+    report = evaluate(model, domains, ngram, seed, batch_size,
+                      mlm_probability, dev, top_tlds, not no_progress)
     if ngram is not None:
         report['ngram_train_overlap'] = sum(d in seen for d in domains) / len(domains)
     report.update(dataset=dataset, split=split, model_path=str(model_path))
@@ -435,8 +436,8 @@ def probe_command(*,
     probes = probe_set(dataset, split, validation_fraction, ngram_order, num_domains=num_domains,
                        per_domain=per_domain,
                        tld_domains=tld_domains, top_tlds=top_tlds, seed=seed)
-    reports = probe_checkpoints(model_path, probes, tuple(tasks), batch_size, device,
-                                not no_progress)
+    reports = probe_checkpoints(model_path, probes, tuple(tasks),
+                                batch_size, device, not no_progress)
     written = _write_run_probes(model_path, reports)
     _show_probes(reports, json_)
     for path in written: print(f'probe results written to {path}', file=sys.stderr)
@@ -708,8 +709,7 @@ COMMANDS = {  # name: (the function it runs, its line in `domain-canine --help`)
     'finetune': (finetune_command,
                  'fine-tune a sequence classifier on a labelled file (an encoder and a new head)'),
     'crash-test': (crash_test_command,
-                   'kill a training run at random moments and check that resuming is exact'),
-}
+                   'kill a training run at random moments and check that resuming is exact'), }
 
 # %% ../nbs/17_cli.ipynb #dac153b0
 def build_parser() -> argparse.ArgumentParser:

@@ -117,8 +117,8 @@ def compare(task: LabelledTask, arms: list[Arm],
         for seed in seeds if arm.seeded else seeds[:1]:
             proba, seconds = run_arm(arm, task, seed)
             figures = classifier_metrics(task.test.labels, proba, task.classes)
-            records.append(dict(task=task.name, arm=arm.name, model=arm.model, step=arm.step,
-                                seed=int(seed),
+            records.append(dict(task=task.name, arm=arm.name, model=arm.model,
+                                step=arm.step, seed=int(seed),
                                 **figures, seconds=round(seconds, 3), n_train=len(task.train.texts),
                                 n_test=len(task.test.texts)))
             if log:

@@ -283,8 +283,7 @@ def _contradictions(c: TrainConfig) -> list[tuple[bool, str]]:
         (c.streaming and c.max_steps is None,
          '--streaming needs --max_steps: the length of a stream is not known in advance'),
         (c.early_stopping_patience is not None and c.validation_fraction == 0,
-         '--early_stopping_patience needs a validation split (--validation_fraction above 0)'),
-    ]
+         '--early_stopping_patience needs a validation split (--validation_fraction above 0)'), ]
 
 # %% ../nbs/07_config.ipynb #2dc38565
 def check_config(cfg: TrainConfig, # or a subclass of it, with its own fields

@@ -134,8 +134,8 @@ def find_column(columns: list, # the columns of a table
 
 def _text_column(ds, dataset: str, text_column: str | None) -> str:
     "The column holding the domains: `text_column`, else the first of TEXT_COLUMNS present."
-    return find_column(list(ds.column_names or next(iter(ds)).keys()), text_column, TEXT_COLUMNS,
-                       dataset)
+    return find_column(list(ds.column_names or next(iter(ds)).keys()),
+                       text_column, TEXT_COLUMNS, dataset)
 
 # %% ../nbs/01_data.ipynb #210141eb
 @contextmanager
@@ -243,8 +243,8 @@ def open_source(dataset: str, # 'sample', a file, a saved dataset, a local folde
     path = SAMPLE_CORPUS if dataset == SAMPLE_NAME else Path(dataset).expanduser()
     if path.is_file() and path.suffix not in _TABULAR:
         st = path.stat()
-        return DomainSource(dataset, 'text', f'text:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}',
-                            path=path)
+        return DomainSource(dataset, 'text',
+                            f'text:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}', path=path)
     if not path.exists() and not (_HUB_ID.fullmatch(dataset)
                                   and not dataset.startswith(('.', '/', '~'))):
         raise DataError(f"dataset file not found: {dataset}")
@@ -255,8 +255,8 @@ def open_source(dataset: str, # 'sample', a file, a saved dataset, a local folde
         st = path.stat()
         fingerprint = f'{path.resolve()}:{st.st_size}:{st.st_mtime_ns}'
     return DomainSource(dataset, 'datasets',
-                        f'datasets:{dataset}:{config}:{split}:{column}:{fingerprint}', ds=ds,
-                        column=column)
+                        f'datasets:{dataset}:{config}:{split}:{column}:{fingerprint}',
+                        ds=ds, column=column)
 
 def source_lines(dataset: str, split: str = 'train',
                  text_column: str | None = None) -> Iterator[str]:
@@ -424,8 +424,8 @@ def clean_chunk(data: bytes, # whole lines, e.g. from `read_text_chunks`
     offsets = np.zeros(len(kept) + 1, np.int64)
     np.cumsum(out_len[kept], out=offsets[1:])
     valid = crc[kept] % _HASH_BUCKETS < validation_fraction * _HASH_BUCKETS
-    return CleanChunk(EncodedDomains(codepoints, offsets), valid, hashes[kept], rejected,
-                      len(lines))
+    return CleanChunk(EncodedDomains(codepoints, offsets),
+                      valid, hashes[kept], rejected, len(lines))
 
 # %% ../nbs/01_data.ipynb #6042f803
 # a '\r' ends a line in text mode too (a '\r' at a chunk's end waits for the next byte)
@@ -525,8 +525,8 @@ def _new_array(path: Path, dtype, shape: tuple) -> np.memmap:
     with open(path, 'r+b') as f: os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
     return out
 
-def _save_split(folder: Path, name: str, enc: EncodedDomains, keep: np.ndarray, valid: np.ndarray,
-                side: bool):
+def _save_split(folder: Path, name: str, enc: EncodedDomains,
+                keep: np.ndarray, valid: np.ndarray, side: bool):
     """Write the kept domains of one side of the split as
     `<name>_codepoints.npy` and `<name>_offsets.npy`, chunk by chunk."""
     n_lines, counts, chars = len(enc), 0, 0
@@ -667,8 +667,8 @@ def corpus_folder(source: DomainSource, num_samples: int | None, validation_frac
                   cache_dir: str | Path | None = None) -> tuple[Path, str]:
     """Where the prepared corpus of `source` with these settings
     is cached, and the key that names it."""
-    key_text = json.dumps([source.identity, CLEANING_VERSION, num_samples, validation_fraction,
-                           max_length])
+    key_text = json.dumps([source.identity, CLEANING_VERSION,
+                           num_samples, validation_fraction, max_length])
     name = hashlib.sha256(key_text.encode()).hexdigest()[:20]
     return Path(cache_dir or default_cache_dir()) / 'corpora' / name, key_text
 
@@ -686,8 +686,8 @@ def prepare_corpus(dataset: str = SAMPLE_NAME, # see `open_source`
     if not 0 <= validation_fraction < 1:
         raise DataError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     source = open_source(dataset, split, text_column, config)
-    folder, key_text = corpus_folder(source, num_samples, validation_fraction, max_length,
-                                     cache_dir)
+    folder, key_text = corpus_folder(source, num_samples, validation_fraction,
+                                     max_length, cache_dir)
     sweep_corpora(cache_dir)
     # one process builds, the others wait and read
     with file_lock(folder.with_name(folder.name + '.lock')):
@@ -696,8 +696,8 @@ def prepare_corpus(dataset: str = SAMPLE_NAME, # see `open_source`
             return PreparedCorpus(_load_split(folder, 'train'), _load_split(folder, 'valid'),
                                   Counter(stats['rejected']),
                                   dataset, stats['lines_read'], stats['seconds'], str(folder))
-        return _build_corpus(source, folder, key_text, num_samples, validation_fraction, max_length,
-                             log)
+        return _build_corpus(source, folder, key_text, num_samples,
+                             validation_fraction, max_length, log)
 
 # %% ../nbs/01_data.ipynb #e4c203b8
 def _keep_first(keep: np.ndarray, num_samples: int):
@@ -715,8 +715,8 @@ def _build_corpus(source, folder, key_text, num_samples, validation_fraction, ma
     with writing(folder, work):  # a failed write: one line, and nothing of it is left
         remove_path(work)
         work.mkdir(parents=True)
-        n, rejected, lines_read = _read_clean(source, work, validation_fraction, max_length,
-                                              num_samples)
+        n, rejected, lines_read = _read_clean(source, work, validation_fraction,
+                                              max_length, num_samples)
         if n == 0:
             raise DataError(f"no usable domains in {source.name!r} after cleaning (rejected: "
                             f"{dict(rejected) or 'nothing'})")
@@ -765,8 +765,8 @@ def preparation_need(dataset: str = SAMPLE_NAME, num_samples: int | None = None,
     # opening a hub dataset to count it would cost minutes
     if not (path.is_file() and path.suffix not in _TABULAR):
         return PREPARATION_BYTES_PER_LINE * (num_samples or 0)
-    folder, _ = corpus_folder(open_source(dataset), num_samples, validation_fraction, max_length,
-                              cache_dir)
+    folder, _ = corpus_folder(open_source(dataset), num_samples,
+                              validation_fraction, max_length, cache_dir)
     if (folder / 'stats.json').is_file(): return 0
     lines = estimate_lines(path)
     return PREPARATION_BYTES_PER_LINE * (min(lines, num_samples) if num_samples else lines)

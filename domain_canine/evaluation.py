@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from .core import perplexity, writing
-from .data import (EncodedDomains, clean_domain, count_summary, load_corpus,
-                                source_lines)
+from .data import (EncodedDomains, clean_domain,
+                                count_summary, load_corpus, source_lines)
 from .masking import (MASK, PAD, CharVocab, MaskedBatches,
                                    evaluation_order, pad_batch)
 from .model import DomainCanineMLM
@@ -152,15 +152,15 @@ def ngram_cloze_eval(lm: CharNgramLM, # a fitted n-gram model
     """Loss and rank of the hidden character of every domain under the
     n-gram model (the cloze test of the baseline)."""
     loss, rank = np.empty(len(domains)), np.empty(len(domains), dtype=np.int64)
-    for k, (d, i) in enumerate(_bar(zip(domains, positions), 'n-gram cloze', len(domains),
-                                    progress)):
+    for k, (d,
+            i) in enumerate(_bar(zip(domains, positions), 'n-gram cloze', len(domains), progress)):
         scores = lm.cloze(d, int(i))
         logp = scores - np.logaddexp.reduce(scores)
         j = lm.chars.find(d[i])
         loss[k], rank[k] = (-logp[j],
                             (scores > scores[j]).sum()) if j >= 0 else (np.inf, len(lm.chars))
-    return dict(domain=np.arange(len(domains)), position=np.asarray(positions), loss=loss,
-                rank=rank)
+    return dict(domain=np.arange(len(domains)),
+                position=np.asarray(positions), loss=loss, rank=rank)
 
 # %% ../nbs/13_evaluation.ipynb #5c9b8ed0
 LENGTH_BUCKETS = ((1, 8), (9, 12), (13, 16), (17, 24), (25, 253))  # domain lengths in characters

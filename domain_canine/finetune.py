@@ -15,12 +15,12 @@ from fastcore.basics import patch
 from torch import nn
 from transformers import CanineConfig, CanineForSequenceClassification, CanineTokenizer
 from transformers.utils import logging as hf_logging
-from .core import (ConfigError, InputError, check_folder, pick_device, write_atomic,
-                                writing)
+from .core import (ConfigError, InputError, check_folder,
+                                pick_device, write_atomic, writing)
 from .config import ACCEPTS, Accepts, TrainConfig, check_config
 from .data import DataError, EncodedDomains
-from .masking import (CharVocab, EpochOrder, PAD, evaluation_order, pad_batch,
-                                   padded_length)
+from .masking import (CharVocab, EpochOrder, PAD,
+                                   evaluation_order, pad_batch, padded_length)
 from .model import (ModelError, build_model, canine_config, note_unverified, use_sdpa,
                                  verify_model_dir)
 from .checkpoint import checkpoint_step, model_dirs, sweep_checkpoints

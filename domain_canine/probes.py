@@ -14,10 +14,10 @@ import dnstwist
 from transformers import CanineModel
 from transformers.utils import logging as hf_logging
 from .core import pick_device
-from .data import (SAMPLE_NAME, clean_domain, count_summary, first_error_line,
-                                load_corpus)
-from .model import (HEAD_CONFIG, DomainCanineMLM, ModelError, is_model_dir,
-                                 is_original_dir)
+from .data import (SAMPLE_NAME, clean_domain, count_summary,
+                                first_error_line, load_corpus)
+from .model import (HEAD_CONFIG, DomainCanineMLM, ModelError,
+                                 is_model_dir, is_original_dir)
 from .model import note_unverified
 from .checkpoint import MARKER, checkpoint_step, model_dirs
 from .evaluation import (SPLITS, _pct, embed_domains,
@@ -35,8 +35,8 @@ __all__ = ['LOOKALIKE_KINDS', 'TASKS', 'OneGlyphFuzzer', 'domain_variants', 'dom
 # %% ../nbs/13a_probes.ipynb #0a1368c0
 LOOKALIKE_KINDS = ('addition', 'bitsquatting', 'cyrillic', 'homoglyph', 'hyphenation', 'insertion',
                    'omission',
-                   'plural', 'repetition', 'replacement', 'subdomain', 'transposition',
-                   'vowel-swap')
+                   'plural', 'repetition', 'replacement',
+                   'subdomain', 'transposition', 'vowel-swap')
 
 class OneGlyphFuzzer(dnstwist.Fuzzer):
     "dnstwist's `Fuzzer` with one homoglyph per variant (dnstwist's own applies two)."
@@ -583,8 +583,8 @@ def format_probe_series(reports: list[dict]) -> str:
     """One line per report (e.g. the checkpoints of a run) and one
     for the baselines (n-gram, TF-IDF)."""
     head = f"{'model':<34}{'step':>8}" + ''.join(f'{t:>12}'
-                                                 for t in ('AUC/char', 'first/char', 'TLD acc',
-                                                           'look F1'))
+                                                 for t in ('AUC/char', 'first/char',
+                                                           'TLD acc', 'look F1'))
     # run/checkpoint
     name = lambda r: '/'.join(Path(r['model_path']).parts[-2:]) if 'model_path' in r else 'model'
     rows = [_series_row(name(r), r.get('step'), r.get('ranking'), r.get('linear_probes'),

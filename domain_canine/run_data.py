@@ -67,8 +67,8 @@ def retrying_stream(c: TrainConfig, validation: bool = False, rejected=None,
     num_samples = c.num_samples and -(-c.num_samples // count)
     while True:
         try:
-            source = open_source(c.dataset, c.dataset_split, c.text_column, c.dataset_config,
-                                 streaming=True)
+            source = open_source(c.dataset, c.dataset_split, c.text_column,
+                                 c.dataset_config, streaming=True)
             if count > 1: source = source.sharded(index, count)
             for item in stream_domains(source, validation, c.validation_fraction, c.max_length,
                                        rejected if failures == 0 else None, num_samples,

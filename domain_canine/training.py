@@ -416,8 +416,8 @@ def flush(self: Trainer):
     s, W = self.state, self.topo.world_size
     asked = torch.tensor([float(self.stopped_by is not None), float(self._stop_asked)],
                          dtype=self._acc.dtype, device=self.device)
-    shared = all_reduce_sum(torch.cat([self._acc, self._bad_run[None], self._longest_bad_run[None],
-                                       asked]),
+    shared = all_reduce_sum(torch.cat([self._acc, self._bad_run[None],
+                                       self._longest_bad_run[None], asked]),
                             self.topo).tolist()
     # losses averaged over processes; counts are equal
     loss_sum, ok, skipped, run, max_run = (v / W for v in shared[:5])
@@ -480,8 +480,8 @@ def evaluate(self: Trainer) -> dict | None:
         **masking_options(self.cfg))
     # data-parallel: each process a share, then the sums add up
     share = (topo.rank, topo.world_size)
-    for _, _, out in eval_outputs(self.model, batches, self.device, self.amp_dtype, share,
-                                  self.on_device):
+    for _, _, out in eval_outputs(self.model, batches, self.device,
+                                  self.amp_dtype, share, self.on_device):
         right = (out.logits.argmax(-1) == out.labels).sum()
         n = torch.tensor(len(out.labels), device=self.device)
         sums += torch.stack([out.loss.float() * len(out.labels), right, n])
@@ -493,8 +493,8 @@ def evaluate(self: Trainer) -> dict | None:
 
 # %% ../nbs/10_training.ipynb #a7a13562
 @patch
-def after_step(self: Trainer, loss: torch.Tensor, finite: torch.Tensor | None, domains: int,
-               chars: int):
+def after_step(self: Trainer, loss: torch.Tensor,
+               finite: torch.Tensor | None, domains: int, chars: int):
     c, s = self.cfg, self.state
     self.count_step(loss, finite)
     self._window_domains += domains

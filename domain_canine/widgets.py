@@ -18,8 +18,8 @@ from .data import clean_domain, load_corpus
 from .analysis import METRICS, draw_curves, read_metrics
 from .ngram import CharNgramLM
 from .model import DomainCanineMLM
-from .probes import (cap_variants, domain_rng, domain_variants, model_scores,
-                                  ngram_scores)
+from .probes import (cap_variants, domain_rng, domain_variants,
+                                  model_scores, ngram_scores)
 from .finetune import Classification, Classifier, is_classifier_dir
 
 # %% auto #0
@@ -178,8 +178,8 @@ def _build(self: ModelWidget, top_k: int):
     setattr(self, s.name, _classed(count, s.css))
     for name, css in self.outputs.items(): setattr(self, name, _classed(w.HTML(), css))
     shown = [getattr(self, name) for name in self.outputs]
-    parts = [w.HTML(_STYLE), models, w.HBox([self.domain_input, count]), self.message, *shown,
-             self.status]
+    parts = [w.HTML(_STYLE), models, w.HBox([self.domain_input, count]),
+             self.message, *shown, self.status]
     self.widget = _classed(w.VBox(parts), self.css)
 
 # %% ../nbs/14_widgets.ipynb #8a817600
@@ -371,8 +371,8 @@ def answer(self: LookalikeExplorer, text: str, rows: int) -> list[dict]:
     key = (self.model_select.value, text.strip())
     if self._ranked is None or self._ranked[0] != key:
         p = self.predictor()
-        self._ranked = (key, rank_lookalikes(key[1], p.model, self.ngram, self.max_variants,
-                                             p.device))
+        self._ranked = (key,
+                        rank_lookalikes(key[1], p.model, self.ngram, self.max_variants, p.device))
     return self._ranked[1]
 
 # %% ../nbs/14_widgets.ipynb #f0a4c8b1

@@ -16,8 +16,8 @@ QUIET = dict(log=lambda *a, **k: None)  # the `log` of a trainer or a run that p
 def tiny_config(out, **settings):
     "The `tiny` preset on 300 domains for 6 steps, writing to `out`, with `settings` over it."
     from domain_canine.config import resolve_config
-    return resolve_config('tiny', output_dir=str(out), **{'num_samples': 300, 'max_steps': 6,
-                                                          **settings})
+    return resolve_config('tiny', output_dir=str(out),
+                          **{'num_samples': 300, 'max_steps': 6, **settings})
 
 def cli(*args, stdin: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     "Run the installed `domain-canine` command."

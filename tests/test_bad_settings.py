@@ -63,8 +63,7 @@ def test_resolve_config_refuses_the_same_values_from_python(setting):
     (['--dropout', '1'], 'in [0, 1)'), (['--seed', '-1'], 'in [0, 4,294,967,295]'),
     (['--seed', str(2**32)], '4,294,967,295'),
     (['--device', 'tpu'], 'one of cpu, cuda, mps'), (['--learning_rate', 'nan'], 'a number >= 0'),
-    (['--batch_size', '1.5'], 'an integer'), (['--precision', 'fp8'], 'one of auto, bf16'),
-])
+    (['--batch_size', '1.5'], 'an integer'), (['--precision', 'fp8'], 'one of auto, bf16'), ])
 def test_the_known_holes_are_closed(argv, expected, tmp_path, capsys):
     code, _, err = run(capsys, 'train', '--preset', 'tiny', '--output_dir', tmp_path / 'run', *argv)
     assert_refused(code, err, argv[0], expected, codes=(2,))
@@ -78,8 +77,7 @@ def test_the_known_holes_are_closed(argv, expected, tmp_path, capsys):
      'needs --gradient_accumulation_steps 1'),
     (['--streaming', '--full_eval', '--max_steps', '3'], '--full_eval needs a prepared corpus'),
     (['--early_stopping_patience', '2', '--validation_fraction', '0'], 'needs a validation split'),
-    (['--model_config', 'demo', '--model_name_or_path', 'google/canine-c'], 'not both'),
-])
+    (['--model_config', 'demo', '--model_name_or_path', 'google/canine-c'], 'not both'), ])
 def test_contradicting_settings_are_one_line(argv, expected, tmp_path, capsys):
     code, _, err = run(capsys, 'train', '--preset', 'tiny', '--output_dir', tmp_path / 'run', *argv)
     assert_refused(code, err, expected, codes=(1,))
@@ -136,8 +134,8 @@ def _arguments(command: str, target: inspect.Parameter, bad: list[str], tmp) -> 
     return out
 
 @pytest.mark.parametrize('command, param, anno', list(_command_cases()))
-def test_every_argument_of_every_command_refuses_a_bad_value(command, param, anno, tmp_path,
-                                                             capsys):
+def test_every_argument_of_every_command_refuses_a_bad_value(command, param, anno,
+                                                             tmp_path, capsys):
     bad = _refused_argument(param, anno)
     code, _, err = run(capsys, command, *_arguments(command, param, bad, tmp_path))
     assert_refused(code, err, param.name.rstrip('_'), codes=(2,))
@@ -233,8 +231,8 @@ def tiny_model(tmp_path_factory):
     torch.manual_seed(0)
     # with checkpoint.json, as training writes it: loads without a note
     path = tmp_path_factory.mktemp('model') / 'model'
-    save_checkpoint(path, DomainCanineMLM(CanineModel(canine_config('tiny'))), None, TrainState(),
-                    {})
+    save_checkpoint(path, DomainCanineMLM(CanineModel(canine_config('tiny'))),
+                    None, TrainState(), {})
     return path
 
 @pytest.mark.parametrize('query, reason', [('http://exa?ple.com/x', 'invalid character'),
@@ -248,8 +246,8 @@ def test_predict_refuses_what_training_would_reject(tiny_model, query, reason, c
 
 def test_score_of_a_file_with_no_usable_line_counts_the_skipped_lines(tiny_model, capsys):
     code, _, err = run(capsys, 'score', '--model_path', tiny_model, '--file', sys.executable)
-    assert_refused(code, err, f'no usable domains in {sys.executable}: all ', 'lines skipped (',
-                   codes=(1,))
+    assert_refused(code, err, f'no usable domains in {sys.executable}: all ',
+                   'lines skipped (', codes=(1,))
 
 @pytest.fixture(scope='module')
 def short_run(tmp_path_factory):
@@ -266,8 +264,8 @@ def test_resuming_below_the_checkpoints_step_is_refused_and_keeps_the_final_mode
     code, _, err = run(capsys, 'train', '--preset', 'tiny', '--num_samples', '300', '--max_steps',
                        '2',
                        '--output_dir', short_run, '--resume_from', 'latest')
-    assert_refused(code, err, "is at step 4, past this run's last step 2", '--max_steps',
-                   codes=(1,))
+    assert_refused(code, err, "is at step 4, past this run's last step 2",
+                   '--max_steps', codes=(1,))
     assert (short_run / 'final-model' / 'checkpoint.json').read_text() == before
 
 def test_resuming_into_another_model_shape_names_both(short_run, capsys):

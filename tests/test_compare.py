@@ -152,7 +152,7 @@ def test_fine_tuned_arms_from_every_checkpoint_of_a_run(tiny_run, tmp_path, caps
                                             ('scratch', None, 0), ('scratch', None, 1)], key=str)
     assert {r['n_test'] for r in printed} == {30} and 'records appended to' in err
     assert err.count(': macro-F1 ') == len(printed) and f'scratch {run}/checkpoint-step-{steps[0]}, seed 1' in err
-    assert read_finetune(run) == sorted(printed, key=lambda r: (r['step'] is not None,
-                                                                r['step'] or 0))
+    assert read_finetune(run) == sorted(printed,
+                                        key=lambda r: (r['step'] is not None, r['step'] or 0))
     assert main(['compare', '--task', 'tld', '--arms', 'scratch']) == 1
     assert 'start from a model: give it with --models' in capsys.readouterr().err

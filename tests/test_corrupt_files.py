@@ -84,8 +84,8 @@ PATHS = {
     'score': ['score', '--model_path', '{m}', '--no_progress', 'google.com'],
     'evaluate': ['evaluate', '--model_path', '{m}', '--dataset', 'sample', '--num_samples', '40',
                  '--ngram_order', '0', '--no_progress'],
-    'embed': ['embed', '--model_path', '{m}', '--output', '{o}/e.npy', '--no_progress',
-              'google.com'],
+    'embed': ['embed', '--model_path', '{m}', '--output',
+              '{o}/e.npy', '--no_progress', 'google.com'],
     'probe': ['probe', '--model_path', '{m}', '--dataset', '{d}', '--split', 'all', '--tasks',
               'linear_probes',
               '--num_domains', '10', '--tld_domains', '100', '--top_tlds', '2', '--ngram_order',
@@ -103,8 +103,8 @@ def run(tmp_path_factory) -> Path:
     """A tiny run of 2 steps, evaluated and saved at each: step
     checkpoints, best-model and final-model."""
     out = tmp_path_factory.mktemp('run')
-    cfg = resolve_config('tiny', output_dir=str(out), max_steps=2, save_steps=1, eval_steps=1,
-                         **SETTINGS)
+    cfg = resolve_config('tiny', output_dir=str(out), max_steps=2,
+                         save_steps=1, eval_steps=1, **SETTINGS)
     Trainer.from_config(cfg, log=lambda *a: None).fit()
     return out
 
@@ -191,8 +191,8 @@ def test_probe_names_a_damaged_checkpoint_of_a_run_before_measuring(run, tmp_pat
     "A run directory: every step checkpoint is checked before the look-alikes are made."
     copy = Path(shutil.copytree(run, tmp_path / 'run'))
     flip_last_byte(copy / 'checkpoint-step-1' / 'model.safetensors')
-    rc, out, err = run_main(['probe', '--model_path', '{m}', '--no_progress'], copy, tmp_path,
-                            capsys)
+    rc, out, err = run_main(['probe', '--model_path', '{m}', '--no_progress'],
+                            copy, tmp_path, capsys)
     assert rc == 1 and out == ''
     assert err.strip() == (f'domain-canine: error: {copy}/checkpoint-step-1/model.safetensors '
                            f'is corrupt (checksum mismatch): {MARKER} lists another SHA-256')

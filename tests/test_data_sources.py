@@ -7,8 +7,8 @@ import datasets
 import pytest
 import torch
 from conftest import QUIET, cli, hub_layouts
-from domain_canine.data import (SAMPLE_CORPUS, prepare_corpus, load_corpus, is_validation,
-                                open_source)
+from domain_canine.data import (SAMPLE_CORPUS, prepare_corpus,
+                                load_corpus, is_validation, open_source)
 from domain_canine.config import resolve_config
 from domain_canine.training import Trainer
 
@@ -98,8 +98,8 @@ def test_streaming_resume_is_exact(sources, tmp_path):
     def run(out, **kw):
         cfg = resolve_config('tiny', dataset=str(sources / 'hub-like'), streaming=True,
                              max_steps=12, save_steps=5,
-                             eval_steps=100, logging_steps=2, batch_size=8, output_dir=str(out),
-                             **kw)
+                             eval_steps=100, logging_steps=2,
+                             batch_size=8, output_dir=str(out), **kw)
         t = Trainer.from_config(cfg, **QUIET)
         t.fit()
         return t

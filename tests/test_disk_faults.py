@@ -271,8 +271,8 @@ START_CASES = {
                                       '--tensorboard'],
                            'cannot write to the TensorBoard folder {t}/run/tensorboard: it is a '
                            'file, not a folder'),
-    'wandb-a-file': (lambda t: ['--output_dir', str(file_at(t / 'run' / 'wandb').parent),
-                                '--use_wandb'],
+    'wandb-a-file': (lambda t: ['--output_dir',
+                                str(file_at(t / 'run' / 'wandb').parent), '--use_wandb'],
                      'cannot write to the W&B folder {t}/run/wandb: it is a file, not a folder'),
     'truncated-gz-small': (lambda t: ['--output_dir', str(t / 'run'), '--dataset',
                                       str(truncated_gz(t / 's.txt.gz', 2000))],
@@ -407,8 +407,8 @@ def test_real_full_disk_at_start_and_during_a_run(small_disk, tmp_path):
     """The reported case (3 MB as --output_dir) is refused at start; on
     8 MB, another file fills the disk mid-run."""
     disk = small_disk('3m')
-    r = cli(*TINY[:3], '--max_steps', 10, '--save_steps', 2, '--eval_steps', 2, '--output_dir',
-            disk / 'run')
+    r = cli(*TINY[:3], '--max_steps', 10, '--save_steps', 2,
+            '--eval_steps', 2, '--output_dir', disk / 'run')
     assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines() == [f'domain-canine: error: --output_dir {disk}/run has '
                                              f'3.0 MiB free; '

@@ -138,8 +138,8 @@ def _start_long_job(out: Path) -> subprocess.Popen:
     job = subprocess.Popen(torchrun_cmd('train', '--preset', 'tiny', '--max_steps', 100_000,
                                         '--logging_steps', 1,
                                         '--save_steps', 100_000, '--output_dir', out),
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                           env=ENV)
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, cwd=ROOT, env=ENV)
     deadline = time.monotonic() + 120
     while not ((out / 'metrics.jsonl').is_file()
                and (out / 'metrics.jsonl').read_text().count('\n') >= 3):
@@ -238,8 +238,8 @@ def test_streaming_processes_read_disjoint_rows_that_together_are_the_stream(tmp
     layouts = hub_layouts(tmp_path, rows)
     script = tmp_path / 'shards.py'
     script.write_text(SHARDS_SCRIPT)
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-           str(script),
+    cmd = [sys.executable, '-m', 'torch.distributed.run',
+           '--standalone', '--nproc_per_node=2', str(script),
            str(tmp_path / 'rows.json'), *layouts.values()]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -274,8 +274,8 @@ def test_a_two_process_streaming_run_resumes_where_each_process_stood(tmp_path):
     script = tmp_path / 'stream.py'
     script.write_text(RESUME_SCRIPT)
     def run(out, resume=''):
-        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-               str(script),
+        cmd = [sys.executable, '-m', 'torch.distributed.run',
+               '--standalone', '--nproc_per_node=2', str(script),
                dataset, str(tmp_path / out), resume]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
         assert r.returncode == 0, r.stderr[-3000:]

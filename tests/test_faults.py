@@ -45,12 +45,12 @@ def test_disk_full_during_checkpoint_stops_cleanly_and_keeps_earlier_ones(tmp_pa
 
 def test_nan_steps_are_skipped_and_too_many_stop_the_run(tmp_path):
     short = dict(max_steps=12, save_steps=4, eval_steps=100, max_bad_steps=3)
-    t = Trainer.from_config(tiny_config(tmp_path / 'recovers', **short), [PoisonSteps(5, 2)],
-                            **QUIET)
+    t = Trainer.from_config(tiny_config(tmp_path / 'recovers', **short),
+                            [PoisonSteps(5, 2)], **QUIET)
     t.fit()  # two bad steps, then fine: the run completes
     assert t.state.skipped_steps == 2 and all(torch.isfinite(p).all() for p in t.model.parameters())
-    t = Trainer.from_config(tiny_config(tmp_path / 'diverges', **short), [PoisonSteps(5, None)],
-                            **QUIET)
+    t = Trainer.from_config(tiny_config(tmp_path / 'diverges', **short),
+                            [PoisonSteps(5, None)], **QUIET)
     with pytest.raises(TrainingDiverged, match='3 consecutive steps'):
         t.fit()
     assert verify_checkpoint(tmp_path / 'diverges' / 'checkpoint-step-4') is None
@@ -76,8 +76,7 @@ def corrupt(tmp_path_factory, tiny_run):
     (['predict', '--model_path', '{d}/checkpoint', 'a?.com'], 'model.safetensors is corrupt'),
     (['train', '--preset', 'tiny', '--max_steps', '1', '--model_name_or_path', '{d}/foreign'],
      'could not load CANINE'),
-    (['train', '--preset', 'tiny', '--resume_from', '{d}/foreign'], 'not a checkpoint'),
-])
+    (['train', '--preset', 'tiny', '--resume_from', '{d}/foreign'], 'not a checkpoint'), ])
 def test_corrupt_or_foreign_checkpoints_are_one_line(corrupt, args, expected):
     r = cli(*[a.format(d=corrupt) for a in args])
     assert r.returncode == 1 and 'Traceback' not in r.stderr
@@ -99,8 +98,8 @@ train(resolve_config('tiny', num_samples=300, device='cpu', max_steps=120, save_
 def test_sigterm_to_the_process_group_writes_a_checkpoint_and_resume_is_exact(tmp_path):
     """SIGTERM to the run and its DataLoader workers at step 9: the step's
     checkpoint; a resume (no workers) ends exact."""
-    ref = subprocess.run(training_command(tmp_path / 'reference', 120), capture_output=True,
-                         text=True)
+    ref = subprocess.run(training_command(tmp_path / 'reference', 120),
+                         capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
     run = tmp_path / 'interrupted'
     r = subprocess.run([sys.executable, '-c', INTERRUPTED_RUN, str(run)], capture_output=True,
@@ -135,8 +134,8 @@ def test_ctrl_c_finishes_the_step_and_writes_its_checkpoint(tmp_path):
 def test_latest_skips_and_reports_incomplete_and_corrupt_checkpoints(tmp_path):
     model = build_model(None, 'tiny')
     for step in (4, 8, 12):
-        save_checkpoint(tmp_path / f'checkpoint-step-{step}', model, None, TrainState(step=step),
-                        {})
+        save_checkpoint(tmp_path / f'checkpoint-step-{step}',
+                        model, None, TrainState(step=step), {})
     # killed before its list of checksums was written
     (tmp_path / 'checkpoint-step-12' / MARKER).unlink()
     # damaged since

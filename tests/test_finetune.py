@@ -110,8 +110,8 @@ def test_bad_input_is_one_line(task, tmp_path, capsys):
     files = dict(
         no_label=(bad_file(tmp_path, 'a.csv', ['domain', *domains]), [], 'label'),
         unknown_label=(str(path), ['--label_column', 'nope'], 'nope'),
-        one_class=(bad_file(tmp_path, 'b.csv', ['domain,label', *(f'{x},a' for x in domains)]), [],
-                   'single class'),
+        one_class=(bad_file(tmp_path, 'b.csv', ['domain,label', *(f'{x},a' for x in domains)]),
+                   [], 'single class'),
         single_example=(bad_file(tmp_path, 'c.csv', ['domain,label',
                                                      *(f'{x},a' for x in domains[:-1]),
                                                      f'{domains[-1]},b']), [], 'single example'),
@@ -123,8 +123,8 @@ def test_bad_input_is_one_line(task, tmp_path, capsys):
                                                     *(f'{x},{l},{s}' for x, l, s in
                                                     zip(domains, 'ababab',
                                                         ['train'] * 4 + ['test'] * 2))]),
-                       ['--early_stopping_patience', '2', '--model_config', 'tiny', '--batch_size',
-                        '2'],
+                       ['--early_stopping_patience', '2',
+                        '--model_config', 'tiny', '--batch_size', '2'],
                        'validation split is empty'))
     for name, (file, extra, words) in files.items():
         code = run_main(['finetune', '--task', file, '--output_dir', str(tmp_path / name),

@@ -4,8 +4,8 @@ import json, subprocess, sys
 from conftest import ROOT
 
 def notebook(path, *sources: str):
-    cells = [dict(cell_type='code', execution_count=None, id=f'c{i}', metadata={}, outputs=[],
-                  source=s)
+    cells = [dict(cell_type='code', execution_count=None,
+                  id=f'c{i}', metadata={}, outputs=[], source=s)
              for i, s in enumerate(sources)]
     path.write_text(json.dumps(dict(cells=cells,
                                     metadata=dict(kernelspec=dict(display_name='python3', language='python',

@@ -14,8 +14,8 @@ from domain_canine.tasks import (SIDES, format_split_report, labelled_data, leak
 ROWS = dict(domain=['paypal.com', 'paypa1.com', 'Google.COM.', 'gooogle.com', 'not a domain',
                     'paypal.com',
                     'a.io', 'b.io', '', 'bücher.de'],
-            label=['real', 'lookalike', 'real', 'lookalike', 'real', 'real', 'real', 'lookalike',
-                   'real', 'real'],
+            label=['real', 'lookalike', 'real', 'lookalike', 'real',
+                   'real', 'real', 'lookalike', 'real', 'real'],
             group=['paypal.com', 'paypal.com', 'google.com', 'google.com', 'x', 'paypal.com',
                    'a.io', 'a.io',
                    'y', 'bücher.de'])
@@ -49,8 +49,8 @@ def _bad_files(folder) -> dict[str, tuple[str, list[str], str]]:
                                      "has no column 'kind'"),
             'one class': ('domain,label\na.com,x\nb.com,x\nnot a domain,y\n', [],
                           "a single class ('x')"),
-            'a class with one example': ('domain,label\na.com,x\nb.com,x\nc.com,y\n', [],
-                                         'class y of'),
+            'a class with one example': ('domain,label\na.com,x\nb.com,x\nc.com,y\n',
+                                         [], 'class y of'),
             'numbers and strings': ('domain,label\na.com,1\nb.com,spam\nc.com,1\nd.com,spam\n', [],
                                     "mix numbers and strings (e.g. 1 and 'spam')"),
             'no text column': ('host,label\na.com,x\nb.com,y\n', [], 'choose with --text_column'),
@@ -110,8 +110,8 @@ def test_a_split_column_decides_the_sides():
 def test_the_report_counts_classes_sides_and_rejections():
     texts = [f'd{i}.com' for i in range(10)] + ['bad name', 'd0.com', '']
     labels = ['x'] * 7 + ['y'] * 3 + ['x', 'x', 'y']
-    data = labelled_data(texts, labels, sides=['train'] * 6 + ['test'] * 4 + ['train'] * 3,
-                         source='toy')
+    data = labelled_data(texts, labels,
+                         sides=['train'] * 6 + ['test'] * 4 + ['train'] * 3, source='toy')
     r = split_report(data, *split_sides(data))
     assert r['counts'] == dict(train=dict(x=6, y=0), validation=dict(x=0, y=0), test=dict(x=1, y=3))
     assert r['sizes'] == dict(train=6, validation=0, test=4)
@@ -137,8 +137,8 @@ def test_make_task_writes_the_same_file_twice_in_and_out_of_process(tmp_path, ca
     data = read_labelled(str(tmp_path / 'a.csv'))
     assert (len(data.texts), data.classes, data.rejected) == (80, ['lookalike', 'real'], Counter())
     assert leaked_groups(data.groups, split_sides(data)[0]) == []
-    main(['make-task', 'lookalike', '--output', str(tmp_path / 'd.csv'), '--limit', '40', '--seed',
-          '1'])
+    main(['make-task', 'lookalike', '--output',
+          str(tmp_path / 'd.csv'), '--limit', '40', '--seed', '1'])
     assert (tmp_path / 'd.csv').read_bytes() != a
 
 def test_make_task_tld_reads_back_clean(tmp_path):

@@ -71,8 +71,8 @@ def test_failed_checkpoint_save_stops_the_run_with_one_line(tmp_path):
 def test_wandb_offline_and_tensorboard_write_real_files(tmp_path, monkeypatch):
     monkeypatch.setenv('WANDB_MODE', 'offline')
     monkeypatch.setenv('WANDB_SILENT', 'true')
-    cfg = tiny_config(tmp_path, use_wandb=True, tensorboard=True, max_steps=10, save_steps=5,
-                      logging_steps=2)
+    cfg = tiny_config(tmp_path, use_wandb=True, tensorboard=True,
+                      max_steps=10, save_steps=5, logging_steps=2)
     first = Trainer.from_config(cfg, **QUIET)
     first.fit()
     run_id = json.loads((tmp_path / 'final-model'
@@ -94,8 +94,8 @@ def test_missing_optional_package_is_one_line(tmp_path):
     env = {**os.environ, 'PYTHONPATH': str(tmp_path / 'fake')}
     r = subprocess.run([sys.executable, '-m', 'domain_canine', 'train', '--preset', 'tiny',
                         '--use_wandb',
-                        '--output_dir', str(tmp_path / 'run')], capture_output=True, text=True,
-                       env=env)
+                        '--output_dir', str(tmp_path / 'run')],
+                       capture_output=True, text=True, env=env)
     assert r.returncode == 1 and r.stderr.strip() == 'domain-canine: error: --use_wandb needs the wandb package: pip install wandb'
 
 @pytest.fixture

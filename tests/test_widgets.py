@@ -160,8 +160,8 @@ CLASSIFIERS = ['tld/final-model', 'tld/best-model', 'tld/checkpoint-step-6',
 def test_each_tool_offers_only_the_directories_it_can_use(runs):
     assert [str(p.relative_to(runs)) for p in find_models(runs, is_classifier_dir)] == CLASSIFIERS
     masks = MaskPredictor(runs, delay=0, device='cpu')
-    lookalikes = LookalikeExplorer(runs, ngram=CharNgramLM(2).fit(['example.com']), delay=0,
-                                   device='cpu')
+    lookalikes = LookalikeExplorer(runs, ngram=CharNgramLM(2).fit(['example.com']),
+                                   delay=0, device='cpu')
     classes = ClassifierWidget(runs, delay=0, device='cpu')
     offered = lambda w: [label for label, _ in w.model_select.options]
     assert offered(masks) == offered(lookalikes) == [str(p.relative_to(runs))
@@ -180,8 +180,8 @@ def test_each_tool_offers_only_the_directories_it_can_use(runs):
 
 def shown_bars(w: ClassifierWidget) -> list[tuple[str, float]]:
     "The (class, percentage) of every bar the widget shows, top to bottom."
-    return [(c, float(p)) for c, p in re.findall(r'<code>([^<]*)</code>.*?<span>([\d.]+)%</span>',
-                                                 w.bars.value)]
+    return [(c, float(p)) for c,
+            p in re.findall(r'<code>([^<]*)</code>.*?<span>([\d.]+)%</span>', w.bars.value)]
 
 
 def test_classifier_widget_shows_the_classes_most_probable_first(runs):
